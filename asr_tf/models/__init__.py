@@ -1,0 +1,41 @@
+"""Model factory: ``build_model`` is the gin-configurable entry (Keras classes are not
+gin-decorated directly: that crashes with Keras 3)."""
+import gin
+
+from asr_tf.models.air import AIR
+from asr_tf.models.pprior import PPriorAIR
+from asr_tf.quirks import Quirks
+
+MODEL_KINDS = ("air", "pprior")
+
+
+@gin.configurable
+def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_steps=6,
+                z_what_dim=50, lstm_units=256, glimpse_px=28, z_pres_temperature=None,
+                stop_threshold=None, add_prior=False, quirks=None):
+    """Builds AIR ('air') or AIR-pPrior/ASR ('pprior') for a dataset.
+
+    Args:
+      kind: 'air' or 'pprior' (ASR is 'pprior' plus penalty weights).
+      canvas_px: S.
+      counts: allowed object counts of the data. pPrior: a single count k fixes the
+        z_pres prior (fix_steps = k). AIR: used by ``add_prior`` (-ap).
+      size_range_px: (c_min, c_max) px; pPrior generation renders their mean (Q35).
+      z_pres_temperature, stop_threshold: default 0.1 / 0.9 (pPrior), 1.0 / 0.99 (AIR).
+      add_prior: AIR's -ap: +-100 per-step prior biases from ``counts``.
+      quirks: a Quirks (default: gin-configured Quirks()).
+    """
+    quirks = quirks or Quirks()
+    counts = tuple(int(c) for c in counts)
+    if kind == "air":
+        return AIR(canvas_px, max_steps, z_what_dim, lstm_units, glimpse_px,
+                   z_pres_temperature=1.0 if z_pres_temperature is None else z_pres_temperature,
+                   stop_threshold=0.99 if stop_threshold is None else stop_threshold,
+                   add_prior_counts=counts if add_prior else None, quirks=quirks)
+    if kind == "pprior":
+        return PPriorAIR(canvas_px, max_steps, z_what_dim, lstm_units, glimpse_px,
+                         z_pres_temperature=0.1 if z_pres_temperature is None else z_pres_temperature,
+                         stop_threshold=0.9 if stop_threshold is None else stop_threshold,
+                         fix_steps=counts[0] if len(counts) == 1 else None,
+                         size_range_px=size_range_px, quirks=quirks)
+    raise ValueError(f"model kind {kind!r} is not one of {MODEL_KINDS}")

@@ -1,0 +1,181 @@
+"""Plain AIR baseline (spec §5, quirks Q32-Q34).
+
+One 256-unit LSTM that sees only the image at every step (no feedback of z,
+Q33); scale and shift are independent given h; fixed priors scale N(-1, 0.05),
+shift N(0, 1), what N(0, I); decoder logit noise 0.3 at train and test (Q32);
+z_pres prior log-odds annealed with the global step, plus the +-100 per-step
+biases of ``-ap`` that fix the count (Q34).
+"""
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from asr_tf.models.base import GlimpseModel, masked_concrete_kl, masked_normal_kl
+from asr_tf.models.pprior import FIXED_LOGIT, SCALE_PRIOR_LOC, SCALE_PRIOR_VAR
+from asr_tf.nn import rnn
+from asr_tf.nn import transformer
+from asr_tf.nn.vae import GlimpseVAE
+
+tfd = tfp.distributions
+
+
+def annealed_prior_logit(step, init=1e4, factor=0.1, every=3000.0, floor=1e-9):
+    """AIR's z_pres prior log-odds at global step k: ln(max(init * factor^(k/every), floor) + 1e-9).
+
+    Smooth in k: 9.2103 at k=0, 0 at k=12,000, floored at ln(2e-9) from k ~ 39,000.
+    """
+    step = tf.cast(step, tf.float32)
+    value = tf.maximum(init * tf.pow(factor, step / every), floor)
+    return tf.math.log(value + 1e-9)
+
+
+def count_prior_bias(counts, max_steps):
+    """Per-step ``-ap`` biases from the allowed counts (spec §5).
+
+    The target at step t is P(count > t | count > t-1) over the allowed counts;
+    1 becomes +100, 0 becomes -100 and a fraction q becomes ln(q / (1 - q)).
+    [3] -> [+100, +100, +100, -100, -100, -100]; [1, 3] -> [+100, 0, +100, -100, ...].
+
+    Returns:
+      [max_steps] float32 numpy array.
+    """
+    counts = np.asarray(sorted(counts))
+    bias = np.zeros(max_steps, np.float32)
+    for t in range(max_steps):
+        alive = counts > t - 1 if t > 0 else np.ones_like(counts, bool)
+        q = float(np.mean(counts[alive] > t)) if alive.any() else 0.0
+        if q >= 1.0:
+            bias[t] = FIXED_LOGIT
+        elif q <= 0.0:
+            bias[t] = -FIXED_LOGIT
+        else:
+            bias[t] = math.log(q / (1.0 - q))
+    return bias
+
+
+class AIRNet(keras.Model):
+    """The AIR LSTM over the image only, with independent scale/shift/z_pres heads."""
+
+    def __init__(self, image_dim, units=256, head_units=64, orthogonal_recurrent=False,
+                 name="air_rnn", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.units = units
+        self.lstm = rnn.LSTMCore(units, (image_dim,), orthogonal_recurrent)
+        self.scale_loc = rnn.mlp_head(head_units, 1, units, "scale_loc")
+        self.scale_log_var = rnn.mlp_head(head_units, 1, units, "scale_log_var")
+        self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
+        self.shift_log_var = rnn.mlp_head(head_units, 2, units, "shift_log_var")
+        self.z_pres = rnn.mlp_head(head_units, 1, units, "z_pres")
+
+    def project_image(self, images_flat):
+        return self.lstm.project(0, images_flat)  # [B, 4u]
+
+    def call(self, image_proj, state):
+        return self.lstm(image_proj, state)
+
+    def where_posterior(self, h):
+        """(q(zeta) Normal [B, 1], q(xi) Normal [B, 2]) from h only."""
+        scale = tfd.Normal(self.scale_loc(h), tf.exp(0.5 * self.scale_log_var(h)))
+        shift = tfd.Normal(self.shift_loc(h), tf.exp(0.5 * self.shift_log_var(h)))
+        return scale, shift
+
+    def z_pres_logit(self, h):
+        return self.z_pres(h)[:, 0]
+
+
+class AIR(GlimpseModel):
+    """Plain AIR. ``add_prior_counts`` (the ``-ap`` flag) fixes the count with +-100 biases."""
+
+    def __init__(self, canvas_px, max_steps=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
+                 z_pres_temperature=1.0, stop_threshold=0.99, decoder_noise=0.3,
+                 add_prior_counts=None, prior_init=1e4, prior_factor=0.1,
+                 prior_every_steps=3000.0, prior_floor=1e-9, quirks=None, name="air", **kwargs):
+        super().__init__(canvas_px, max_steps, glimpse_px, z_what_dim, z_pres_temperature,
+                         stop_threshold, decoder_noise, quirks, name=name, **kwargs)
+        self.net = AIRNet(canvas_px * canvas_px, lstm_units,
+                          orthogonal_recurrent=self.quirks.lstm_orthogonal_recurrent)
+        self.vae = GlimpseVAE(z_what_dim, glimpse_px)
+        self.add_prior = add_prior_counts is not None
+        self.prior_bias = tf.constant(
+            count_prior_bias(add_prior_counts, max_steps) if self.add_prior
+            else np.zeros(max_steps, np.float32))  # [T]
+        self.anneal = dict(init=prior_init, factor=prior_factor, every=prior_every_steps,
+                           floor=prior_floor)
+
+    def _image_context(self, images_flat):
+        return self.net.project_image(images_flat)
+
+    def _init_carry(self, batch):
+        zeros = tf.zeros([batch, self.net.units])
+        return {"state": (zeros, zeros)}
+
+    def _step(self, t, carry, images, image_proj, noise, step, training):
+        sample = training or not self.quirks.deterministic_eval
+        batch = tf.shape(images)[0]
+        h, state = self.net(image_proj, carry["state"])
+        q_scale, q_shift = self.net.where_posterior(h)
+        zeta = q_scale.loc + q_scale.scale * noise["eps_scale"] if sample else q_scale.loc  # [B, 1]
+        xi = q_shift.loc + q_shift.scale * noise["eps_shift"] if sample else q_shift.loc  # [B, 2]
+        scale, shift = tf.sigmoid(zeta[:, 0]), tf.tanh(xi)
+        q_what, _, rendered = self._glimpse_and_render(images, scale, shift, noise["eps_what"],
+                                                       noise["eps_pix"], training)
+        alpha_q = self.net.z_pres_logit(h)  # [B]
+        alpha_p = tf.fill([batch], annealed_prior_logit(step, **self.anneal) + self.prior_bias[t])
+        y, z = self._z_pres(alpha_q, noise["u_pres"], training)
+        new, present, active_before = self._advance(carry, z, rendered)
+        kl_pres = masked_concrete_kl(y, alpha_q, alpha_p, self.z_pres_temperature, active_before)
+        if self.add_prior:  # Q34: after stopping, a KL against a -100 prior
+            kl_pres += masked_concrete_kl(y, alpha_q, tf.fill([batch], -FIXED_LOGIT),
+                                          self.z_pres_temperature, 1.0 - active_before)
+        what = q_what.distribution
+        record = {
+            "z_pres": z, "z_pres_prob": tf.sigmoid(alpha_q), "z_pres_logit": alpha_q,
+            "prior_logit": alpha_p, "kl_pres": kl_pres,
+            "kl_scale": masked_normal_kl(q_scale.loc, q_scale.scale, SCALE_PRIOR_LOC,
+                                         math.sqrt(SCALE_PRIOR_VAR), present),
+            "kl_shift": masked_normal_kl(q_shift.loc, q_shift.scale, 0.0, 1.0, present),
+            "kl_what": masked_normal_kl(what.loc, what.scale, 0.0, 1.0, present),
+            "present": present, "scale": scale, "shift": shift,
+        }
+        new["state"] = state
+        return new, record
+
+    def generate(self, noise, count):
+        """Draws exactly ``count`` objects per scene from the fixed priors (spec §5).
+
+        Args:
+          noise: dict from :meth:`generation_noise`.
+          count: python int n (1 <= n <= max_steps).
+        Returns:
+          dict ``images`` [N, S, S] (sum of objects, not clipped), ``count`` [N],
+          ``scale`` [N, T], ``shift`` [N, T, 2], ``present`` [N, T].
+        """
+        if not 1 <= count <= self.max_steps:
+            raise ValueError(f"count={count} must be in 1..{self.max_steps}")
+        n = tf.shape(noise["u_pres"])[1]
+        s, g_px = self.canvas_px, self.glimpse_px
+        canvas = tf.zeros([n, s, s])
+        scales, shifts = [], []
+        for t in range(self.max_steps):
+            scale = tf.sigmoid(SCALE_PRIOR_LOC + math.sqrt(SCALE_PRIOR_VAR) * noise["eps_scale"][t][:, 0])
+            shift = tf.tanh(noise["eps_shift"][t])
+            logits = self.vae.decoder(noise["eps_what"][t]).distribution.logits
+            window = tf.sigmoid(logits + self.decoder_noise * noise["eps_pix"][t])
+            if t < count:
+                canvas += transformer.render_glimpse(tf.reshape(window, [-1, g_px, g_px]), scale,
+                                                     shift, s, self.quirks.sampler_edge)
+            scales.append(scale)
+            shifts.append(shift)
+        present = tf.tile(tf.cast(tf.range(self.max_steps) < count, tf.float32)[None], [n, 1])
+        return {"images": canvas, "count": tf.fill([n], count), "scale": tf.stack(scales, 1),
+                "shift": tf.stack(shifts, 1), "present": present}
+
+    def generation_noise(self, num, generator):
+        t, g2 = self.max_steps, self.glimpse_px ** 2
+        return {"u_pres": generator.uniform([t, num]), "eps_shift": generator.normal([t, num, 2]),
+                "eps_scale": generator.normal([t, num, 1]),
+                "eps_what": generator.normal([t, num, self.z_what_dim]),
+                "eps_pix": generator.normal([t, num, g2])}

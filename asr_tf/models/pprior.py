@@ -1,0 +1,239 @@
+"""AIR-pPrior, the model under AIR-ASR (spec §4; ASR = this model + penalties).
+
+Two 256-unit LSTMs. The inference LSTM reads [image, previous z_what, previous
+pre-squash where]; the prior LSTM reads the previous *posterior* samples
+(teacher forcing, Q14) and gives a learned Gaussian prior over the pre-tanh
+shift and the z_pres prior logit (one step late, Q13). The scale prior is fixed
+N(-1, 0.05) unless ``Quirks.learned_scale_prior`` (Q12).
+"""
+import math
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from asr_tf.models.base import GlimpseModel, masked_concrete_kl, masked_normal_kl
+from asr_tf.nn import concrete
+from asr_tf.nn import rnn
+from asr_tf.nn import transformer
+from asr_tf.nn.vae import GlimpseVAE
+
+tfd = tfp.distributions
+
+SCALE_PRIOR_LOC = -1.0  # pre-sigmoid
+SCALE_PRIOR_VAR = 0.05
+FIXED_LOGIT = 100.0  # fix_steps / -ap bias magnitude
+
+
+def _normal_from(loc, log_var):
+    return tfd.Normal(loc=loc, scale=tf.exp(0.5 * log_var))
+
+
+class InferenceRNN(keras.Model):
+    """q(z^t | x, z^{<t}): LSTM over [image, z_what_{t-1}, where_{t-1}] and its heads.
+
+    ``call`` returns the new hidden output; the heads return TFP distributions
+    (shift, scale | shift) and the z_pres logit.
+    """
+
+    def __init__(self, image_dim, z_what_dim=50, units=256, head_units=64,
+                 orthogonal_recurrent=False, name="inference_rnn", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.lstm = rnn.LSTMCore(units, (image_dim, z_what_dim + 3), orthogonal_recurrent)
+        self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
+        self.shift_log_var = rnn.mlp_head(head_units, 2, units, "shift_log_var")
+        self.scale_hidden_loc = keras.layers.Dense(head_units, activation="relu", name="scale_h_loc")
+        self.scale_hidden_log_var = keras.layers.Dense(head_units, activation="relu", name="scale_h_lv")
+        self.scale_loc = keras.layers.Dense(1, name="scale_loc")
+        self.scale_log_var = keras.layers.Dense(1, name="scale_log_var")
+        for layer in (self.scale_hidden_loc, self.scale_hidden_log_var):
+            layer.build((None, units + 2))
+        for layer in (self.scale_loc, self.scale_log_var):
+            layer.build((None, head_units + 2))
+        self.z_pres = rnn.mlp_head(head_units, 1, units, "z_pres")
+
+    def project_image(self, images_flat):
+        """[B, S*S] -> [B, 4u], computed once per pass (the image is the same at every step)."""
+        return self.lstm.project(0, images_flat)
+
+    def call(self, image_proj, z_what_prev, where_prev, state):
+        """One LSTM step. Returns (h [B, u], state)."""
+        gates = image_proj + self.lstm.project(1, tf.concat([z_what_prev, where_prev], -1))
+        return self.lstm(gates, state)
+
+    def shift_posterior(self, h):
+        """q(xi | h), xi the pre-tanh shift: Normal [B, 2]."""
+        return _normal_from(self.shift_loc(h), self.shift_log_var(h))
+
+    def scale_posterior(self, h, xi):
+        """q(zeta | h, xi), zeta the pre-sigmoid scale: Normal [B, 1] (skip-concat of xi)."""
+        hx = tf.concat([h, xi], -1)
+        loc = self.scale_loc(tf.concat([self.scale_hidden_loc(hx), xi], -1))
+        log_var = self.scale_log_var(tf.concat([self.scale_hidden_log_var(hx), xi], -1))
+        return _normal_from(loc, log_var)
+
+    def z_pres_logit(self, h):
+        return self.z_pres(h)[:, 0]  # [B]
+
+
+class PriorRNN(keras.Model):
+    """p(z^t | z^{<t}): LSTM over [z_what_{t-1}, where_{t-1}] with shift, scale and z_pres heads."""
+
+    def __init__(self, z_what_dim=50, units=256, head_units=64, orthogonal_recurrent=False,
+                 name="prior_rnn", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.units = units
+        self.lstm = rnn.LSTMCore(units, (z_what_dim + 3,), orthogonal_recurrent)
+        self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
+        self.shift_log_var = rnn.mlp_head(head_units, 2, units, "shift_log_var")
+        self.scale_loc = rnn.mlp_head(head_units, 1, units, "scale_loc")  # Q12: used only if learned
+        self.scale_log_var = rnn.mlp_head(head_units, 1, units, "scale_log_var")
+        self.z_pres = rnn.mlp_head(head_units, 1, units, "z_pres")
+
+    def call(self, z_what_prev, where_prev, state):
+        """One LSTM step. Returns (g [B, u], state)."""
+        return self.lstm(self.lstm.project(0, tf.concat([z_what_prev, where_prev], -1)), state)
+
+    def shift_prior(self, g):
+        return _normal_from(self.shift_loc(g), self.shift_log_var(g))  # [B, 2]
+
+    def scale_prior(self, g, learned):
+        if learned:
+            return _normal_from(self.scale_loc(g), self.scale_log_var(g))  # [B, 1]
+        return tfd.Normal(SCALE_PRIOR_LOC, math.sqrt(SCALE_PRIOR_VAR))
+
+    def z_pres_logit(self, g):
+        return self.z_pres(g)[:, 0]  # [B]
+
+
+class PPriorAIR(GlimpseModel):
+    """AIR-pPrior / AIR-ASR.
+
+    Args:
+      canvas_px: S (50 MNIST, 64 dSprites).
+      fix_steps: if an int k (single allowed count), the z_pres prior logit is
+        +100 for t < k and -100 after, instead of the learned prior.
+      size_range_px: (c_min, c_max); generation renders the constant scale
+        mean(c_min, c_max) / S (Q35).
+    """
+
+    def __init__(self, canvas_px, max_steps=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
+                 z_pres_temperature=0.1, stop_threshold=0.9, fix_steps=None,
+                 size_range_px=(17.0, 23.0), quirks=None, name="pprior_air", **kwargs):
+        super().__init__(canvas_px, max_steps, glimpse_px, z_what_dim, z_pres_temperature,
+                         stop_threshold, decoder_noise=0.0, quirks=quirks, name=name, **kwargs)
+        ortho = self.quirks.lstm_orthogonal_recurrent
+        self.fix_steps = fix_steps
+        self.size_range_px = tuple(float(v) for v in size_range_px)
+        self.inference = InferenceRNN(canvas_px * canvas_px, z_what_dim, lstm_units,
+                                      orthogonal_recurrent=ortho)
+        self.prior = PriorRNN(z_what_dim, lstm_units, orthogonal_recurrent=ortho)
+        self.vae = GlimpseVAE(z_what_dim, glimpse_px)
+
+    def _image_context(self, images_flat):
+        return self.inference.project_image(images_flat)  # [B, 4u]
+
+    def _init_carry(self, batch):
+        zeros_u = tf.zeros([batch, self.prior.units])
+        return {"q_state": (zeros_u, zeros_u), "p_state": (zeros_u, zeros_u),
+                "g_prev": zeros_u, "z_what_prev": tf.zeros([batch, self.z_what_dim]),
+                "where_prev": tf.zeros([batch, 3])}
+
+    def _prior_logit(self, t, g, g_prev, batch):
+        if self.fix_steps is not None:
+            value = tf.where(t < self.fix_steps, FIXED_LOGIT, -FIXED_LOGIT)
+            return tf.fill([batch], value)
+        return self.prior.z_pres_logit(g_prev if self.quirks.zpres_prior_lag else g)
+
+    def _step(self, t, carry, images, image_proj, noise, step, training):
+        sample = training or not self.quirks.deterministic_eval
+        batch = tf.shape(images)[0]
+        h, q_state = self.inference(image_proj, carry["z_what_prev"], carry["where_prev"],
+                                    carry["q_state"])
+        q_shift = self.inference.shift_posterior(h)
+        xi = q_shift.loc + q_shift.scale * noise["eps_shift"] if sample else q_shift.loc  # [B, 2]
+        q_scale = self.inference.scale_posterior(h, xi)
+        zeta = q_scale.loc + q_scale.scale * noise["eps_scale"] if sample else q_scale.loc  # [B, 1]
+        shift, scale = tf.tanh(xi), tf.sigmoid(zeta[:, 0])  # [B, 2], [B]
+
+        g, p_state = self.prior(carry["z_what_prev"], carry["where_prev"], carry["p_state"])
+        p_shift = self.prior.shift_prior(g)
+        p_scale = self.prior.scale_prior(g, self.quirks.learned_scale_prior)
+
+        q_what, z_what, rendered = self._glimpse_and_render(images, scale, shift,
+                                                            noise["eps_what"], None, training)
+        alpha_p = self._prior_logit(t, g, carry["g_prev"], batch)  # [B]
+        alpha_q = self.inference.z_pres_logit(h)  # [B]
+        y, z = self._z_pres(alpha_q, noise["u_pres"], training)
+
+        new, present, active_before = self._advance(carry, z, rendered)
+        kl_pres = masked_concrete_kl(y, alpha_q, alpha_p, self.z_pres_temperature, active_before)
+        what = q_what.distribution
+        record = {
+            "z_pres": z, "z_pres_prob": tf.sigmoid(alpha_q), "z_pres_logit": alpha_q,
+            "prior_logit": alpha_p, "kl_pres": kl_pres,
+            "kl_scale": masked_normal_kl(q_scale.loc, q_scale.scale, p_scale.loc, p_scale.scale,
+                                         present),
+            "kl_shift": masked_normal_kl(q_shift.loc, q_shift.scale, p_shift.loc, p_shift.scale,
+                                         present),
+            "kl_what": masked_normal_kl(what.loc, what.scale, 0.0, 1.0, present),
+            "present": present, "scale": scale, "shift": shift,
+        }
+        new.update(q_state=q_state, p_state=p_state, g_prev=g, z_what_prev=z_what,
+                   where_prev=tf.concat([xi, zeta], -1))
+        return new, record
+
+    # ------------------------------------------------------------ generation
+    def generate(self, noise):
+        """Samples scenes from the prior LSTM (spec §9, Q35/Q36).
+
+        Args:
+          noise: dict from :meth:`generation_noise`.
+        Returns:
+          dict ``images`` [N, S, S] (not clipped), ``count`` [N] int32,
+          ``scale`` [N, T], ``shift`` [N, T, 2], ``present`` [N, T].
+        """
+        n = tf.shape(noise["u_pres"])[1]
+        s, g_px = self.canvas_px, self.glimpse_px
+        zeros_u = tf.zeros([n, self.prior.units])
+        state, g_prev = (zeros_u, zeros_u), zeros_u
+        z_what_prev, where_prev = tf.zeros([n, self.z_what_dim]), tf.zeros([n, 3])
+        stop_sum, canvas, count = tf.zeros([n]), tf.zeros([n, s, s]), tf.zeros([n])
+        const_scale = sum(self.size_range_px) / 2.0 / s
+        scales, shifts, presents = [], [], []
+        for t in range(self.max_steps):  # fixed, short: unrolled
+            g, state = self.prior(z_what_prev, where_prev, state)
+            p_shift = self.prior.shift_prior(g)
+            xi = p_shift.loc + p_shift.scale * noise["eps_shift"][t]  # [N, 2]
+            p_scale = self.prior.scale_prior(g, self.quirks.learned_scale_prior)
+            zeta = p_scale.loc + p_scale.scale * noise["eps_scale"][t]  # [N, 1]
+            scale = (tf.fill([n], const_scale) if self.quirks.gen_fixed_scale
+                     else tf.sigmoid(zeta[:, 0]))
+            shift = tf.tanh(xi)
+            z_what = noise["eps_what"][t]
+            probs = tf.sigmoid(self.vae.decoder(z_what).distribution.logits)  # [N, G*G]
+            if self.quirks.gen_bernoulli_pixels:
+                probs = tf.cast(probs > noise["u_pix"][t], tf.float32)
+            rendered = transformer.render_glimpse(tf.reshape(probs, [-1, g_px, g_px]), scale, shift,
+                                                  s, self.quirks.sampler_edge)
+            alpha_p = self._prior_logit(t, g, g_prev, n)
+            z = tf.cast(alpha_p + concrete.logistic_noise(noise["u_pres"][t]) > 0.0, tf.float32)
+            stop_sum = stop_sum + (1.0 - z)
+            present = tf.cast(stop_sum < self.stop_threshold, tf.float32)
+            canvas = canvas + (present * z)[:, None, None] * rendered
+            count = count + present
+            scales.append(scale)
+            shifts.append(shift)
+            presents.append(present)
+            z_what_prev, where_prev = z_what, tf.concat([xi, zeta], -1)
+            g_prev = g
+        return {"images": canvas, "count": tf.cast(count, tf.int32),
+                "scale": tf.stack(scales, 1), "shift": tf.stack(shifts, 1),
+                "present": tf.stack(presents, 1)}
+
+    def generation_noise(self, num, generator):
+        t, g2 = self.max_steps, self.glimpse_px ** 2
+        return {"u_pres": generator.uniform([t, num]), "eps_shift": generator.normal([t, num, 2]),
+                "eps_scale": generator.normal([t, num, 1]),
+                "eps_what": generator.normal([t, num, self.z_what_dim]),
+                "u_pix": generator.uniform([t, num, g2])}

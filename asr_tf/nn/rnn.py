@@ -1,0 +1,60 @@
+"""LSTM core with the original's initialisation (quirk Q43).
+
+TF1's ``LSTMCell``/``BasicLSTMCell`` hold one Glorot-uniform kernel over the
+concatenated [input; hidden], a zero bias, and add a constant forget bias of +1
+inside the cell. Here the forget-gate bias is *initialised* to 1 (identical at
+init, then learned) and the recurrent kernel is Glorot-uniform like the original
+(gin flag ``Quirks.lstm_orthogonal_recurrent`` switches to the Keras default).
+
+The input kernel is split by input block so that a block that is constant over
+the glimpse loop (the flattened image) is projected once per forward pass and
+not at every step.
+"""
+import keras
+import tensorflow as tf
+
+
+class LSTMCore(keras.layers.Layer):
+    """An LSTM cell over several input blocks: gates = sum_k x_k W_k + h U + b.
+
+    Gate order i, j (candidate), f, o, as TF1. Blocks are given as widths at build.
+    """
+
+    def __init__(self, units, input_widths, orthogonal_recurrent=False, name="lstm", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.units = units
+        self.input_widths = tuple(int(w) for w in input_widths)
+        self.kernels = [self.add_weight(shape=(w, 4 * units), initializer="glorot_uniform",
+                                        name=f"kernel_{k}") for k, w in enumerate(self.input_widths)]
+        rec_init = "orthogonal" if orthogonal_recurrent else "glorot_uniform"
+        self.recurrent_kernel = self.add_weight(shape=(units, 4 * units), initializer=rec_init,
+                                                name="recurrent_kernel")
+        bias = [0.0] * (2 * units) + [1.0] * units + [0.0] * units  # forget gate starts at 1
+        self.bias = self.add_weight(shape=(4 * units,), initializer=keras.initializers.Constant(bias),
+                                    name="bias")
+
+    def project(self, block, x):
+        """x [N, width_block] -> its gate contribution [N, 4u]."""
+        return tf.matmul(x, self.kernels[block])
+
+    def zero_state(self, batch):
+        z = tf.zeros([batch, self.units])
+        return z, z
+
+    def call(self, gate_inputs, state):
+        """One step. gate_inputs [N, 4u] (sum of projected blocks), state (h, c) each [N, u]."""
+        h, c = state
+        gates = gate_inputs + tf.matmul(h, self.recurrent_kernel) + self.bias  # [N, 4u]
+        i, j, f, o = tf.split(gates, 4, axis=-1)
+        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(j)
+        h = tf.sigmoid(o) * tf.tanh(c)
+        return h, (h, c)
+
+
+def mlp_head(hidden, out, in_dim, name):
+    """Lin_out(ReLU(Lin_hidden(.))) as in the original's where and z_pres heads, built for
+    inputs [N, in_dim] (built eagerly: no variable may be created inside the glimpse loop)."""
+    head = keras.Sequential([keras.layers.Dense(hidden, activation="relu"),
+                             keras.layers.Dense(out)], name=name)
+    head.build((None, in_dim))
+    return head

@@ -1,0 +1,72 @@
+"""Glimpse VAE (spec §3.2): a 784-512-256 softplus encoder to a 50-d Gaussian and
+a 50-256-512 softplus decoder to 784 Bernoulli logits. Both return TFP distributions."""
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+
+def _dense_stack(widths):
+    """Softplus Dense layers widths[0] -> widths[1] -> ..., built eagerly."""
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layer = keras.layers.Dense(n_out, activation="softplus", name=f"h{i}")
+        layer.build((None, n_in))
+        layers.append(layer)
+    return layers
+
+
+class GlimpseEncoder(keras.Model):
+    """q(z_what | glimpse): [N, 784] -> Independent Normal with event shape [z_dim]."""
+
+    def __init__(self, hidden=(512, 256), z_dim=50, glimpse_px=28, name="glimpse_encoder",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.hidden = _dense_stack((glimpse_px * glimpse_px,) + tuple(hidden))
+        self.loc = keras.layers.Dense(z_dim, name="loc")
+        self.log_var = keras.layers.Dense(z_dim, name="log_var")
+        self.loc.build((None, hidden[-1]))
+        self.log_var.build((None, hidden[-1]))
+
+    def call(self, glimpse_flat):
+        h = glimpse_flat  # [N, 784]
+        for layer in self.hidden:
+            h = layer(h)
+        return tfd.Independent(
+            tfd.Normal(loc=self.loc(h), scale=tf.exp(0.5 * self.log_var(h))), 1)  # [N] event [z]
+
+
+class GlimpseDecoder(keras.Model):
+    """p(glimpse | z_what): [N, z_dim] -> Independent Bernoulli over 784 pixels (logits)."""
+
+    def __init__(self, hidden=(256, 512), z_dim=50, glimpse_px=28, name="glimpse_decoder",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.hidden = _dense_stack((z_dim,) + tuple(hidden))
+        self.logits = keras.layers.Dense(glimpse_px * glimpse_px, name="logits")
+        self.logits.build((None, hidden[-1]))
+
+    def call(self, z_what):
+        h = z_what  # [N, z]
+        for layer in self.hidden:
+            h = layer(h)
+        return tfd.Independent(tfd.Bernoulli(logits=self.logits(h), dtype=tf.float32), 1)
+
+
+class GlimpseVAE(keras.Model):
+    """Encoder and decoder pair; ``call`` encodes, samples with given noise, decodes."""
+
+    def __init__(self, z_dim=50, glimpse_px=28, name="glimpse_vae", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.z_dim = z_dim
+        self.glimpse_px = glimpse_px
+        self.encoder = GlimpseEncoder(z_dim=z_dim, glimpse_px=glimpse_px)
+        self.decoder = GlimpseDecoder(z_dim=z_dim, glimpse_px=glimpse_px)
+
+    def call(self, glimpse_flat, eps):
+        """Returns (q(z_what), z_what sample [N, z], p(glimpse | z_what))."""
+        q = self.encoder(glimpse_flat)
+        normal = q.distribution
+        z = normal.loc + normal.scale * eps  # [N, z]
+        return q, z, self.decoder(z)
