@@ -64,9 +64,8 @@ def train_step(model, optimizer, generator, batch, step, weights, jit_compile=Fa
 
 
 @tf.function
-def eval_step(model, generator, images, step, weights):
-    """One test pass (hard z_pres, Q25-Q27). Returns (outputs, per-image terms)."""
-    noise = model.sample_noise(images.shape[0], generator)
+def eval_step(model, images, noise, step):
+    """One test pass (hard z_pres, Q25-Q27) with the given noise. Returns (outputs, terms [B])."""
     outputs = model(images, noise, step=step, training=False)
     terms = objectives.negative_elbo(images, outputs)
     terms["se"] = objectives.squared_error(images, outputs["recon"])

@@ -1,0 +1,382 @@
+"""``train_eval``: the training loop, evaluation, checkpoints and summaries (spec §7-§9).
+
+A run lives in one workdir::
+
+  config.gin            every binding the run was started with (used to rebuild the model)
+  operative_config.gin  the bindings actually used
+  train/, eval/         TensorBoard event files
+  ckpt/                 tf.train.CheckpointManager (model, optimizer, noise generator, step,
+                        best-selection state)
+  metrics.jsonl         one line per evaluation
+  summary.json          final, best (Q28) and best-by-test metrics
+  log.txt               the console log
+
+Resume: the same command again restores the latest checkpoint and continues at its
+step with the same next batch (the data pipeline is random-access by step). Summaries
+and metrics lines are buffered and written right after each checkpoint, so a run
+killed between checkpoints redoes those steps without logging anything twice.
+"""
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from asr_tf import metrics as metrics_lib
+from asr_tf import objectives
+from asr_tf import training
+from asr_tf import viz
+from asr_tf.data import pipeline
+from asr_tf.data import scenes
+from asr_tf.models import build_model
+from asr_tf.quirks import Quirks
+
+CONFIG_FILE = "config.gin"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be restored (corrupt, or from another configuration)."""
+
+
+@gin.configurable
+def run_spec(dataset="mnist_13", dataset_overrides=None):
+    """The dataset spec of a run (``run_spec.dataset`` names one of scenes.DATASETS)."""
+    return scenes.get_spec(dataset, **(dataset_overrides or {}))
+
+
+def build_components(spec):
+    """Model, penalty weights and quirks for a dataset, from the gin bindings in force."""
+    quirks = Quirks()
+    model = build_model(canvas_px=spec.canvas_px, counts=spec.counts,
+                        size_range_px=spec.size_range_px, quirks=quirks)
+    weights = objectives.PenaltyWeights(counts=tuple(spec.counts),
+                                        size_range_px=tuple(spec.size_range_px))
+    return model, weights, quirks
+
+
+def _checkpoint(model, optimizer, generator, step, best_state):
+    kwargs = dict(model=model, generator=generator, step=step, best_state=best_state)
+    if optimizer is not None:
+        kwargs["optimizer"] = optimizer
+    return tf.train.Checkpoint(**kwargs)
+
+
+def restore_or_fail(checkpoint, path):
+    """Restores ``path`` into ``checkpoint``; a clear CheckpointError names the file otherwise.
+
+    Nothing is deleted: a bad checkpoint stays on disk for inspection.
+    """
+    try:
+        status = checkpoint.restore(path)
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError, KeyError) as err:
+        raise CheckpointError(
+            f"cannot restore checkpoint {path!r}: it is corrupt or was written by a different "
+            f"configuration ({type(err).__name__}: {str(err).splitlines()[0][:300]}). "
+            "Nothing was deleted; use another --workdir, or remove or repair that file.") from err
+    return status
+
+
+class Evaluator:
+    """Runs the test pass over the fixed test scenes and computes ACC, SE, nELBO, mIoU (spec §8)."""
+
+    def __init__(self, model, spec, num_test=None, seed=0, batch_size=1000):
+        self.model = model
+        self.spec = spec
+        self.seed = seed
+        num_test = num_test or spec.num_test
+        ds = pipeline.make_dataset(spec, split="test", batch_size=num_test, seed=seed,
+                                   repeat=False, drop_remainder=False)
+        test = next(iter(ds))
+        self.test = {k: v[:num_test] for k, v in test.items()}
+        self.num_test = int(self.test["image"].shape[0])
+        self.batch_size = min(batch_size, self.num_test)
+
+    def __call__(self, step):
+        """Returns (metrics dict of floats, arrays dict for images) at training step ``step``."""
+        gen = tf.random.Generator.from_seed(self.seed * 1_000_003 + int(step) + 7)
+        outs, terms = [], []
+        for lo in range(0, self.num_test, self.batch_size):
+            images = self.test["image"][lo:lo + self.batch_size]
+            noise = self.model.sample_noise(int(images.shape[0]), gen)
+            o, t = training.eval_step(self.model, images, noise, tf.constant(step, tf.int64))
+            outs.append({k: v.numpy() for k, v in o.items() if k not in ("step_mask", "steps_executed")})
+            terms.append({k: v.numpy() for k, v in t.items()})
+        out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        term = {k: np.concatenate([t[k] for t in terms]) for k in terms[0]}
+        result = metrics_lib.evaluate_outputs(
+            self.test["image"].numpy(), out["recon"], term["nelbo"], out["count"], out["scale"],
+            out["shift"], self.test["boxes_px"].numpy(), self.test["box_mask"].numpy(),
+            self.test["count"].numpy(), canvas_px=self.spec.canvas_px,
+            tight_gt=self.model.quirks.tight_gt)
+        for k in ("nll", "kl_pres", "kl_scale", "kl_shift", "kl_what"):
+            result[k] = float(term[k].mean())
+        result.update(_box_diagnostics(out, self.spec.canvas_px))
+        return result, out
+
+
+def _box_diagnostics(out, canvas_px):
+    """Where the present boxes are: mean side, mean |shift|, fraction fully inside the canvas."""
+    present = out["present"] > 0.5  # [N, T]
+    if not present.any():
+        return {"box_side_px": 0.0, "box_abs_shift": 0.0, "box_inside_frac": 0.0}
+    side = out["scale"][present] * canvas_px
+    shift = out["shift"][present]  # [P, 2]
+    centre = (shift + 1.0) * canvas_px / 2.0
+    inside = np.all((centre - side[:, None] / 2 >= -0.5) & (centre + side[:, None] / 2 <= canvas_px + 0.5), -1)
+    return {"box_side_px": float(side.mean()), "box_abs_shift": float(np.abs(shift).mean()),
+            "box_inside_frac": float(inside.mean())}
+
+
+class _SummaryBuffer:
+    """Summaries and metric lines held until the next checkpoint is on disk."""
+
+    def __init__(self, workdir):
+        self.writers = {name: tf.summary.create_file_writer(os.path.join(workdir, name))
+                        for name in ("train", "eval")}
+        self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+        self.items = []
+        self.lines = []
+
+    def scalar(self, writer, tag, value, step):
+        self.items.append(("scalar", writer, tag, float(value), int(step)))
+
+    def image(self, writer, tag, array, step):
+        self.items.append(("image", writer, tag, array, int(step)))
+
+    def metrics_line(self, record):
+        self.lines.append(json.dumps(record))
+
+    def flush(self):
+        for kind, writer, tag, value, step in self.items:
+            with self.writers[writer].as_default(step=step):
+                if kind == "scalar":
+                    tf.summary.scalar(tag, value)
+                else:
+                    tf.summary.image(tag, value[None].astype(np.uint8))
+        for w in self.writers.values():
+            w.flush()
+        if self.lines:
+            with open(self.metrics_path, "a") as f:
+                f.write("\n".join(self.lines) + "\n")
+        self.items, self.lines = [], []
+
+
+def _eval_images(model, spec, out, test, step, generator_seed):
+    """Reconstruction panels of the first 64 test scenes and a grid of 64 prior samples."""
+    n = min(64, out["recon"].shape[0])
+    boxes = metrics_lib.boxes_from_where(out["scale"][:n], out["shift"][:n], spec.canvas_px)
+    recon = viz.reconstruction_panels(test["image"].numpy()[:n, ..., 0], out["recon"][:n], boxes,
+                                      out["count"][:n])
+    gen = tf.random.Generator.from_seed(generator_seed + step)
+    samples = generate_scenes(model, 64, gen, spec)
+    sample_boxes = metrics_lib.boxes_from_where(samples["scale"], samples["shift"], spec.canvas_px)
+    grid = viz.reconstruction_panels(np.clip(samples["images"], 0, 1), np.clip(samples["images"], 0, 1),
+                                     sample_boxes, samples["count"])
+    return {"reconstructions": recon, "samples": grid}
+
+
+def generate_scenes(model, num, generator, spec):
+    """Prior samples as numpy: pPrior/ASR from the prior LSTM; AIR with a training count each."""
+    noise = model.generation_noise(num, generator)
+    if hasattr(model, "fix_steps"):
+        out = model.generate(noise)
+    else:  # AIR draws exactly n objects for each training count n: split the batch
+        counts = list(spec.counts)
+        parts = []
+        for i, c in enumerate(counts):
+            sl = {k: v[:, i::len(counts)] for k, v in noise.items()}
+            parts.append(model.generate(sl, c))
+        out = {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]}
+    return {k: v.numpy() for k, v in out.items()}
+
+
+@gin.configurable(denylist=["workdir"])
+def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_every=200,
+               log_every=20, checkpoint_every=1000, keep_checkpoints=3, image_every=2000,
+               num_test=None, seed=0, jit_compile=True, fresh_scenes=False, max_steps=None,
+               progress=True):
+    """Trains and evaluates one run; resumes from ``workdir`` if it holds a checkpoint.
+
+    Args:
+      workdir: run folder (created).
+      num_steps: total iterations; None -> floor(num_epochs * N_train / batch_size) (Q41).
+      eval_every: iterations between test evaluations (200, spec §8).
+      log_every: iterations averaged per training-summary point (20).
+      checkpoint_every: iterations between checkpoints (summaries are written then).
+      image_every: iterations between image summaries (reconstructions, prior samples).
+      num_test: test scenes (None: the dataset's num_test, 1000; Q7).
+      seed: data order, initial weights and noise.
+      jit_compile: XLA-compile the train step (same numbers, faster).
+      fresh_scenes: unlimited new training scenes instead of the fixed training set.
+      max_steps: stop this invocation at this step (cuts a run short; resumable).
+    Returns:
+      the summary dict written to summary.json.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    log = _file_logger(workdir)
+    keras.utils.set_random_seed(seed)  # initial weights
+    spec = run_spec()
+    model, weights, quirks = build_components(spec)
+    objectives.warn_if_count_min_dropped(weights, quirks)
+    optimizer = training.make_optimizer(model)
+    generator = tf.random.Generator.from_seed(seed + 1)
+    step_var = tf.Variable(0, dtype=tf.int64, name="step")
+    best = metrics_lib.BestTracker()
+    best_var = tf.Variable(json.dumps(best.state()), dtype=tf.string, name="best_state")
+    ckpt = _checkpoint(model, optimizer, generator, step_var, best_var)
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(workdir, "ckpt"),
+                                         max_to_keep=keep_checkpoints)
+    if manager.latest_checkpoint:
+        restore_or_fail(ckpt, manager.latest_checkpoint)
+        best = metrics_lib.BestTracker.from_state(json.loads(best_var.numpy().decode()))
+        log.info("restored %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
+    _write_config(workdir)
+
+    total = num_steps or pipeline.iterations_for_epochs(spec, num_epochs, batch_size)
+    stop_at = min(total, max_steps) if max_steps else total
+    start = int(step_var.numpy())
+    log.info("run %s: %s, %d/%d steps, batch %d, %s", os.path.basename(workdir), spec.name, start,
+             total, batch_size, type(model).__name__)
+    evaluator = Evaluator(model, spec, num_test, seed)
+    buf = _SummaryBuffer(workdir)
+    data = iter(pipeline.make_dataset(spec, split="train", batch_size=batch_size, seed=seed,
+                                      fresh_scenes=fresh_scenes, start_step=start))
+    window, t_window, last_eval = [], time.time(), None
+    bar = _progress(start, stop_at, progress)
+    step = start
+    while step < stop_at:
+        batch = next(data)
+        logs = training.train_step(model, optimizer, generator, batch, tf.constant(step, tf.int64),
+                                   weights, jit_compile)
+        step += 1
+        step_var.assign(step)
+        window.append({k: float(v) for k, v in logs.items()})
+        best.observe_train_loss(step, window[-1]["loss"])
+        if step % log_every == 0:
+            mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            dt = time.time() - t_window
+            for k, v in mean.items():
+                buf.scalar("train", k, v, step)
+            buf.scalar("train", "learning_rate", float(optimizer.learning_rate), step)
+            buf.scalar("train", "steps_per_sec", len(window) / dt, step)
+            buf.scalar("train", "images_per_sec", len(window) * batch_size / dt, step)
+            window, t_window = [], time.time()
+            bar.set_postfix(loss=f"{mean['loss']:.1f}", acc=last_eval and f"{last_eval['acc']:.3f}")
+        if step % eval_every == 0 or step == stop_at:
+            result, out = evaluator(step)
+            best.observe_eval(step, result)
+            last_eval = result
+            for k, v in result.items():
+                buf.scalar("eval", k, v, step)
+            buf.metrics_line(dict(step=step, wall_time=time.time(), **result))
+            if step % image_every == 0 or step == stop_at:
+                for tag, img in _eval_images(model, spec, out, evaluator.test, step, seed).items():
+                    buf.image("eval", tag, img, step)
+            log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in result.items()))
+        if step % checkpoint_every == 0 or step == stop_at:
+            best_var.assign(json.dumps(best.state()))
+            manager.save(checkpoint_number=step)
+            buf.flush()
+        bar.update(1)
+    bar.close()
+    _write_operative_config(workdir)
+    summary = dict(step=step, total_steps=total, **best.summary())
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def _progress(start, stop, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=stop, initial=start, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def _file_logger(workdir):
+    log = logging.getLogger("asr_tf.train")
+    log.setLevel(logging.INFO)
+    path = os.path.join(workdir, "log.txt")
+    if not any(getattr(h, "baseFilename", None) == os.path.abspath(path) for h in log.handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+    return log
+
+
+def _write_config(workdir):
+    path = os.path.join(workdir, CONFIG_FILE)
+    text = gin.config_str()
+    if os.path.exists(path) and open(path).read() != text:
+        logging.getLogger("asr_tf.train").warning(
+            "%s differs from the bindings of this invocation; keeping the original, writing %s",
+            path, path + ".latest")
+        path += ".latest"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _write_operative_config(workdir):
+    with open(os.path.join(workdir, "operative_config.gin"), "w") as f:
+        f.write(gin.operative_config_str())
+
+
+def load_trained(workdir, checkpoint=None):
+    """Rebuilds a run's model from ``workdir/config.gin`` and restores its latest (or the given)
+    checkpoint. Returns (model, spec). Raises CheckpointError / FileNotFoundError clearly."""
+    config = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(config):
+        raise FileNotFoundError(f"{config} not found: {workdir!r} is not a training workdir")
+    gin.clear_config()
+    gin.parse_config_file(config)
+    spec = run_spec()
+    model, _, _ = build_components(spec)
+    path = checkpoint or tf.train.latest_checkpoint(os.path.join(workdir, "ckpt"))
+    if not path:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'ckpt')}")
+    ckpt = tf.train.Checkpoint(model=model)
+    try:
+        ckpt.restore(path).expect_partial().assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as err:
+        raise CheckpointError(f"cannot restore checkpoint {path!r}: {str(err).splitlines()[0][:300]}") from err
+    return model, spec
+
+
+
+def evaluate_workdir(workdir, checkpoint=None, num_test=None, seed=0, deterministic=False):
+    """The four metrics (and diagnostics) of a trained run on its test scenes, as a dict."""
+    model, spec = load_trained(workdir, checkpoint)
+    if deterministic:
+        model.quirks = dataclasses.replace(model.quirks, deterministic_eval=True)
+    result, _ = Evaluator(model, spec, num_test, seed)(_restored_step(workdir, checkpoint))
+    return result
+
+
+def write_figure(workdir, out_path, reconstruct=False, num=64, seed=0, checkpoint=None):
+    """Writes a PNG grid of prior samples, or of test reconstructions with inferred boxes."""
+    model, spec = load_trained(workdir, checkpoint)
+    step = _restored_step(workdir, checkpoint)
+    if reconstruct:
+        evaluator = Evaluator(model, spec, num_test=num, seed=seed)
+        _, out = evaluator(step)
+        boxes = metrics_lib.boxes_from_where(out["scale"], out["shift"], spec.canvas_px)
+        grid = viz.reconstruction_panels(evaluator.test["image"].numpy()[..., 0], out["recon"],
+                                         boxes, out["count"])
+    else:
+        samples = generate_scenes(model, num, tf.random.Generator.from_seed(seed), spec)
+        images = np.clip(samples["images"], 0.0, 1.0)
+        grid = viz.image_grid(images)
+    return viz.save_png(grid, out_path)
+
+
+def _restored_step(workdir, checkpoint=None):
+    path = checkpoint or tf.train.latest_checkpoint(os.path.join(workdir, "ckpt"))
+    try:
+        return int(path.rsplit("-", 1)[1])
+    except (AttributeError, IndexError, ValueError):
+        return 0

@@ -1,0 +1,35 @@
+"""Evaluates a run's latest checkpoint on its test scenes and prints ACC, SE, nELBO, mIoU as JSON.
+
+  python tools/evaluate.py --workdir runs/air_asr_13 [--num_test 2000] [--deterministic]
+"""
+import json
+import os
+
+from absl import app, flags
+
+import _path  # noqa: F401
+
+flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
+flags.DEFINE_string("checkpoint", None, "A checkpoint path (default: the latest).")
+flags.DEFINE_integer("num_test", None, "Test scenes (default: the dataset's, 1000).")
+flags.DEFINE_bool("deterministic", False, "Posterior means and z_pres threshold 0.5 (not Q25-Q27).")
+flags.DEFINE_integer("seed", 0, "Seed of the test scenes and the evaluation noise.")
+flags.DEFINE_string("out", None, "JSON output path (default: <workdir>/evaluation.json).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from asr_tf import train_lib
+
+    result = train_lib.evaluate_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
+                                        num_test=FLAGS.num_test, seed=FLAGS.seed,
+                                        deterministic=FLAGS.deterministic)
+    text = json.dumps(result, indent=1)
+    print(text)
+    with open(FLAGS.out or os.path.join(FLAGS.workdir, "evaluation.json"), "w") as f:
+        f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,44 @@
+"""Trains one run: python tools/train.py --config configs/air_asr_14.gin [--workdir W].
+
+Running the same command again on the same workdir resumes from its latest checkpoint.
+"""
+import datetime
+import os
+
+from absl import app, flags
+
+import _path  # noqa: F401
+
+flags.DEFINE_multi_string("config", [], "Config name (air_asr_14) or .gin path; repeatable.")
+flags.DEFINE_multi_string("gin_param", [], "Extra gin binding, e.g. 'train_eval.eval_every=500'.")
+flags.DEFINE_string("workdir", None, "Run folder (default runs/<config>-<timestamp>).")
+flags.DEFINE_integer("seed", None, "Seed for data order, initial weights and noise.")
+flags.DEFINE_integer("max_steps", None, "Stop at this step (the run stays resumable).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from asr_tf import config, train_lib
+
+    if not FLAGS.config:
+        raise app.UsageError(f"--config is required; one of {', '.join(config.available_configs())}")
+    try:
+        files = config.parse(FLAGS.config, FLAGS.gin_param)
+    except ValueError as err:
+        raise app.UsageError(str(err))
+    workdir = FLAGS.workdir or os.path.join(
+        "runs", f"{os.path.splitext(os.path.basename(files[-1]))[0]}-"
+        f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    kwargs = {}
+    if FLAGS.seed is not None:
+        kwargs["seed"] = FLAGS.seed
+    if FLAGS.max_steps is not None:
+        kwargs["max_steps"] = FLAGS.max_steps
+    print(f"workdir: {workdir}")
+    summary = train_lib.train_eval(workdir, **kwargs)
+    print(summary)
+
+
+if __name__ == "__main__":
+    app.run(main)
