@@ -120,7 +120,7 @@ class AIR(GlimpseModel):
         zeta = q_scale.loc + q_scale.scale * noise["eps_scale"] if sample else q_scale.loc  # [B, 1]
         xi = q_shift.loc + q_shift.scale * noise["eps_shift"] if sample else q_shift.loc  # [B, 2]
         scale, shift = tf.sigmoid(zeta[:, 0]), tf.tanh(xi)
-        q_what, _, rendered = self._glimpse_and_render(images, scale, shift, noise["eps_what"],
+        q_what, z_what, rendered = self._glimpse_and_render(images, scale, shift, noise["eps_what"],
                                                        noise["eps_pix"], training)
         alpha_q = self.net.z_pres_logit(h)  # [B]
         alpha_p = tf.fill([batch], annealed_prior_logit(step, **self.anneal) + self.prior_bias[t])
@@ -138,7 +138,7 @@ class AIR(GlimpseModel):
                                          math.sqrt(SCALE_PRIOR_VAR), present),
             "kl_shift": masked_normal_kl(q_shift.loc, q_shift.scale, 0.0, 1.0, present),
             "kl_what": masked_normal_kl(what.loc, what.scale, 0.0, 1.0, present),
-            "present": present, "scale": scale, "shift": shift,
+            "present": present, "scale": scale, "shift": shift, "z_what": z_what,
         }
         new["state"] = state
         return new, record

@@ -23,7 +23,7 @@ tfd = tfp.distributions
 
 # Per-step records stacked to [B, T, ...] after the loop (trailing shape per key).
 RECORD_KEYS = ("z_pres", "z_pres_prob", "z_pres_logit", "prior_logit", "kl_pres",
-               "kl_scale", "kl_shift", "kl_what", "present", "scale", "shift")
+               "kl_scale", "kl_shift", "kl_what", "present", "scale", "shift", "z_what")
 
 
 def masked_normal_kl(q_loc, q_scale, p_loc, p_scale, mask):
@@ -69,7 +69,7 @@ class GlimpseModel(keras.Model):
 
     def __init__(self, canvas_px, max_steps=6, glimpse_px=28, z_what_dim=50,
                  z_pres_temperature=0.1, stop_threshold=0.9, decoder_noise=0.0,
-                 quirks=None, name="glimpse_model", **kwargs):
+                 quirks=None, unroll=False, name="glimpse_model", **kwargs):
         super().__init__(name=name, **kwargs)
         if max_steps < 1:
             raise ValueError(f"max_steps={max_steps} must be >= 1")
@@ -81,6 +81,7 @@ class GlimpseModel(keras.Model):
         self.stop_threshold = float(stop_threshold)
         self.decoder_noise = float(decoder_noise)
         self.quirks = quirks or Quirks()
+        self.unroll = bool(unroll)
 
     # ----------------------------------------------------------------- noise
     def noise_shapes(self, batch):
@@ -147,9 +148,52 @@ class GlimpseModel(keras.Model):
 
     def _record_shapes(self):
         """Trailing shape of each per-step record (after [T, B])."""
-        return {k: ([2] if k == "shift" else []) for k in RECORD_KEYS}
+        extra = {"shift": [2], "z_what": [self.z_what_dim]}
+        return {k: extra.get(k, []) for k in RECORD_KEYS}
 
     # ------------------------------------------------------------------ loop
+    def _active(self, carry):
+        return tf.reduce_any(carry["stop_sum"] < self.stop_threshold)
+
+    def _while_loop(self, carry, images2d, image_ctx, noise, step, training, batch):
+        """tf.while_loop over steps; records [T, B, ...] scattered per step, returned [B, T, ...]."""
+        t_max = self.max_steps
+        records = {k: tf.zeros([t_max, batch] + shape) for k, shape in self._record_shapes().items()}
+
+        def body(t, carry, records):
+            noise_t = {k: v[t] for k, v in noise.items()}
+            carry, rec = self._step(t, carry, images2d, image_ctx, noise_t, step, training)
+            records = {k: tf.tensor_scatter_nd_update(records[k], [[t]], rec[k][None])
+                       for k in records}
+            return t + 1, carry, records
+
+        t_exec, carry, records = tf.while_loop(lambda t, c, r: self._active(c), body,
+                                               (tf.constant(0), carry, records),
+                                               maximum_iterations=t_max)
+        records = {k: tf.transpose(v, [1, 0] + list(range(2, v.shape.rank)))
+                   for k, v in records.items()}
+        return t_exec, carry, records
+
+    def _unrolled_loop(self, carry, images2d, image_ctx, noise, step, training, batch):
+        """The same loop unrolled over T_max steps, each behind a tf.cond on 'any item active'
+        (a stopped batch does no further work). Faster to differentiate under XLA."""
+        t_exec = tf.constant(0)
+        recs = []
+        for t in range(self.max_steps):
+            noise_t = {k: v[t] for k, v in noise.items()}
+            zeros = {k: tf.zeros([batch] + shape) for k, shape in self._record_shapes().items()}
+
+            def run(carry=carry, noise_t=noise_t, t=t):
+                return self._step(tf.constant(t), carry, images2d, image_ctx, noise_t, step,
+                                  training)
+
+            active = self._active(carry)
+            carry, rec = tf.cond(active, run, lambda carry=carry, zeros=zeros: (carry, zeros))
+            t_exec += tf.cast(active, tf.int32)
+            recs.append(rec)
+        records = {k: tf.stack([r[k] for r in recs], 1) for k in recs[0]}  # [B, T, ...]
+        return t_exec, carry, records
+
     def call(self, images, noise, step=0, training=True):
         """One inference pass.
 
@@ -174,24 +218,16 @@ class GlimpseModel(keras.Model):
                      count=tf.zeros([batch]))
         step = tf.cast(step, tf.float32)
         t_max = self.max_steps
-        records = {k: tf.zeros([t_max, batch] + shape) for k, shape in self._record_shapes().items()}
-
-        def cond(t, carry, records):
-            return tf.reduce_any(carry["stop_sum"] < self.stop_threshold)
-
-        def body(t, carry, records):
-            noise_t = {k: v[t] for k, v in noise.items()}
-            carry, rec = self._step(t, carry, images2d, image_ctx, noise_t, step, training)
-            records = {k: tf.tensor_scatter_nd_update(records[k], [[t]], rec[k][None])
-                       for k in records}
-            return t + 1, carry, records
-
-        t_exec, carry, records = tf.while_loop(cond, body, (tf.constant(0), carry, records),
-                                               maximum_iterations=t_max)
+        if self.unroll:
+            t_exec, carry, records = self._unrolled_loop(carry, images2d, image_ctx, noise, step,
+                                                         training, batch)
+        else:
+            t_exec, carry, records = self._while_loop(carry, images2d, image_ctx, noise, step,
+                                                      training, batch)
         step_mask = tf.cast(tf.range(t_max) < t_exec, tf.float32)  # [T]
         out = {}
-        for k, v in records.items():  # [T, B, ...], zeros at steps not executed
-            out[k] = tf.transpose(v, [1, 0] + list(range(2, v.shape.rank)))  # [B, T, ...]
+        for k, v in records.items():  # [B, T, ...], zeros at steps not executed
+            out[k] = v
         out.update(canvas=carry["canvas"], recon=tf.clip_by_value(carry["canvas"], 0.0, 1.0),
                    count=tf.cast(carry["count"], tf.int32), step_mask=step_mask,
                    steps_executed=t_exec)

@@ -177,7 +177,7 @@ class PPriorAIR(GlimpseModel):
             "kl_shift": masked_normal_kl(q_shift.loc, q_shift.scale, p_shift.loc, p_shift.scale,
                                          present),
             "kl_what": masked_normal_kl(what.loc, what.scale, 0.0, 1.0, present),
-            "present": present, "scale": scale, "shift": shift,
+            "present": present, "scale": scale, "shift": shift, "z_what": z_what,
         }
         new.update(q_state=q_state, p_state=p_state, g_prev=g, z_what_prev=z_what,
                    where_prev=tf.concat([xi, zeta], -1))

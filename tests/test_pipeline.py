@@ -1,0 +1,128 @@
+"""tf.data pipeline: shapes, determinism, epochs, resumability, iteration budget."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from asr_tf import benchmarks
+from asr_tf.data import pipeline, scenes
+
+SMALL = dict(images_per_count=50, num_test=20)  # mnist_13: 100 scenes, 80 train, 20 test
+BATCH = 16  # 5 steps per epoch of the small train split
+
+
+def take(dataset, num_batches):
+    return [{k: v.numpy() for k, v in batch.items()} for batch in dataset.take(num_batches)]
+
+
+def indices(num_batches, **kwargs):
+    stream = pipeline.scene_index_dataset(
+        scenes.get_spec("mnist_13", **SMALL), batch_size=BATCH, **kwargs
+    )
+    return [b.numpy() for b in stream.take(num_batches)]
+
+
+def assert_same(batches_a, batches_b):
+    assert len(batches_a) == len(batches_b)
+    for a, b in zip(batches_a, batches_b):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_elements_have_static_shapes_and_valid_values():
+    dataset = pipeline.make_dataset("dsprites_bbox3", batch_size=8, **SMALL)
+    spec = dataset.element_spec
+    assert spec["image"].shape == (8, 64, 64, 1) and spec["image"].dtype == tf.float32
+    assert spec["count"].shape == (8,) and spec["count"].dtype == tf.int32
+    assert spec["boxes_px"].shape == (8, 4, 4) and spec["boxes_px"].dtype == tf.float32
+    assert spec["box_mask"].shape == (8, 4) and spec["box_mask"].dtype == tf.bool
+    (batch,) = take(dataset, 1)
+    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    assert (batch["count"] == 3).all() and batch["box_mask"][:, :3].all()
+
+
+def test_batches_are_the_synthesised_scenes_of_the_index_stream():
+    (batch,) = take(pipeline.make_dataset("mnist_13", batch_size=BATCH, seed=3, **SMALL), 1)
+    (index,) = indices(1, seed=3)
+    expected = scenes.synthesize_batch(scenes.get_spec("mnist_13", **SMALL), index, "train", 3)
+    np.testing.assert_array_equal(batch["image"][..., 0], expected["image"])
+    np.testing.assert_array_equal(batch["boxes_px"], expected["boxes_px"])
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+    make = lambda seed: pipeline.make_dataset("mnist_13", batch_size=BATCH, seed=seed, **SMALL)
+    first, again, other = take(make(1), 3), take(make(1), 3), take(make(2), 3)
+    assert_same(first, again)
+    assert not np.array_equal(first[0]["image"], other[0]["image"])
+
+
+def test_permutation_mode_visits_every_scene_once_per_epoch():
+    batches = indices(10, seed=0)  # two epochs of 80 scenes
+    epoch0, epoch1 = np.concatenate(batches[:5]), np.concatenate(batches[5:])
+    np.testing.assert_array_equal(np.sort(epoch0), np.arange(80))
+    np.testing.assert_array_equal(np.sort(epoch1), np.arange(80))
+    assert not np.array_equal(epoch0, epoch1)  # reshuffled each epoch
+    assert not np.array_equal(epoch0, np.arange(80))
+
+
+@pytest.mark.parametrize(
+    "mode", [dict(shuffle="permutation"), dict(shuffle="buffer"), dict(fresh_scenes=True)]
+)
+def test_start_step_resumes_exactly(mode):
+    reference = indices(13, seed=4, **mode)  # crosses two epoch boundaries
+    for step in (1, 5, 7, 12):
+        (resumed,) = indices(1, seed=4, start_step=step, **mode)
+        np.testing.assert_array_equal(resumed, reference[step], err_msg=f"step {step}")
+    # And the synthesised batches themselves, end to end.
+    make = lambda start: pipeline.make_dataset(
+        "mnist_13", batch_size=BATCH, seed=4, start_step=start, **mode, **SMALL
+    )
+    assert_same(take(make(0), 8)[6:], take(make(6), 2))
+
+
+def test_buffer_mode_covers_each_epoch():
+    batches = indices(10, shuffle="buffer", seed=0)
+    np.testing.assert_array_equal(np.sort(np.concatenate(batches[:5])), np.arange(80))
+
+
+def test_one_pass_train_and_fixed_order_test_split():
+    one_pass = indices(100, repeat=False, start_step=2)
+    assert len(one_pass) == 3  # steps 2, 3, 4 of the 5-step epoch
+    test = take(pipeline.make_dataset("mnist_13", "test", batch_size=BATCH, **SMALL), 100)
+    assert [len(b["count"]) for b in test] == [16, 4]  # every test scene, no drop
+    expected = scenes.synthesize_batch(scenes.get_spec("mnist_13", **SMALL), np.arange(20), "test")
+    np.testing.assert_array_equal(np.concatenate([b["image"] for b in test])[..., 0],
+                                  expected["image"])
+    test_dataset = pipeline.make_dataset("mnist_13", "test", batch_size=BATCH, **SMALL)
+    assert test_dataset.element_spec["image"].shape.as_list() == [None, 50, 50, 1]
+
+
+def test_iteration_budget_matches_the_original():
+    assert pipeline.num_train_scenes("mnist_13") == 39000
+    assert pipeline.num_train_scenes("mnist_bbox3") == 19000
+    assert pipeline.iterations_for_epochs("mnist_14") == 182812
+    assert pipeline.iterations_for_epochs("dsprites_bbox3") == 89062
+    assert pipeline.steps_per_epoch("mnist_24") == 609
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(split="valid"), "split"),
+        (dict(shuffle="random"), "shuffle"),
+        (dict(split="test", fresh_scenes=True), "fresh_scenes"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(start_step=-1), "start_step"),
+        (dict(seed=-1), "seed"),
+        (dict(counts=()), "counts"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline.make_dataset("mnist_13", **kwargs)
+
+
+def test_data_benchmark_reports_scenes_per_second():
+    result = benchmarks.run("data", dataset="mnist_13", batch_size=8, batches=3, warmup_batches=1)
+    assert result["what"] == "data" and result["scenes_per_s"] > 0
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        benchmarks.run("nothing")

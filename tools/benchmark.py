@@ -1,0 +1,40 @@
+"""Throughput benchmarks; prints one JSON line. Modes live in asr_tf.benchmarks.BENCHMARKS.
+
+  python tools/benchmark.py --what data --dataset mnist_13
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+from asr_tf import benchmarks  # noqa: E402
+
+flags.DEFINE_string("what", "data", f"benchmark mode, one of {sorted(benchmarks.BENCHMARKS)}")
+flags.DEFINE_string("dataset", "mnist_13", "dataset name (data mode)")
+flags.DEFINE_integer("batch_size", 64, "batch size")
+flags.DEFINE_integer("batches", 200, "measured batches")
+flags.DEFINE_integer("warmup_batches", 20, "batches before measuring")
+flags.DEFINE_integer("seed", 0, "seed")
+flags.DEFINE_bool("fresh_scenes", False, "data mode: never-repeating scenes")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    options = {name: FLAGS[name].value for name in
+               ("dataset", "batch_size", "batches", "warmup_batches", "seed", "fresh_scenes")}
+    try:
+        result = benchmarks.run(FLAGS.what, **options)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
