@@ -1,4 +1,5 @@
 """Gin configuration: finding configs by name, parsing them strictly."""
+import logging
 import os
 import pathlib
 
@@ -38,5 +39,10 @@ def parse(configs=(), bindings=(), clear=True):
     files = [resolve_config(c) for c in configs]
     for f in files:
         gin.add_config_file_search_path(os.path.dirname(os.path.abspath(f)))
-    gin.parse_config_files_and_bindings(files, list(bindings), skip_unknown=False)
+    # gin logs every search-path probe of an include at ERROR level; real problems raise.
+    logging.disable(logging.ERROR)
+    try:
+        gin.parse_config_files_and_bindings(files, list(bindings), skip_unknown=False)
+    finally:
+        logging.disable(logging.NOTSET)
     return files

@@ -1,0 +1,193 @@
+"""The training toolchain: configs, smoke training with TensorBoard read-back, exact resume,
+corrupt checkpoints, evaluation and figures from a workdir."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from asr_tf import config, train_lib, training
+
+# Small and fast: tiny LSTMs, batch 8, 16 test scenes, no XLA (compile time dominates tiny runs).
+SMALL = [
+    "build_model.lstm_units = 32",
+    "train_eval.batch_size = 8",
+    "train_eval.num_test = 16",
+    "train_eval.eval_every = 3",
+    "train_eval.log_every = 1",
+    "train_eval.checkpoint_every = 3",
+    "train_eval.image_every = 3",
+    "train_eval.jit_compile = False",
+    "train_eval.progress = False",
+]
+
+
+def _tensors(logdir, tag):
+    acc = EventAccumulator(logdir, size_guidance={"tensors": 0})
+    acc.Reload()
+    return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+
+
+def test_every_config_parses():
+    names = config.available_configs()
+    assert len(names) == 30  # 15 paper runs and their faithful twins
+    for name in names:
+        config.parse([name])
+        spec = train_lib.run_spec()
+        model_kind = gin.query_parameter("build_model.kind")
+        assert model_kind in ("air", "pprior")
+        assert spec.name in ("mnist_13", "mnist_14", "mnist_24", "mnist_bbox3", "dsprites_bbox3")
+        edge = gin.query_parameter("Quirks.sampler_edge")
+        assert edge == ("hard" if name.endswith("_faithful") else "zero_pad")
+    gin.clear_config()
+
+
+def test_paper_weights_in_configs():
+    config.parse(["air_asr_14"])
+    assert gin.query_parameter("PenaltyWeights.gamma_ne") == 10.0
+    assert gin.query_parameter("PenaltyWeights.gamma_m") == 100.0
+    config.parse(["air_asr_dsprites_overlap_faithful"])
+    assert gin.query_parameter("PenaltyWeights.gamma_b") == 1.0
+    assert gin.query_parameter("PenaltyWeights.gamma_s") == 10.0
+    assert gin.query_parameter("PenaltyWeights.gamma_a") == 20.0
+    assert gin.query_parameter("make_optimizer.learning_rate") == 1e-4
+    assert train_lib.run_spec().canvas_px == 64
+    gin.clear_config()
+
+
+def test_unknown_config_and_parameter_are_errors():
+    with pytest.raises(ValueError, match="unknown config 'air_asr_99'.*air_asr_14"):
+        config.parse(["air_asr_99"])
+    with pytest.raises(ValueError, match="bogus"):
+        config.parse(["air_asr_13"], ["train_eval.bogus = 1"])
+    gin.clear_config()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["air_13", "air_pprior_13", "air_asr_13"])
+def test_smoke_train_writes_tensorboard(tmp_path, name):
+    config.parse([name], SMALL)
+    workdir = str(tmp_path / name)
+    summary = train_lib.train_eval(workdir, max_steps=3)
+    assert summary["step"] == 3
+    losses = _tensors(os.path.join(workdir, "train"), "loss")
+    assert [s for s, _ in losses] == [1, 2, 3]
+    assert all(np.isfinite(v) for _, v in losses)
+    for tag in ("nelbo", "kl_what", "overlap", "learning_rate", "steps_per_sec"):
+        assert len(_tensors(os.path.join(workdir, "train"), tag)) == 3
+    evals = {tag: _tensors(os.path.join(workdir, "eval"), tag) for tag in ("acc", "se", "nelbo", "miou")}
+    assert all(len(v) == 1 and v[0][0] == 3 for v in evals.values())
+    assert 0.0 <= evals["acc"][0][1] <= 1.0 and 0.0 <= evals["miou"][0][1] <= 1.0
+    lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
+    assert [json.loads(l)["step"] for l in lines] == [3]
+    saved = json.load(open(os.path.join(workdir, "summary.json")))
+    assert saved["final"]["step"] == 3 and set(saved) >= {"final", "best", "best_by_test"}
+    assert os.path.exists(os.path.join(workdir, "operative_config.gin"))
+    gin.clear_config()
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resume_after_crash_is_exact_and_logs_nothing_twice(tmp_path, monkeypatch):
+    # Uninterrupted reference: 6 steps.
+    config.parse(["air_asr_13"], SMALL)
+    ref_dir = str(tmp_path / "ref")
+    train_lib.train_eval(ref_dir, max_steps=6)
+    ref_model, _ = train_lib.load_trained(ref_dir)
+    ref_weights = [w.copy() for w in ref_model.get_weights()]
+
+    # Crash at step 5 (the last checkpoint is step 3), then the same command again.
+    config.parse(["air_asr_13"], SMALL)
+    run_dir = str(tmp_path / "run")
+    real_step = training.train_step
+    calls = {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise _Crash()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", crashing)
+    with pytest.raises(_Crash):
+        train_lib.train_eval(run_dir, max_steps=6)
+    monkeypatch.setattr(training, "train_step", real_step)
+    config.parse(["air_asr_13"], SMALL)
+    train_lib.train_eval(run_dir, max_steps=6)
+
+    model, _ = train_lib.load_trained(run_dir)
+    for a, b in zip(ref_weights, model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    steps = [s for s, _ in _tensors(os.path.join(run_dir, "train"), "loss")]
+    assert steps == [1, 2, 3, 4, 5, 6]  # steps 4 and 5 ran twice but were logged once
+    ref_losses = _tensors(os.path.join(ref_dir, "train"), "loss")
+    np.testing.assert_allclose([v for _, v in _tensors(os.path.join(run_dir, "train"), "loss")],
+                               [v for _, v in ref_losses], rtol=1e-4)
+    lines = open(os.path.join(run_dir, "metrics.jsonl")).read().splitlines()
+    assert [json.loads(l)["step"] for l in lines] == [3, 6]
+    gin.clear_config()
+
+
+@pytest.mark.slow
+def test_bad_checkpoints_name_the_file_and_are_kept(tmp_path):
+    config.parse(["air_pprior_13"], SMALL)
+    workdir = str(tmp_path / "w")
+    train_lib.train_eval(workdir, max_steps=3)
+
+    # A checkpoint of another configuration (a different LSTM width) is refused clearly.
+    config.parse(["air_pprior_13"], SMALL + ["build_model.lstm_units = 16"])
+    with pytest.raises(train_lib.CheckpointError, match="ckpt-3"):
+        train_lib.train_eval(workdir, max_steps=6)
+
+    # A corrupt data file too; nothing is deleted or rewritten.
+    data_files = glob.glob(os.path.join(workdir, "ckpt", "ckpt-3.data-*"))
+    assert data_files
+    with open(data_files[0], "r+b") as f:
+        f.write(b"\x00garbage" * 64)
+    before = sorted(os.listdir(os.path.join(workdir, "ckpt")))
+    size = os.path.getsize(data_files[0])
+    config.parse(["air_pprior_13"], SMALL)
+    with pytest.raises(train_lib.CheckpointError, match="ckpt-3"):
+        train_lib.train_eval(workdir, max_steps=6)
+    assert sorted(os.listdir(os.path.join(workdir, "ckpt"))) == before
+    assert os.path.getsize(data_files[0]) == size
+    gin.clear_config()
+
+
+@pytest.mark.slow
+def test_evaluate_and_generate_tools(tmp_path, repo_root):
+    config.parse(["air_asr_13"], SMALL)
+    workdir = str(tmp_path / "w")
+    train_lib.train_eval(workdir, max_steps=3)
+    gin.clear_config()
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([sys.executable, str(repo_root / "tools" / "evaluate.py"),
+                          "--workdir", workdir, "--num_test", "16"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout[out.stdout.index("{"):])
+    assert set(result) >= {"acc", "se", "nelbo", "miou"}
+    png = str(tmp_path / "grid.png")
+    out = subprocess.run([sys.executable, str(repo_root / "tools" / "generate.py"),
+                          "--workdir", workdir, "--out", png, "--reconstruct", "--num", "16"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from PIL import Image
+
+    assert Image.open(png).size[0] > 100
+
+
+def test_train_tool_rejects_unknown_config(repo_root):
+    out = subprocess.run([sys.executable, str(repo_root / "tools" / "train.py"),
+                          "--config", "air_asr_99"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "unknown config 'air_asr_99'" in out.stderr
