@@ -1,0 +1,445 @@
+"""Serving export (issue 6): the SavedModel loaded the way TF Serving loads it.
+
+One export per model kind per module (exports trace three signatures: ~15 s each).
+Tolerances against the in-process model (``export.deterministic_reference``, eager Keras
+call + ``metrics.xywh_from_where``): count and z_pres exact; float outputs atol 1e-4
+(observed differences ~1e-5: graph vs eager kernels).
+"""
+import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from asr_tf import export
+from asr_tf import metrics
+from asr_tf.models import build_model
+
+S, T, Z = 50, 6, 50
+ATOL = 1e-4
+INFER_KEYS = ("count", "z_pres", "boxes_px", "z_what", "reconstruction")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _assert_matches(out, ref, keys=INFER_KEYS):
+    for k in keys:
+        got, want = np.asarray(out[k]), np.asarray(ref[k])
+        assert got.shape == want.shape, (k, got.shape, want.shape)
+        if k in ("count", "z_pres"):
+            np.testing.assert_array_equal(got, want, err_msg=k)
+        else:
+            np.testing.assert_allclose(got, want, atol=ATOL, rtol=0, err_msg=k)
+
+
+def _tree_hash(path):
+    h = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            h.update(os.path.relpath(full, path).encode())
+            with open(full, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+class _Export:
+    def __init__(self, kind, tmp_root):
+        self.kind = kind
+        # Untrained weights from fixed seeds that give varied counts on these images (pPrior
+        # [1 6 1 2 6 5], AIR [6 4 3 3 1 3]). Untrained AIR's z_pres logits are ~ -0.1 (count 0
+        # everywhere): its z_pres bias is raised so that objects exist.
+        keras.utils.set_random_seed(0 if kind == "pprior" else 2)
+        self.model = build_model(kind, S, (1, 3), add_prior=(kind == "air"))
+        if kind == "air":
+            self.model.net.z_pres.layers[-1].bias.assign([0.5])
+        rng = np.random.RandomState(0)
+        self.images = (rng.rand(6, S, S, 1) * rng.rand(6, 1, 1, 1)).astype(np.float32)
+        self.quirks_before = self.model.quirks
+        self.export_dir = os.path.join(tmp_root, f"{kind}_model")
+        self.path = export.export_saved_model(self.model, self.export_dir, generate_counts=(1, 3))
+        self.ref = export.deterministic_reference(self.model, self.images)
+
+
+@pytest.fixture(scope="module")
+def tmp_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="module")
+def pprior(tmp_root):
+    return _Export("pprior", tmp_root)
+
+
+@pytest.fixture(scope="module")
+def air(tmp_root):
+    return _Export("air", tmp_root)
+
+
+@pytest.fixture(params=["pprior", "air"])
+def exported(request):
+    return request.getfixturevalue(request.param)
+
+
+class _TF1Session:
+    """TF1 session load (as TF Serving's loader) and runs of signatures by their tensor names."""
+
+    def __init__(self, path):
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self.session = tf.compat.v1.Session(graph=self.graph)
+            self.meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path)
+
+    def run(self, signature, feeds):
+        sig = self.meta.signature_def[signature]
+        assert sig.method_name == "tensorflow/serving/predict"
+        feed = {sig.inputs[k].name: v for k, v in feeds.items()}
+        fetch = {k: v.name for k, v in sig.outputs.items()}
+        return self.session.run(fetch, feed)
+
+    def close(self):
+        self.session.close()
+
+
+# ----------------------------------------------------------------------------- fast checks
+
+def test_boxes_xywh_matches_metrics():
+    rng = np.random.RandomState(1)
+    scale = rng.rand(3, T).astype(np.float32)
+    shift = rng.uniform(-1, 1, (3, T, 2)).astype(np.float32)
+    got = export.boxes_xywh(tf.constant(scale), tf.constant(shift), S).numpy()
+    np.testing.assert_allclose(got, metrics.xywh_from_where(scale, shift, S), atol=1e-4)
+    # x = (shift_x + 1) * S/2 - scale * S/2, w = scale * S
+    np.testing.assert_allclose(got[0, 0, 0], (shift[0, 0, 0] + 1) * S / 2 - scale[0, 0] * S / 2,
+                               atol=1e-4)
+    np.testing.assert_allclose(got[0, 0, 2], scale[0, 0] * S, atol=1e-4)
+
+
+def test_next_version_and_model_config(tmp_path):
+    assert export.next_version(str(tmp_path / "missing")) == 1
+    for d in ("1", "7", "tmp", ".tmp-9-x"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "12").write_text("a file, not a version")
+    assert export.next_version(str(tmp_path)) == 8
+    text = export.model_config_text("air_asr_14", "/models/air_asr_14")
+    assert 'name: "air_asr_14"' in text and 'base_path: "/models/air_asr_14"' in text
+    assert 'model_platform: "tensorflow"' in text
+
+
+# ----------------------------------------------------------------------------- TF1 session
+
+@pytest.mark.slow
+def test_tf1_session_serving_default(exported):
+    assert exported.model.quirks == exported.quirks_before  # the export restored the quirks
+    assert os.path.basename(exported.path) == "1"
+    sess = _TF1Session(exported.path)
+    out = sess.run("serving_default", {"images": exported.images})
+    sess.close()
+    assert out["count"].dtype == np.int32 and out["z_pres"].dtype == np.float32
+    _assert_matches(out, exported.ref)
+    # the comparison includes real boxes and per-image counts (else: change the init seed)
+    assert len(set(exported.ref["count"].tolist())) > 1, exported.ref["count"]
+    np.testing.assert_array_equal(out["z_pres"].sum(-1), out["count"])
+
+
+@pytest.mark.slow
+def test_tf1_session_generate_and_stochastic(exported):
+    sess = _TF1Session(exported.path)
+    feeds = {"num_scenes": np.int32(5), "seed": np.int64(3)}
+    a = sess.run("generate", feeds)
+    b = sess.run("generate", feeds)
+    assert a["images"].shape == (5, S, S, 1) and a["boxes_px"].shape == (5, T, 4)
+    assert a["count"].shape == (5,) and a["count"].dtype == np.int32
+    assert a["images"].min() >= 0.0 and a["images"].max() <= 1.0
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])  # a pure function of (num_scenes, seed)
+    if exported.kind == "air":  # AIR cycles through the export's counts
+        np.testing.assert_array_equal(a["count"], [1, 3, 1, 3, 1])
+    present = np.any(a["boxes_px"] != 0, -1).sum(-1)
+    np.testing.assert_array_equal(present, a["count"])
+
+    s1, s2, s3 = (sess.run("infer_stochastic", {"images": exported.images, "seed": np.int64(seed)})
+                  for seed in (1, 1, 2))
+    sess.close()
+    for k in INFER_KEYS:
+        np.testing.assert_array_equal(s1[k], s2[k])
+    assert not np.array_equal(s1["reconstruction"], s3["reconstruction"])
+
+
+# ----------------------------------------------------------------------------- saved_model_cli
+
+def _cli():
+    exe = shutil.which("saved_model_cli")
+    return [exe] if exe else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+
+
+@pytest.mark.slow
+def test_saved_model_cli_show_and_run(pprior, tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    show = subprocess.run(_cli() + ["show", "--all", "--dir", pprior.path], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert show.returncode == 0, show.stderr[-2000:]
+    text = show.stdout
+
+    def block(name):
+        start = text.index(f"signature_def['{name}']:")
+        end = text.find("signature_def[", start + 1)
+        return text[start:end if end > 0 else len(text)]
+
+    default, gen = block("serving_default"), block("generate")
+    assert "signature_def['infer_stochastic']" in text
+    for key, dtype, shape in [("images", "DT_FLOAT", "(-1, 50, 50, 1)"),
+                              ("count", "DT_INT32", "(-1)"), ("z_pres", "DT_FLOAT", "(-1, 6)"),
+                              ("boxes_px", "DT_FLOAT", "(-1, 6, 4)"),
+                              ("z_what", "DT_FLOAT", "(-1, 6, 50)"),
+                              ("reconstruction", "DT_FLOAT", "(-1, 50, 50, 1)")]:
+        part = default.split(f"['{key}'] tensor_info:")[1]
+        assert f"dtype: {dtype}" in part.split("name:")[0], key
+        assert f"shape: {shape}\n" in part.split("name:")[0], key
+    for key, dtype, shape in [("num_scenes", "DT_INT32", "()"), ("seed", "DT_INT64", "()"),
+                              ("images", "DT_FLOAT", "(-1, 50, 50, 1)"),
+                              ("count", "DT_INT32", "(-1)"),
+                              ("boxes_px", "DT_FLOAT", "(-1, 6, 4)")]:
+        part = gen.split(f"['{key}'] tensor_info:")[1].split("name:")[0]
+        assert f"dtype: {dtype}" in part and f"shape: {shape}\n" in part, key
+
+    npy = tmp_path / "images.npy"
+    np.save(npy, pprior.images)
+    outdir = tmp_path / "out"
+    run = subprocess.run(_cli() + ["run", "--dir", pprior.path, "--tag_set", "serve",
+                                   "--signature_def", "serving_default",
+                                   "--inputs", f"images={npy}", "--outdir", str(outdir)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = {k: np.load(outdir / f"{k}.npy") for k in INFER_KEYS}
+    _assert_matches(out, pprior.ref)
+
+
+# ----------------------------------------------------------------------------- gRPC
+
+class SavedModelPredictionServicer:
+    """A minimal TF Serving ``PredictionService.Predict`` over a TF1 session, as the model
+    server runs it: the request dtype is checked against the SignatureDef, the shape is not
+    (the C++ session does not check fed shapes; each signature input is remapped to an
+    unknown-shape placeholder), so the graph's own checks answer bad shapes.
+    """
+
+    def __init__(self, path, model_name):
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        self.model_name = model_name
+        saved = saved_model_pb2.SavedModel()
+        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+            saved.ParseFromString(f.read())
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            input_map = {}
+            for sig in saved.meta_graphs[0].signature_def.values():
+                for info in sig.inputs.values():
+                    input_map[info.name] = tf.compat.v1.placeholder(
+                        tf.dtypes.as_dtype(info.dtype), shape=None)
+            self.session = tf.compat.v1.Session(graph=self.graph)
+            meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path,
+                                                        input_map=input_map)
+        self.signatures = {k: v for k, v in meta.signature_def.items()
+                           if v.method_name == "tensorflow/serving/predict"}
+        self.input_map = input_map
+
+    def Predict(self, request, context):  # noqa: N802 (gRPC method name)
+        import grpc
+        from tensorflow_serving.apis import predict_pb2
+
+        codes = {c.value[0]: c for c in grpc.StatusCode}
+        if request.model_spec.name and request.model_spec.name != self.model_name:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"Servable not found: {request.model_spec.name}")
+        name = request.model_spec.signature_name or "serving_default"
+        sig = self.signatures.get(name)
+        if sig is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"Serving signature name: \"{name}\" not found in signature def")
+        if set(request.inputs) != set(sig.inputs):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"inputs {sorted(request.inputs)} != expected {sorted(sig.inputs)}")
+        feed = {}
+        for key, proto in request.inputs.items():
+            want = sig.inputs[key]
+            if proto.dtype != want.dtype:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"Expects arg {key} to be {tf.dtypes.as_dtype(want.dtype).name} but "
+                              f"{tf.dtypes.as_dtype(proto.dtype).name} is provided")
+            feed[self.input_map[want.name]] = tf.make_ndarray(proto)
+        keys = list(request.output_filter) or list(sig.outputs)
+        try:
+            values = self.session.run({k: sig.outputs[k].name for k in keys}, feed)
+        except tf.errors.OpError as err:
+            context.abort(codes.get(err.error_code, grpc.StatusCode.INTERNAL),
+                          err.message.split("\n\t")[0])
+        except Exception as err:  # keep serving whatever happens
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = self.model_name
+        response.model_spec.signature_name = name
+        for k, v in values.items():
+            response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
+        return response
+
+
+@pytest.fixture(scope="module")
+def grpc_server(pprior):
+    grpc = pytest.importorskip("grpc")
+    pytest.importorskip("tensorflow_serving.apis.prediction_service_pb2_grpc")
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    servicer = SavedModelPredictionServicer(pprior.path, "pprior_model")
+
+    class Service(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):  # noqa: N802
+            return servicer.Predict(request, context)
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Service(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    channel.close()
+    server.stop(grace=None)
+    servicer.session.close()
+
+
+def _request(signature="serving_default", **inputs):
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "pprior_model"
+    request.model_spec.signature_name = signature
+    for k, v in inputs.items():
+        request.inputs[k].CopyFrom(tf.make_tensor_proto(v))
+    return request
+
+
+@pytest.mark.slow
+def test_grpc_predict_and_bad_requests(grpc_server, pprior):
+    import grpc
+
+    def predict(request):
+        response = grpc_server.Predict(request, timeout=60)
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    _assert_matches(predict(_request(images=pprior.images)), pprior.ref)
+
+    bad = [  # (request, code, text the message must contain)
+        (_request(images=np.zeros([1, 40, 40, 1], np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
+         "[N, 50, 50, 1]"),
+        (_request(images=np.zeros([S, S, 1], np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
+         "[N, 50, 50, 1]"),
+        (_request(images=np.full([1, S, S, 1], 2.0, np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
+         "values in [0, 1]"),
+        (_request(images=pprior.images.astype(np.float64)), grpc.StatusCode.INVALID_ARGUMENT,
+         "float"),
+        (_request(pictures=pprior.images), grpc.StatusCode.INVALID_ARGUMENT, "images"),
+        (_request("generate", num_scenes=np.int32(0), seed=np.int64(1)),
+         grpc.StatusCode.INVALID_ARGUMENT, "num_scenes"),
+        (_request("nope", images=pprior.images), grpc.StatusCode.FAILED_PRECONDITION, "nope"),
+    ]
+    for request, code, text in bad:
+        with pytest.raises(grpc.RpcError) as err:
+            grpc_server.Predict(request, timeout=60)
+        assert err.value.code() == code, (text, err.value.details())
+        assert text in err.value.details(), err.value.details()
+        # ... and the server keeps serving
+        _assert_matches(predict(_request(images=pprior.images[:2])),
+                        {k: v[:2] for k, v in pprior.ref.items()})
+
+    gen = predict(_request("generate", num_scenes=np.int32(3), seed=np.int64(7)))
+    assert gen["images"].shape == (3, S, S, 1) and gen["count"].dtype == np.int32
+
+
+# ----------------------------------------------------------------------------- plain TF load
+
+@pytest.mark.slow
+def test_fresh_process_loads_without_asr_tf_or_tfp(pprior, tmp_path):
+    np.save(tmp_path / "images.npy", pprior.images)
+    script = textwrap.dedent(f"""
+        import json
+        import sys
+        import numpy as np
+        import tensorflow as tf
+        loaded = tf.saved_model.load({pprior.path!r})
+        images = np.load("images.npy")
+        out = loaded.signatures["serving_default"](images=tf.constant(images))
+        np.savez("out.npz", **{{k: v.numpy() for k, v in out.items()}})
+        try:  # the signature itself rejects a wrong dtype
+            loaded.signatures["serving_default"](images=tf.constant(images, tf.float64))
+            dtype_rejected = False
+        except (TypeError, ValueError, tf.errors.InvalidArgumentError):
+            dtype_rejected = True
+        gen = loaded.signatures["generate"](num_scenes=tf.constant(2),
+                                            seed=tf.constant(0, tf.int64))
+        mods = [m for m in ("asr_tf", "tensorflow_probability") if m in sys.modules]
+        print("RESULT", json.dumps({{"mods": mods, "dtype_rejected": dtype_rejected,
+                                     "gen_shape": list(gen["images"].shape)}}))
+    """)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT "):])
+    assert result == {"mods": [], "dtype_rejected": True, "gen_shape": [2, S, S, 1]}
+    out = dict(np.load(tmp_path / "out.npz"))
+    _assert_matches(out, pprior.ref)
+
+
+# ----------------------------------------------------------------------------- versioning
+
+@pytest.mark.slow
+def test_versions_and_refuse_overwrite(pprior):
+    before = _tree_hash(pprior.path)
+    # a second export: version 2, here with the stochastic pass as serving_default
+    path2 = export.export_saved_model(pprior.model, pprior.export_dir, stochastic_default=True)
+    assert path2 == os.path.join(pprior.export_dir, "2")
+    versions = sorted(d for d in os.listdir(pprior.export_dir) if not d.startswith("."))
+    assert versions == ["1", "2", export.MODEL_CONFIG_FILE]  # no temporary folder left
+    config = open(os.path.join(pprior.export_dir, export.MODEL_CONFIG_FILE)).read()
+    assert 'name: "pprior_model"' in config
+
+    with pytest.raises(FileExistsError, match="refusing to overwrite version 1"):
+        export.export_saved_model(pprior.model, pprior.export_dir, version=1)
+    assert _tree_hash(pprior.path) == before
+    assert sorted(os.listdir(pprior.export_dir)) == versions
+
+    loaded = tf.saved_model.load(path2)
+    assert set(loaded.signatures) == {"serving_default", "infer_deterministic", "generate"}
+    det = loaded.signatures["infer_deterministic"](images=tf.constant(pprior.images))
+    _assert_matches({k: v.numpy() for k, v in det.items()}, pprior.ref)
+    args = dict(images=tf.constant(pprior.images), seed=tf.constant(5, tf.int64))
+    a, b = (loaded.signatures["serving_default"](**args) for _ in range(2))
+    np.testing.assert_array_equal(a["reconstruction"].numpy(), b["reconstruction"].numpy())
+    assert json.dumps(sorted(a)) == json.dumps(sorted(INFER_KEYS))
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+@pytest.mark.slow
+def test_serving_benchmark_runs(pprior):
+    from asr_tf import serving_benchmark
+
+    result = serving_benchmark.run(pprior.path, batch_sizes=(1, 4), iterations=3, warmup=1,
+                                   images=pprior.images)
+    assert result["canvas_px"] == S
+    for n in (1, 4):
+        r = result[f"batch_{n}"]
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["images_per_s"] > 0 and r["iterations"] == 3
+        assert 0 <= r["max_count"] <= T

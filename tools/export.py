@@ -1,0 +1,64 @@
+"""Exports a trained run as a TF Serving SavedModel: <export_dir>/<version>/ + models.config.
+
+  python tools/export.py --workdir runs/air_asr_14 --export_dir models/air_asr_14 \
+      [--version N] [--checkpoint PATH] [--stochastic_default]
+
+Signatures and serving commands: docs/SERVING.md.
+"""
+import json
+import sys
+
+from absl import app, flags, logging
+
+import _path  # noqa: F401
+
+flags.DEFINE_string("workdir", None, "Training workdir (config.gin + ckpt/).", required=True)
+flags.DEFINE_string("export_dir", None, "Model base path; its basename is the served model name.",
+                    required=True)
+flags.DEFINE_integer("version", None, "Version folder (default: 1 + the largest existing).")
+flags.DEFINE_string("checkpoint", None, "A checkpoint path (default: the latest).")
+flags.DEFINE_bool("stochastic_default", False,
+                  "serving_default = the stochastic pass (images, seed); the deterministic one "
+                  "becomes infer_deterministic.")
+FLAGS = flags.FLAGS
+
+
+def _load(workdir, checkpoint):
+    """``train_lib.load_trained`` -> (model, allowed counts or None)."""
+    try:
+        from asr_tf.train_lib import load_trained
+    except ImportError as err:
+        raise RuntimeError("asr_tf.train_lib.load_trained(workdir, checkpoint=None) is not "
+                           f"available ({err}): tools/export.py needs it to restore a run") from err
+    loaded = load_trained(workdir, checkpoint=checkpoint)
+    model, spec = loaded if isinstance(loaded, tuple) else (loaded, None)
+    counts = getattr(spec, "counts", None)
+    if counts is None:  # fall back on the run's gin binding
+        import gin
+
+        try:
+            counts = gin.query_parameter("build_model.counts")
+        except ValueError:
+            counts = None
+    return model, (tuple(counts) if counts else None)
+
+
+def main(argv):
+    del argv
+    if not FLAGS["verbosity"].present:  # TF logs every saved function at INFO
+        logging.set_verbosity(logging.WARNING)
+    from asr_tf import export
+
+    try:
+        model, counts = _load(FLAGS.workdir, FLAGS.checkpoint)
+        path = export.export_saved_model(model, FLAGS.export_dir, version=FLAGS.version,
+                                         stochastic_default=FLAGS.stochastic_default,
+                                         generate_counts=counts)
+    except (FileNotFoundError, FileExistsError, RuntimeError, ValueError) as err:
+        sys.exit(f"export: {type(err).__name__}: {err}")  # CheckpointError is a RuntimeError
+    print(json.dumps({"saved_model": path, "model_config": export.MODEL_CONFIG_FILE,
+                      "generate_counts": counts}, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)
