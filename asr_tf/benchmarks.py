@@ -46,8 +46,115 @@ def data_benchmark(
     )
 
 
+def matmul_gflops(m=64, k=1024, n=1024, seconds=2.0):
+    """GFLOP/s of a plain float32 matmul [m, k] x [k, n] on this machine (the step's scale)."""
+    import tensorflow as tf
+
+    a, b = tf.random.normal([m, k]), tf.random.normal([k, n])
+    f = tf.function(lambda a, b: tf.matmul(a, b))
+    f(a, b).numpy()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(20):
+            c = f(a, b)
+        c.numpy()
+        reps += 20
+    return 2.0 * m * k * n * reps / (time.perf_counter() - start) / 1e9
+
+
+def _time_steps(fn, warmup, steps):
+    import numpy as np
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), times
+
+
+def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_batches: int = 5,
+                    batches: int = 50, seed: int = 0, kinds: str = "air,pprior,asr",
+                    jit_modes: str = "0,1", **unused) -> dict:
+    """ms per training step of AIR, pPrior and ASR on a config's data, FLOPs and GFLOP/s.
+
+    For each model kind and jit mode: the median step time over ``batches`` steps after
+    warm-up, with the real tf.data pipeline and with one constant batch (does the step wait
+    on data?), the analytic FLOPs of the steps the loop actually executed, the achieved
+    GFLOP/s, and its ratio to a plain matmul measured in the same run. Also the time of one
+    evaluation over the test scenes.
+    """
+    import gin
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from asr_tf import config as config_lib
+    from asr_tf import flops, train_lib, training
+    from asr_tf.data import pipeline
+
+    results = {"what": "train", "config": config, "batch_size": batch_size}
+    peak = matmul_gflops()
+    results["matmul_gflops"] = round(peak, 1)
+    for kind in kinds.split(","):
+        bindings = {"air": ["build_model.kind = 'air'"], "pprior": ["build_model.kind = 'pprior'"],
+                    "asr": []}[kind]
+        zero = ["PenaltyWeights.gamma_ne = 0.0", "PenaltyWeights.gamma_m = 0.0"] if kind != "asr" else []
+        config_lib.parse([config], bindings + zero)
+        spec = train_lib.run_spec()
+        keras.utils.set_random_seed(seed)
+        model, weights, _ = train_lib.build_components(spec)
+        optimizer = training.make_optimizer(model)
+        generator = tf.random.Generator.from_seed(seed)
+        data = iter(pipeline.make_dataset(spec, "train", batch_size=batch_size, seed=seed))
+        const = next(data)
+        for jit in [bool(int(j)) for j in jit_modes.split(",")]:
+            executed = []
+
+            def step(batch=None):
+                logs = training.train_step(model, optimizer, generator, batch or next(data),
+                                           tf.constant(0, tf.int64), weights, jit)
+                executed.append(float(logs["steps_executed"]))
+
+            real_s, _ = _time_steps(step, warmup_batches, batches)
+            const_s, _ = _time_steps(lambda: step(const), warmup_batches, batches)
+            mean_steps = float(np.mean(executed))
+            step_flops = np.mean([flops.train_step_flops(model, batch_size, t) for t in executed])
+            key = f"{kind}{'_jit' if jit else ''}"
+            results[key] = {
+                "ms_per_step": round(real_s * 1e3, 1),
+                "ms_per_step_constant_input": round(const_s * 1e3, 1),
+                "images_per_s": round(batch_size / real_s, 1),
+                "glimpse_steps_executed": round(mean_steps, 2),
+                "gflop_per_step": round(step_flops / 1e9, 3),
+                "gflops": round(step_flops / real_s / 1e9, 1),
+                "fraction_of_matmul": round(step_flops / real_s / 1e9 / peak, 3),
+            }
+        if kind == "asr":
+            evaluator = train_lib.Evaluator(model, spec, seed=seed)
+            evaluator(0)
+            start = time.perf_counter()
+            evaluator(1)
+            results["eval_seconds_1000"] = round(time.perf_counter() - start, 2)
+        gin.clear_config()
+    return results
+
+
+def serving_benchmark(export_path: str = None, **unused) -> dict:
+    """Latency p50/p99 and images/s of a SavedModel's serving_default at batch 1 and 64."""
+    if not export_path:
+        raise ValueError("--export_path is required for --what serving (a <export_dir>/<version> folder)")
+    from asr_tf import serving_benchmark as sb
+
+    return dict(what="serving", **sb.run(export_path))
+
+
 BENCHMARKS = {
     "data": data_benchmark,
+    "train": train_benchmark,
+    "serving": serving_benchmark,
 }
 
 

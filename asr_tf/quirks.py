@@ -26,8 +26,9 @@ class Quirks:
       zpres_prior_lag: Q13. True: the z_pres prior at step t reads the prior-LSTM
         output of step t-1. False: the paper's p(z_pres^t | z^{<t}) from step t.
       mask_penalties_by_presence: Q16/Q17. False: overlap, out-of-image, size and
-        area penalties and count CEs run over every executed step, unmasked.
-        True: only over the present objects of each image.
+        area penalties run over every executed step, unmasked. True: only over the
+        present objects of each image. (The count CEs always run over every executed
+        step: the stopping step's z_pres is what they teach.)
       count_min_needs_margin: Q20. True: the per-image count term (gamma_ne) is
         only built when gamma_m > 0, as in the original (a warning is logged).
       area_penalty: Q19. 'mean_offset': mean over steps of relu(c_max-d)+relu(d-c_min)

@@ -19,6 +19,10 @@ flags.DEFINE_integer("batches", 200, "measured batches")
 flags.DEFINE_integer("warmup_batches", 20, "batches before measuring")
 flags.DEFINE_integer("seed", 0, "seed")
 flags.DEFINE_bool("fresh_scenes", False, "data mode: never-repeating scenes")
+flags.DEFINE_string("config", "air_asr_14", "train mode: the config whose data and model to time")
+flags.DEFINE_string("kinds", "air,pprior,asr", "train mode: model kinds to time")
+flags.DEFINE_string("jit_modes", "0,1", "train mode: 0 = plain tf.function, 1 = XLA")
+flags.DEFINE_string("export_path", None, "serving mode: a SavedModel version folder")
 FLAGS = flags.FLAGS
 
 
@@ -26,7 +30,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     options = {name: FLAGS[name].value for name in
-               ("dataset", "batch_size", "batches", "warmup_batches", "seed", "fresh_scenes")}
+               ("dataset", "batch_size", "batches", "warmup_batches", "seed", "fresh_scenes",
+                "config", "kinds", "jit_modes", "export_path")}
     try:
         result = benchmarks.run(FLAGS.what, **options)
     except ValueError as err:

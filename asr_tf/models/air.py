@@ -121,7 +121,7 @@ class AIR(GlimpseModel):
         xi = q_shift.loc + q_shift.scale * noise["eps_shift"] if sample else q_shift.loc  # [B, 2]
         scale, shift = tf.sigmoid(zeta[:, 0]), tf.tanh(xi)
         q_what, z_what, rendered = self._glimpse_and_render(images, scale, shift, noise["eps_what"],
-                                                       noise["eps_pix"], training)
+                                                       noise.get("eps_pix"), training)
         alpha_q = self.net.z_pres_logit(h)  # [B]
         alpha_p = tf.fill([batch], annealed_prior_logit(step, **self.anneal) + self.prior_bias[t])
         y, z = self._z_pres(alpha_q, noise["u_pres"], training)

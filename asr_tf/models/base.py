@@ -69,7 +69,7 @@ class GlimpseModel(keras.Model):
 
     def __init__(self, canvas_px, max_steps=6, glimpse_px=28, z_what_dim=50,
                  z_pres_temperature=0.1, stop_threshold=0.9, decoder_noise=0.0,
-                 quirks=None, unroll=False, name="glimpse_model", **kwargs):
+                 quirks=None, name="glimpse_model", **kwargs):
         super().__init__(name=name, **kwargs)
         if max_steps < 1:
             raise ValueError(f"max_steps={max_steps} must be >= 1")
@@ -81,7 +81,6 @@ class GlimpseModel(keras.Model):
         self.stop_threshold = float(stop_threshold)
         self.decoder_noise = float(decoder_noise)
         self.quirks = quirks or Quirks()
-        self.unroll = bool(unroll)
 
     # ----------------------------------------------------------------- noise
     def noise_shapes(self, batch):
@@ -155,7 +154,7 @@ class GlimpseModel(keras.Model):
     def _active(self, carry):
         return tf.reduce_any(carry["stop_sum"] < self.stop_threshold)
 
-    def _while_loop(self, carry, images2d, image_ctx, noise, step, training, batch):
+    def _while_loop(self, carry, images2d, image_ctx, noise, step, training, batch, active):
         """tf.while_loop over steps; records [T, B, ...] scattered per step, returned [B, T, ...]."""
         t_max = self.max_steps
         records = {k: tf.zeros([t_max, batch] + shape) for k, shape in self._record_shapes().items()}
@@ -167,34 +166,14 @@ class GlimpseModel(keras.Model):
                        for k in records}
             return t + 1, carry, records
 
-        t_exec, carry, records = tf.while_loop(lambda t, c, r: self._active(c), body,
+        t_exec, carry, records = tf.while_loop(lambda t, c, r: active(c), body,
                                                (tf.constant(0), carry, records),
                                                maximum_iterations=t_max)
         records = {k: tf.transpose(v, [1, 0] + list(range(2, v.shape.rank)))
                    for k, v in records.items()}
         return t_exec, carry, records
 
-    def _unrolled_loop(self, carry, images2d, image_ctx, noise, step, training, batch):
-        """The same loop unrolled over T_max steps, each behind a tf.cond on 'any item active'
-        (a stopped batch does no further work). Faster to differentiate under XLA."""
-        t_exec = tf.constant(0)
-        recs = []
-        for t in range(self.max_steps):
-            noise_t = {k: v[t] for k, v in noise.items()}
-            zeros = {k: tf.zeros([batch] + shape) for k, shape in self._record_shapes().items()}
-
-            def run(carry=carry, noise_t=noise_t, t=t):
-                return self._step(tf.constant(t), carry, images2d, image_ctx, noise_t, step,
-                                  training)
-
-            active = self._active(carry)
-            carry, rec = tf.cond(active, run, lambda carry=carry, zeros=zeros: (carry, zeros))
-            t_exec += tf.cast(active, tf.int32)
-            recs.append(rec)
-        records = {k: tf.stack([r[k] for r in recs], 1) for k in recs[0]}  # [B, T, ...]
-        return t_exec, carry, records
-
-    def call(self, images, noise, step=0, training=True):
+    def call(self, images, noise, step=0, training=True, all_steps=False):
         """One inference pass.
 
         Args:
@@ -202,6 +181,11 @@ class GlimpseModel(keras.Model):
           noise: dict from :meth:`sample_noise`.
           step: global training step (AIR's annealed prior uses it).
           training: relaxed z_pres if True, hard z_pres (test model) if False.
+          all_steps: run all ``max_steps`` steps even once every item has stopped (stopped
+            items stay masked as usual). For asr_tf.distribute, where the executed steps are
+            decided over the global batch: ``step_mask`` and ``steps_executed`` still give the
+            steps this batch alone runs, min(T, 1 + max count), but the records after them are
+            not zero; the caller masks them.
         Returns:
           dict with ``canvas`` [B, S, S] (unclipped), ``recon`` [B, S, S] clipped to [0,1],
           ``count`` [B] int32, ``step_mask`` [T] float (1 for executed steps),
@@ -218,16 +202,13 @@ class GlimpseModel(keras.Model):
                      count=tf.zeros([batch]))
         step = tf.cast(step, tf.float32)
         t_max = self.max_steps
-        if self.unroll:
-            t_exec, carry, records = self._unrolled_loop(carry, images2d, image_ctx, noise, step,
-                                                         training, batch)
-        else:
-            t_exec, carry, records = self._while_loop(carry, images2d, image_ctx, noise, step,
-                                                      training, batch)
+        active = (lambda c: tf.constant(True)) if all_steps else self._active
+        t_exec, carry, records = self._while_loop(carry, images2d, image_ctx, noise, step,
+                                                  training, batch, active)
+        if all_steps:  # the loop's own stopping point: item b needs steps 0..count_b
+            t_exec = tf.minimum(t_max, 1 + tf.cast(tf.reduce_max(carry["count"]), tf.int32))
         step_mask = tf.cast(tf.range(t_max) < t_exec, tf.float32)  # [T]
-        out = {}
-        for k, v in records.items():  # [B, T, ...], zeros at steps not executed
-            out[k] = v
+        out = dict(records)  # each [B, T, ...], zeros at steps not executed
         out.update(canvas=carry["canvas"], recon=tf.clip_by_value(carry["canvas"], 0.0, 1.0),
                    count=tf.cast(carry["count"], tf.int32), step_mask=step_mask,
                    steps_executed=t_exec)
