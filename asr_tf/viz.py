@@ -234,7 +234,11 @@ def _fmt(v: float) -> str:
     return "%.4g" % v
 
 
-def _curves_pil(records, keys, path, panel_size):
+_SERIES_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
+                  (140, 86, 75)]
+
+
+def _curves_pil(series, keys, path, panel_size):
     pw, ph = panel_size
     ml, mr, mt, mb = 64, 12, 22, 30
     font = ImageFont.load_default()
@@ -245,7 +249,9 @@ def _curves_pil(records, keys, path, panel_size):
         x0, y0, x1, y1 = ml, oy + mt, pw - mr, oy + ph - mb   # plot area (y1 bottom)
         draw.text((ml, oy + 4), str(key), fill=(0, 0, 0), font=font)
         draw.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
-        xs, ys = _series(records, key)
+        data = {name: _series(recs, key) for name, recs in series.items()}
+        xs = [x for d in data.values() for x in d[0]]
+        ys = [y for d in data.values() for y in d[1]]
         if not xs:
             draw.text((x0 + 6, y0 + 6), "no data", fill=(128, 128, 128), font=font)
             continue
@@ -272,23 +278,32 @@ def _curves_pil(records, keys, path, panel_size):
             _, v = px(xlo, t)
             draw.line([(x0 - 4, v), (x0, v)], fill=(0, 0, 0))
             draw.text((2, v - 5), _fmt(t), fill=(0, 0, 0), font=font)
-        pts = [px(x, y) for x, y in zip(xs, ys)]
-        if len(pts) == 1:
-            u, v = pts[0]
-            draw.ellipse([u - 2, v - 2, u + 2, v + 2], fill=(31, 119, 180))
-        else:
-            draw.line(pts, fill=(31, 119, 180), width=2)
+        legend_x = x1
+        for i, (name, (sx, sy)) in enumerate(data.items()):
+            color = _SERIES_COLORS[i % len(_SERIES_COLORS)]
+            pts = [px(x, y) for x, y in zip(sx, sy)]
+            if len(pts) == 1:
+                u, v = pts[0]
+                draw.ellipse([u - 2, v - 2, u + 2, v + 2], fill=color)
+            elif pts:
+                draw.line(pts, fill=color, width=2)
+            if len(series) > 1:
+                legend_x -= draw.textlength(str(name), font=font) + 10
+                draw.text((legend_x, oy + 4), str(name), fill=color, font=font)
     img.save(path, format="PNG")
 
 
-def _curves_matplotlib(plt, records, keys, path, panel_size):
+def _curves_matplotlib(plt, series, keys, path, panel_size):
     pw, ph = panel_size
     fig, axes = plt.subplots(len(keys), 1, figsize=(pw / 100.0, ph * len(keys) / 100.0),
                              dpi=100, squeeze=False)
     for ax, key in zip(axes[:, 0], keys):
-        xs, ys = _series(records, key)
-        if xs:
-            ax.plot(xs, ys, marker="." if len(xs) == 1 else None)
+        for name, recs in series.items():
+            xs, ys = _series(recs, key)
+            if xs:
+                ax.plot(xs, ys, marker="." if len(xs) == 1 else None, label=str(name))
+        if len(series) > 1:
+            ax.legend(fontsize="small")
         ax.set_title(str(key))
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
@@ -303,7 +318,7 @@ def learning_curves_png(records: Sequence[Mapping], keys: Sequence[str], path,
 
     Args:
       records: list of dicts, each with 'step' and some metric keys (missing/non-finite values
-        are skipped).
+        are skipped); or a dict name -> such a list, one coloured series per name.
       keys: metric names, one panel each.
       path: output PNG.
       panel_size: (width, height) of one panel in pixels.
@@ -330,9 +345,10 @@ def learning_curves_png(records: Sequence[Mapping], keys: Sequence[str], path,
             plt = None
     elif backend != "pil":
         raise ValueError("backend must be 'auto', 'matplotlib' or 'pil'")
-    records = list(records)
+    series = ({str(k): list(v) for k, v in records.items()} if isinstance(records, Mapping)
+              else {"": list(records)})
     if plt is not None:
-        _curves_matplotlib(plt, records, keys, path, panel_size)
+        _curves_matplotlib(plt, series, keys, path, panel_size)
     else:
-        _curves_pil(records, keys, path, panel_size)
+        _curves_pil(series, keys, path, panel_size)
     return path

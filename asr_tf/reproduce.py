@@ -1,0 +1,143 @@
+"""Reproducing the paper's Table 1 rows: train AIR, AIR-pPrior and AIR-ASR side by side and
+write a report (table beside the paper's numbers, learning curves, image grids).
+
+The ASR run gets a wall-time budget; the baselines train for the same number of steps.
+Every run lives in ``<runs_dir>/<config>_s<seed>`` and resumes if present.
+"""
+import glob
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# Table 1 of the paper: mean, std over 3 runs.
+PAPER_TABLE1 = {
+    "air_13": dict(nelbo=(404.41, 4.58), acc=(0.81, 0.23), se=(31.94, 4.68), miou=(0.61, 0.13)),
+    "air_pprior_13": dict(nelbo=(405.21, 1.17), acc=(0.48, 0.00), se=(49.42, 0.24), miou=(0.43, 0.01)),
+    "air_asr_13": dict(nelbo=(360.20, 19.67), acc=(0.96, 0.00), se=(28.84, 1.11), miou=(0.61, 0.00)),
+    "air_14": dict(nelbo=(543.44, 54.71), acc=(0.48, 0.03), se=(52.77, 4.92), miou=(0.43, 0.07)),
+    "air_pprior_14": dict(nelbo=(519.06, 5.47), acc=(0.50, 0.00), se=(68.72, 0.55), miou=(0.43, 0.00)),
+    "air_asr_14": dict(nelbo=(441.54, 30.97), acc=(0.96, 0.01), se=(41.05, 7.11), miou=(0.55, 0.08)),
+    "air_24": dict(nelbo=(639.49, 23.13), acc=(0.55, 0.09), se=(57.69, 4.88), miou=(0.46, 0.06)),
+    "air_pprior_24": dict(nelbo=(643.28, 8.67), acc=(0.00, 0.00), se=(83.35, 0.44), miou=(0.10, 0.00)),
+    "air_asr_24": dict(nelbo=(495.73, 35.80), acc=(0.98, 0.01), se=(48.54, 5.60), miou=(0.54, 0.08)),
+}
+PAPER_NAMES = {"air": "AIR", "air_pprior": "AIR-pPrior", "air_asr": "AIR-ASR"}
+METRICS = ("nelbo", "acc", "se", "miou")
+
+
+def row_configs(row):
+    if row not in ("13", "14", "24"):
+        raise ValueError(f"Table 1 row {row!r} is not one of 13, 14, 24")
+    return [f"air_{row}", f"air_pprior_{row}", f"air_asr_{row}"]
+
+
+def workdir_for(runs_dir, config, seed):
+    return os.path.join(runs_dir, f"{config}_s{seed}")
+
+
+def train(config, workdir, seed, max_steps=None, max_minutes=None, extra=()):
+    """Runs tools/train.py in a subprocess (its log next to the workdir); returns the exit code."""
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "train.py")
+    cmd = [sys.executable, tool, "--config", config, "--workdir", workdir, "--seed", str(seed)]
+    if max_steps:
+        cmd += ["--max_steps", str(max_steps)]
+    if max_minutes:
+        cmd += ["--gin_param", f"train_eval.max_minutes = {max_minutes}"]
+    for b in extra:
+        cmd += ["--gin_param", b]
+    os.makedirs(os.path.dirname(os.path.abspath(workdir)) or ".", exist_ok=True)
+    with open(workdir.rstrip("/") + ".log", "a") as log:
+        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def read_metrics(workdir):
+    """The evaluations of a run (metrics.jsonl), in step order."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    recs = [json.loads(line) for line in open(path) if line.strip()]
+    return sorted(recs, key=lambda r: r["step"])
+
+
+def at_step(records, step):
+    """The evaluation at ``step`` (or the last one before it)."""
+    before = [r for r in records if r["step"] <= step]
+    return before[-1] if before else None
+
+
+def summarize(runs_dir, configs, seeds_by_config, step=None):
+    """Table entries at a common step: per config, mean/std over seeds of each metric.
+
+    ``step`` None: the largest step that every run has evaluated.
+    """
+    runs = {c: {s: read_metrics(workdir_for(runs_dir, c, s)) for s in seeds_by_config[c]}
+            for c in configs}
+    runs = {c: {s: r for s, r in v.items() if r} for c, v in runs.items()}
+    if step is None:
+        step = min(r[-1]["step"] for v in runs.values() for r in v.values())
+    table = {}
+    for c, by_seed in runs.items():
+        rows = [at_step(r, step) for r in by_seed.values()]
+        rows = [r for r in rows if r]
+        table[c] = {m: (float(np.mean([r[m] for r in rows])), float(np.std([r[m] for r in rows])))
+                    for m in METRICS}
+        table[c]["seeds"] = sorted(by_seed)
+        table[c]["wall_minutes"] = float(np.mean([
+            (at_step(r, step)["wall_time"] - _start_time(workdir_for(runs_dir, c, s))) / 60.0
+            for s, r in by_seed.items()]))
+    return step, table, runs
+
+
+def _start_time(workdir):
+    """When the run started: the first line of its log."""
+    try:
+        first = open(os.path.join(workdir, "log.txt")).readline()
+        return time.mktime(time.strptime(first[:19], "%Y-%m-%d %H:%M:%S"))
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def _fmt(mean_std, digits):
+    m, s = mean_std
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def markdown_table(table, step):
+    digits = dict(nelbo=1, acc=2, se=1, miou=2)
+    lines = [f"| model | seeds | nELBO | ACC | SE | mIoU | paper nELBO | paper ACC | paper SE | paper mIoU |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c, row in table.items():
+        paper = PAPER_TABLE1.get(c, {})
+        name = PAPER_NAMES.get(c.rsplit("_", 1)[0], c) + "-" + c.rsplit("_", 1)[1]
+        ours = " | ".join(_fmt(row[m], digits[m]) for m in METRICS)
+        theirs = " | ".join(_fmt(paper[m], digits[m]) if m in paper else "–" for m in METRICS)
+        lines.append(f"| {name} (`{c}`) | {len(row['seeds'])} | {ours} | {theirs} |")
+    return "\n".join(lines)
+
+
+def figures(runs_dir, configs, seeds_by_config, out_dir, runs):
+    """Learning curves (one series per config, first seed) and grids of the first seed."""
+    from asr_tf import train_lib, viz
+
+    os.makedirs(out_dir, exist_ok=True)
+    series = {c: runs[c][min(runs[c])] for c in configs if runs.get(c)}
+    paths = {"curves": viz.learning_curves_png(series, ["acc", "se", "miou", "nelbo"],
+                                               os.path.join(out_dir, "learning_curves.png"))}
+    for c in configs:
+        workdir = workdir_for(runs_dir, c, min(seeds_by_config[c]))
+        if not glob.glob(os.path.join(workdir, "ckpt", "*.index")):
+            continue
+        for kind, recon in (("reconstruction", True), ("generation", False)):
+            path = os.path.join(out_dir, f"{c}_{kind}.png")
+            train_lib.write_figure(workdir, path, reconstruct=recon, num=36 if recon else 64)
+            paths[f"{c}_{kind}"] = path
+    return paths
+
+
+def machine():
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
