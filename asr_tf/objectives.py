@@ -172,14 +172,11 @@ class PenaltyWeights:
     size_range_px: tuple = (17.0, 23.0)
 
 
-def total_loss(images, outputs, weights, canvas_px, quirks):
-    """The training loss of spec §6.4 and every term, unweighted, for logging.
-
-    Loss = mean_b [nELBO + g_n H + g_a A + g_b (O + Out) + g_s Sz + g_ne R1] + g_m R2.
+def per_image_loss(images, outputs, weights, canvas_px, quirks):
+    """The per-image part of the loss, nELBO + g_n H + g_a A + g_b (O + Out) + g_s Sz + g_ne R1.
 
     Returns:
-      (loss scalar, dict of scalar terms: batch means of each per-image term, ``count_margin``
-       the batch R2, and ``loss``).
+      (per_image [B], dict of the unweighted per-image terms, each [B]).
     """
     terms = negative_elbo(images, outputs)
     step_mask = outputs["step_mask"]  # [T]
@@ -195,13 +192,31 @@ def total_loss(images, outputs, weights, canvas_px, quirks):
                  + weights.gamma_a * terms["area"]
                  + weights.gamma_b * (terms["overlap"] + terms["out_of_image"])
                  + weights.gamma_s * terms["size"])
-    margin = tf.constant(0.0)
-    use_margin = weights.gamma_m > 1e-8
-    if use_margin or not quirks.count_min_needs_margin:
+    if uses_count_margin(weights) or not quirks.count_min_needs_margin:
         terms["count_min"] = count_min_penalty(outputs["z_pres_prob"], step_mask, weights.counts)
         per_image += weights.gamma_ne * terms["count_min"]
-    if use_margin:
-        margin = count_margin_penalty(outputs["z_pres_prob"], step_mask, weights.counts)
+    return per_image, terms
+
+
+def uses_count_margin(weights):
+    """Whether the batch-level R2 term is in the loss (gamma_m > 0)."""
+    return weights.gamma_m > 1e-8
+
+
+def total_loss(images, outputs, weights, canvas_px, quirks):
+    """The training loss of spec §6.4 and every term, unweighted, for logging.
+
+    Loss = mean_b [nELBO + g_n H + g_a A + g_b (O + Out) + g_s Sz + g_ne R1] + g_m R2.
+
+    Returns:
+      (loss scalar, dict of scalar terms: batch means of each per-image term, ``count_margin``
+       the batch R2, and ``loss``).
+    """
+    per_image, terms = per_image_loss(images, outputs, weights, canvas_px, quirks)
+    margin = tf.constant(0.0)
+    if uses_count_margin(weights):
+        margin = count_margin_penalty(outputs["z_pres_prob"], outputs["step_mask"],
+                                      weights.counts)
     loss = tf.reduce_mean(per_image) + weights.gamma_m * margin
     scalars = {k: tf.reduce_mean(v) for k, v in terms.items()}
     scalars["count_margin"] = margin

@@ -15,11 +15,17 @@ Resume: the same command again restores the latest checkpoint and continues at i
 step with the same next batch (the data pipeline is random-access by step). Summaries
 and metrics lines are buffered and written right after each checkpoint, so a run
 killed between checkpoints redoes those steps without logging anything twice.
+
+Multi-worker / multi-device training (``strategy``): see asr_tf/distribute.py. Only the
+chief writes the workdir and evaluates; checkpoints are interchangeable with single-process
+runs.
 """
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import signal
 import time
 
 import gin
@@ -27,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from asr_tf import distribute
 from asr_tf import metrics as metrics_lib
 from asr_tf import objectives
 from asr_tf import training
@@ -200,7 +207,7 @@ def generate_scenes(model, num, generator, spec):
 def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_every=200,
                log_every=20, checkpoint_every=1000, keep_checkpoints=3, image_every=2000,
                num_test=None, seed=0, jit_compile=True, fresh_scenes=False, max_steps=None,
-               progress=True):
+               progress=True, strategy=None, max_minutes=None):
     """Trains and evaluates one run; resumes from ``workdir`` if it holds a checkpoint.
 
     Args:
@@ -215,17 +222,26 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
       jit_compile: XLA-compile the train step (same numbers, faster).
       fresh_scenes: unlimited new training scenes instead of the fixed training set.
       max_steps: stop this invocation at this step (cuts a run short; resumable).
+      max_minutes: stop this invocation after this much wall time (evaluates and checkpoints
+        at the step where it stops; resumable).
+      strategy: None or 'default' (this process alone), 'mirrored', 'multi_worker' (TF_CONFIG)
+        or a tf.distribute.Strategy: ``batch_size`` is the global batch, split over the
+        replicas, and the step is the single-process one (asr_tf/distribute.py). Non-chief
+        workers write into a temporary folder and do not evaluate.
     Returns:
       the summary dict written to summary.json.
     """
     os.makedirs(workdir, exist_ok=True)
-    log = _file_logger(workdir)
+    dist = distribute.Distributed.create(strategy, batch_size)  # None: no tf.distribute
+    out = dist.output_dir(workdir) if dist else workdir  # what this worker writes
+    log = _file_logger(out)
     keras.utils.set_random_seed(seed)  # initial weights
     spec = run_spec()
-    model, weights, quirks = build_components(spec)
+    with dist.scope() if dist else contextlib.nullcontext():
+        model, weights, quirks = build_components(spec)
+        optimizer = training.make_optimizer(model)
+        generator = tf.random.Generator.from_seed(seed + 1)
     objectives.warn_if_count_min_dropped(weights, quirks)
-    optimizer = training.make_optimizer(model)
-    generator = tf.random.Generator.from_seed(seed + 1)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
     best = metrics_lib.BestTracker()
     best_var = tf.Variable(json.dumps(best.state()), dtype=tf.string, name="best_state")
@@ -236,7 +252,10 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
         restore_or_fail(ckpt, manager.latest_checkpoint)
         best = metrics_lib.BestTracker.from_state(json.loads(best_var.numpy().decode()))
         log.info("restored %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
-    _write_config(workdir)
+    if out != workdir:  # a non-chief worker saves too (collectively), into its temporary folder
+        manager = tf.train.CheckpointManager(ckpt, os.path.join(out, "ckpt"),
+                                             max_to_keep=keep_checkpoints)
+    _write_config(out)
 
     total = num_steps or pipeline.iterations_for_epochs(spec, num_epochs, batch_size)
     stop_at = min(total, max_steps) if max_steps else total
@@ -244,18 +263,32 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     log.info("run %s: %s, %d/%d steps, batch %d, %s", os.path.basename(workdir), spec.name, start,
              total, batch_size, type(model).__name__)
     evaluator = Evaluator(model, spec, num_test, seed)
-    buf = _SummaryBuffer(workdir)
-    data = iter(pipeline.make_dataset(spec, split="train", batch_size=batch_size, seed=seed,
-                                      fresh_scenes=fresh_scenes, start_step=start))
+    buf = _SummaryBuffer(out)
+    if dist:
+        log.info("%s", dist.describe())
+        dist.check_same_step(start)
+        data = dist.dataset(spec, seed, fresh_scenes, start)
+    else:
+        data = iter(pipeline.make_dataset(spec, split="train", batch_size=batch_size, seed=seed,
+                                          fresh_scenes=fresh_scenes, start_step=start))
     window, t_window, last_eval = [], time.time(), None
     bar = _progress(start, stop_at, progress)
-    step = start
+    step, t_start = start, time.time()
+    stop_requested = _stop_on_sigterm()
     while step < stop_at:
         batch = next(data)
-        logs = training.train_step(model, optimizer, generator, batch, tf.constant(step, tf.int64),
-                                   weights, jit_compile)
+        if dist:
+            logs = dist.train_step(model, optimizer, generator, batch, step, weights)
+        else:
+            logs = training.train_step(model, optimizer, generator, batch,
+                                       tf.constant(step, tf.int64), weights, jit_compile)
         step += 1
         step_var.assign(step)
+        stop = stop_requested() or (max_minutes and time.time() - t_start > 60.0 * max_minutes)
+        if dist:
+            stop = dist.any_worker(stop)  # all workers stop at the same step
+        if stop:
+            stop_at = step  # evaluate, checkpoint and leave below
         window.append({k: float(v) for k, v in logs.items()})
         best.observe_train_loss(step, window[-1]["loss"])
         if step % log_every == 0:
@@ -263,20 +296,21 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
             dt = time.time() - t_window
             for k, v in mean.items():
                 buf.scalar("train", k, v, step)
-            buf.scalar("train", "learning_rate", float(optimizer.learning_rate), step)
+            buf.scalar("train", "learning_rate", float(optimizer.learning_rate.numpy()), step)
             buf.scalar("train", "steps_per_sec", len(window) / dt, step)
             buf.scalar("train", "images_per_sec", len(window) * batch_size / dt, step)
             window, t_window = [], time.time()
             bar.set_postfix(loss=f"{mean['loss']:.1f}", acc=last_eval and f"{last_eval['acc']:.3f}")
-        if step % eval_every == 0 or step == stop_at:
-            result, out = evaluator(step)
+        if (step % eval_every == 0 or step == stop_at) and (not dist or dist.is_chief):
+            result, outputs = evaluator(step)
             best.observe_eval(step, result)
             last_eval = result
             for k, v in result.items():
                 buf.scalar("eval", k, v, step)
             buf.metrics_line(dict(step=step, wall_time=time.time(), **result))
             if step % image_every == 0 or step == stop_at:
-                for tag, img in _eval_images(model, spec, out, evaluator.test, step, seed).items():
+                for tag, img in _eval_images(model, spec, outputs, evaluator.test, step,
+                                             seed).items():
                     buf.image("eval", tag, img, step)
             log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in result.items()))
         if step % checkpoint_every == 0 or step == stop_at:
@@ -285,11 +319,24 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
             buf.flush()
         bar.update(1)
     bar.close()
-    _write_operative_config(workdir)
+    _write_operative_config(out)
     summary = dict(step=step, total_steps=total, **best.summary())
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
+    with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    if dist:
+        dist.finish()
     return summary
+
+
+def _stop_on_sigterm():
+    """After SIGTERM the loop finishes its step, evaluates, checkpoints and returns (a plain
+    ``kill`` keeps every step done so far). Returns a function: was a stop requested?"""
+    flag = []
+    try:
+        signal.signal(signal.SIGTERM, lambda signum, frame: flag.append(signum))
+    except ValueError:  # not the main thread: no handler, kill -9 semantics
+        pass
+    return lambda: bool(flag)
 
 
 def _progress(start, stop, enabled):
@@ -339,7 +386,10 @@ def load_trained(workdir, checkpoint=None):
     path = checkpoint or tf.train.latest_checkpoint(os.path.join(workdir, "ckpt"))
     if not path:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'ckpt')}")
-    ckpt = tf.train.Checkpoint(model=model)
+    # With the optimizer: the LSTM input kernels and the VAE's hidden layers sit in Python lists
+    # that the checkpoint's object graph reaches only through the optimizer's variable list; a
+    # model-only restore silently left them at their random initial values.
+    ckpt = tf.train.Checkpoint(model=model, optimizer=training.make_optimizer(model))
     try:
         ckpt.restore(path).expect_partial().assert_existing_objects_matched()
     except (tf.errors.OpError, ValueError, AssertionError) as err:

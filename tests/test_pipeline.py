@@ -79,6 +79,38 @@ def test_start_step_resumes_exactly(mode):
     assert_same(take(make(0), 8)[6:], take(make(6), 2))
 
 
+@pytest.mark.parametrize(
+    "mode", [dict(shuffle="permutation"), dict(shuffle="buffer"), dict(fresh_scenes=True)]
+)
+def test_shards_are_the_rows_of_the_unsharded_batch(mode):
+    # Multi-worker data: shard i of n at step k is rows [i*B/n, (i+1)*B/n) of the unsharded
+    # batch of B at step k (here from step 2, across epoch boundaries), so the shards of a step
+    # are disjoint and together are exactly the single-process batch.
+    spec = scenes.get_spec("mnist_13", **SMALL)
+    reference = indices(8, seed=4, start_step=2, **mode)
+    shards = [
+        [b.numpy() for b in pipeline.scene_index_dataset(
+            spec, batch_size=BATCH // 4, seed=4, start_step=2, num_shards=4, shard_index=i, **mode
+        ).take(8)]
+        for i in range(4)
+    ]
+    for step in range(8):
+        np.testing.assert_array_equal(np.concatenate([s[step] for s in shards]), reference[step])
+    # End to end, the synthesised scenes of two shards (and their static batch dimension).
+    make = lambda **kwargs: pipeline.make_dataset("mnist_13", seed=4, start_step=3, **mode,
+                                                  **SMALL, **kwargs)
+    full = take(make(batch_size=BATCH), 2)
+    halves = [make(batch_size=BATCH // 2, num_shards=2, shard_index=i) for i in range(2)]
+    assert halves[0].element_spec["image"].shape[0] == BATCH // 2
+    halves = [take(h, 2) for h in halves]
+    for step in range(2):
+        for key in full[step]:
+            np.testing.assert_array_equal(
+                np.concatenate([h[step][key] for h in halves]), full[step][key], err_msg=key)
+    with pytest.raises(ValueError, match="shard_index"):
+        pipeline.make_dataset("mnist_13", num_shards=2, shard_index=2)
+
+
 def test_buffer_mode_covers_each_epoch():
     batches = indices(10, shuffle="buffer", seed=0)
     np.testing.assert_array_equal(np.sort(np.concatenate(batches[:5])), np.arange(80))

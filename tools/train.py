@@ -1,6 +1,7 @@
 """Trains one run: python tools/train.py --config configs/air_asr_14.gin [--workdir W].
 
 Running the same command again on the same workdir resumes from its latest checkpoint.
+Several processes or devices: --strategy mirrored|multi_worker (docs/DISTRIBUTED.md).
 """
 import datetime
 import os
@@ -14,12 +15,22 @@ flags.DEFINE_multi_string("gin_param", [], "Extra gin binding, e.g. 'train_eval.
 flags.DEFINE_string("workdir", None, "Run folder (default runs/<config>-<timestamp>).")
 flags.DEFINE_integer("seed", None, "Seed for data order, initial weights and noise.")
 flags.DEFINE_integer("max_steps", None, "Stop at this step (the run stays resumable).")
+flags.DEFINE_integer("threads", None, "TensorFlow intra-op threads (default: all cores).")
+flags.DEFINE_enum("strategy", None, ["default", "mirrored", "multi_worker"],
+                  "tf.distribute strategy (default: the binding train_eval.strategy, else none). "
+                  "multi_worker reads the cluster from TF_CONFIG and needs --workdir.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
+    import tensorflow as tf
+
     from asr_tf import config, train_lib
+
+    if FLAGS.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
 
     if not FLAGS.config:
         raise app.UsageError(f"--config is required; one of {', '.join(config.available_configs())}")
@@ -27,6 +38,8 @@ def main(argv):
         files = config.parse(FLAGS.config, FLAGS.gin_param)
     except ValueError as err:
         raise app.UsageError(str(err))
+    if FLAGS.strategy == "multi_worker" and not FLAGS.workdir:
+        raise app.UsageError("--strategy multi_worker needs --workdir (the same on every worker)")
     workdir = FLAGS.workdir or os.path.join(
         "runs", f"{os.path.splitext(os.path.basename(files[-1]))[0]}-"
         f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
@@ -35,6 +48,8 @@ def main(argv):
         kwargs["seed"] = FLAGS.seed
     if FLAGS.max_steps is not None:
         kwargs["max_steps"] = FLAGS.max_steps
+    if FLAGS.strategy is not None:
+        kwargs["strategy"] = FLAGS.strategy
     print(f"workdir: {workdir}")
     summary = train_lib.train_eval(workdir, **kwargs)
     print(summary)

@@ -14,6 +14,9 @@ Design (resumable, deterministic, no files):
        * train, shuffle=None: fixed order p % N;
        * test: fixed order, no shuffle (one pass by default);
        * fresh_scenes=True: scene p of the unbounded 'fresh' split (never repeats).
+     Sharded (num_shards n > 1, multi-worker training): shard i of batch B takes positions
+     p = step * B * n + i * B + j, i.e. rows [i*B, (i+1)*B) of the batch of B*n that one
+     process gets at that step, so the n shards of a step together are exactly that batch.
   2. Whole batches of indices are synthesised by `scenes.synthesize_batch` inside
      `tf.numpy_function`, several batches in parallel, in order, then prefetched.
 
@@ -66,15 +69,19 @@ def _scene_index_fn(split: str, shuffle, num_scenes: int, seed: int):
     return to_index
 
 
-def _resolve(split, fresh_scenes, shuffle, repeat, drop_remainder, batch_size, start_step):
+def _resolve(split, fresh_scenes, shuffle, repeat, drop_remainder, batch_size, start_step,
+             num_shards=1, shard_index=0):
     """Validate the stream options; returns (scene_split, repeat, drop_remainder)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if shuffle not in ("permutation", "buffer", None):
         raise ValueError(f"shuffle must be 'permutation', 'buffer' or None, got {shuffle!r}")
-    for name, value, minimum in (("batch_size", batch_size, 1), ("start_step", start_step, 0)):
+    for name, value, minimum in (("batch_size", batch_size, 1), ("start_step", start_step, 0),
+                                 ("num_shards", num_shards, 1), ("shard_index", shard_index, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if shard_index >= num_shards:
+        raise ValueError(f"shard_index must be < num_shards={num_shards}, got {shard_index}")
     if fresh_scenes and split != "train":
         raise ValueError("fresh_scenes=True is only for the train split")
     is_train = split == "train"
@@ -93,6 +100,8 @@ def scene_index_dataset(
     shuffle: str | None = "permutation",
     repeat: bool | None = None,
     drop_remainder: bool | None = None,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> tf.data.Dataset:
     """The batched scene-index stream of `make_dataset` (same arguments): [B] int64 per step.
 
@@ -101,23 +110,30 @@ def scene_index_dataset(
     spec = scenes.get_spec(spec)
     seed = scenes._check_seed(seed)
     scene_split, repeat, drop_remainder = _resolve(
-        split, fresh_scenes, shuffle, repeat, drop_remainder, batch_size, start_step
+        split, fresh_scenes, shuffle, repeat, drop_remainder, batch_size, start_step,
+        num_shards, shard_index
     )
     num_scenes = spec.num_train if split == "train" else spec.num_test
+    full_batch = batch_size * num_shards  # the batch of one unsharded process
     if scene_split == "train" and shuffle == "buffer":
         indices = tf.data.Dataset.range(num_scenes).shuffle(
             SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True
         )
         if repeat:
             indices = indices.repeat()
-        return indices.batch(batch_size, drop_remainder=drop_remainder).skip(start_step)
-    first = start_step * batch_size
-    last = _UNBOUNDED if repeat else num_scenes
-    return (
-        tf.data.Dataset.range(first, max(first, last))
-        .map(_scene_index_fn(scene_split, shuffle, num_scenes, seed))
-        .batch(batch_size, drop_remainder=drop_remainder)
-    )
+        indices = indices.batch(full_batch, drop_remainder=drop_remainder).skip(start_step)
+    else:
+        first = start_step * full_batch
+        last = _UNBOUNDED if repeat else num_scenes
+        indices = (
+            tf.data.Dataset.range(first, max(first, last))
+            .map(_scene_index_fn(scene_split, shuffle, num_scenes, seed))
+            .batch(full_batch, drop_remainder=drop_remainder)
+        )
+    if num_shards > 1:  # this shard's rows of each full batch
+        lo = shard_index * batch_size
+        indices = indices.map(lambda batch: batch[lo:lo + batch_size])
+    return indices
 
 
 def make_dataset(
@@ -131,6 +147,8 @@ def make_dataset(
     repeat: bool | None = None,
     drop_remainder: bool | None = None,
     num_parallel_calls: int = tf.data.AUTOTUNE,
+    num_shards: int = 1,
+    shard_index: int = 0,
     **spec_overrides,
 ) -> tf.data.Dataset:
     """Batches of synthetic scenes.
@@ -150,6 +168,11 @@ def make_dataset(
       drop_remainder: drop a last partial batch. Default: True for train (static batch
         dimension), False for test (every test scene is seen; batch dimension then None).
       num_parallel_calls: batches synthesised concurrently.
+      num_shards, shard_index: multi-worker data: this call yields shard i of n, batches of
+        `batch_size` that are rows [i*B, (i+1)*B) of the batches of B*n that an unsharded call
+        (batch_size B*n, same other arguments) yields at the same step. The n shards of a step
+        are disjoint and together are that unsharded batch. A last partial batch
+        (drop_remainder=False) is split the same way, so shards may be short or empty.
       **spec_overrides: DatasetSpec fields to replace, e.g. images_per_count=500.
 
     Returns a tf.data.Dataset of dicts:
@@ -159,10 +182,12 @@ def make_dataset(
     """
     spec = scenes.get_spec(name_or_spec, **spec_overrides)
     scene_split, _, drop_remainder = _resolve(
-        split, fresh_scenes, shuffle, repeat, drop_remainder, batch_size, start_step
+        split, fresh_scenes, shuffle, repeat, drop_remainder, batch_size, start_step,
+        num_shards, shard_index
     )
     indices = scene_index_dataset(
-        spec, split, batch_size, seed, fresh_scenes, start_step, shuffle, repeat, drop_remainder
+        spec, split, batch_size, seed, fresh_scenes, start_step, shuffle, repeat, drop_remainder,
+        num_shards, shard_index
     )
     size = spec.canvas_px
     batch_dim = batch_size if drop_remainder else None
