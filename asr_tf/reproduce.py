@@ -109,19 +109,22 @@ def _fmt(mean_std, digits):
 
 def markdown_table(table, step):
     digits = dict(nelbo=1, acc=2, se=1, miou=2)
-    lines = [f"| model | seeds | nELBO | ACC | SE | mIoU | paper nELBO | paper ACC | paper SE | paper mIoU |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| model (step {step}) | seeds | minutes | nELBO | ACC | SE | mIoU | paper nELBO | "
+             "paper ACC | paper SE | paper mIoU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c, row in table.items():
         paper = PAPER_TABLE1.get(c, {})
         name = PAPER_NAMES.get(c.rsplit("_", 1)[0], c) + "-" + c.rsplit("_", 1)[1]
         ours = " | ".join(_fmt(row[m], digits[m]) for m in METRICS)
         theirs = " | ".join(_fmt(paper[m], digits[m]) if m in paper else "–" for m in METRICS)
-        lines.append(f"| {name} (`{c}`) | {len(row['seeds'])} | {ours} | {theirs} |")
+        lines.append(f"| {name} (`{c}`) | {len(row['seeds'])} | {row['wall_minutes']:.0f} | "
+                     f"{ours} | {theirs} |")
     return "\n".join(lines)
 
 
-def figures(runs_dir, configs, seeds_by_config, out_dir, runs):
-    """Learning curves (one series per config, first seed) and grids of the first seed."""
+def figures(runs_dir, configs, seeds_by_config, out_dir, runs, step=None):
+    """Learning curves (one series per config, first seed) and grids of the first seed, from
+    the checkpoint at ``step`` (default: the latest)."""
     from asr_tf import train_lib, viz
 
     os.makedirs(out_dir, exist_ok=True)
@@ -130,11 +133,13 @@ def figures(runs_dir, configs, seeds_by_config, out_dir, runs):
                                                os.path.join(out_dir, "learning_curves.png"))}
     for c in configs:
         workdir = workdir_for(runs_dir, c, min(seeds_by_config[c]))
-        if not glob.glob(os.path.join(workdir, "ckpt", "*.index")):
+        checkpoint = os.path.join(workdir, "ckpt", f"ckpt-{step}") if step else None
+        if not glob.glob((checkpoint or os.path.join(workdir, "ckpt", "ckpt-*")) + ".index"):
             continue
         for kind, recon in (("reconstruction", True), ("generation", False)):
             path = os.path.join(out_dir, f"{c}_{kind}.png")
-            train_lib.write_figure(workdir, path, reconstruct=recon, num=36 if recon else 64)
+            train_lib.write_figure(workdir, path, reconstruct=recon, num=36 if recon else 64,
+                                   checkpoint=checkpoint)
             paths[f"{c}_{kind}"] = path
     return paths
 

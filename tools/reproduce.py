@@ -20,6 +20,7 @@ flags.DEFINE_integer("seeds", 3, "ASR seeds.")
 flags.DEFINE_integer("baseline_seeds", 1, "Seeds of AIR and AIR-pPrior.")
 flags.DEFINE_integer("steps", None, "Train every run for exactly this many steps instead.")
 flags.DEFINE_integer("at_step", None, "Compare at this step (default: the largest common one).")
+flags.DEFINE_integer("figure_step", None, "Grids from the checkpoints at this step (default: latest).")
 flags.DEFINE_string("runs_dir", "runs/reproduce", "Where the runs live.")
 flags.DEFINE_string("out_dir", "docs/results", "Where the table and figures go.")
 flags.DEFINE_bool("report_only", False, "Do not train; report on the existing runs.")
@@ -51,12 +52,13 @@ def main(argv):
         os.makedirs(FLAGS.out_dir, exist_ok=True)
         text = reproduce.markdown_table(table, step)
         print(f"Table 1, row {row}, at step {step} ({reproduce.machine()}):\n{text}")
-        with open(os.path.join(FLAGS.out_dir, f"table1_{row}.json"), "w") as f:
+        suffix = f"_{FLAGS.at_step}" if FLAGS.at_step else ""
+        with open(os.path.join(FLAGS.out_dir, f"table1_{row}{suffix}.json"), "w") as f:
             json.dump(dict(step=step, table=table, machine=reproduce.machine()), f, indent=1)
-        with open(os.path.join(FLAGS.out_dir, f"table1_{row}.md"), "w") as f:
+        with open(os.path.join(FLAGS.out_dir, f"table1_{row}{suffix}.md"), "w") as f:
             f.write(text + "\n")
         for name, path in reproduce.figures(FLAGS.runs_dir, [air, pprior, asr], seeds,
-                                            FLAGS.out_dir, runs).items():
+                                            FLAGS.out_dir, runs, FLAGS.figure_step).items():
             print(name, path)
 
 

@@ -1,0 +1,45 @@
+"""The Table 1 report: common-step selection, mean/std over seeds, the markdown table."""
+import json
+import os
+
+import numpy as np
+
+from asr_tf import reproduce
+
+
+def _write_run(runs_dir, config, seed, rows):
+    workdir = reproduce.workdir_for(runs_dir, config, seed)
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "log.txt"), "w") as f:
+        f.write("2026-01-01 00:00:00,000 run\n")
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        for step, acc in rows:
+            f.write(json.dumps(dict(step=step, wall_time=0.0, acc=acc, se=100.0 - step / 10,
+                                    nelbo=500.0, miou=acc / 2)) + "\n")
+
+
+def test_summarize_at_the_common_step(tmp_path):
+    runs = str(tmp_path)
+    _write_run(runs, "air_asr_13", 0, [(200, 0.5), (400, 0.9), (600, 0.95)])
+    _write_run(runs, "air_asr_13", 1, [(200, 0.7), (400, 0.8)])
+    _write_run(runs, "air_13", 0, [(200, 0.1), (400, 0.2), (600, 0.3)])
+    seeds = {"air_asr_13": [0, 1], "air_13": [0]}
+    step, table, _ = reproduce.summarize(runs, ["air_13", "air_asr_13"], seeds)
+    assert step == 400  # the largest step every run has evaluated
+    mean, std = table["air_asr_13"]["acc"]
+    assert np.isclose(mean, 0.85) and np.isclose(std, 0.05)
+    assert table["air_13"]["acc"] == (0.2, 0.0)
+    text = reproduce.markdown_table(table, step)
+    assert "AIR-ASR-13" in text and "0.85 ± 0.05" in text and "0.96 ± 0.00" in text  # paper ACC
+    step, table, _ = reproduce.summarize(runs, ["air_13", "air_asr_13"], seeds, step=300)
+    assert table["air_13"]["acc"] == (0.1, 0.0)  # the last evaluation at or before step 300
+
+
+def test_row_configs_rejects_unknown_rows():
+    assert reproduce.row_configs("14") == ["air_14", "air_pprior_14", "air_asr_14"]
+    try:
+        reproduce.row_configs("99")
+    except ValueError as err:
+        assert "99" in str(err)
+    else:
+        raise AssertionError("row 99 accepted")
