@@ -23,6 +23,7 @@ flags.DEFINE_integer("at_step", None, "Compare at this step (default: the larges
 flags.DEFINE_integer("figure_step", None, "Grids from the checkpoints at this step (default: latest).")
 flags.DEFINE_string("runs_dir", "runs/reproduce", "Where the runs live.")
 flags.DEFINE_string("out_dir", "docs/results", "Where the table and figures go.")
+flags.DEFINE_bool("figures", True, "Write learning curves and image grids.")
 flags.DEFINE_bool("report_only", False, "Do not train; report on the existing runs.")
 FLAGS = flags.FLAGS
 
@@ -57,6 +58,8 @@ def main(argv):
             json.dump(dict(step=step, table=table, machine=reproduce.machine()), f, indent=1)
         with open(os.path.join(FLAGS.out_dir, f"table1_{row}{suffix}.md"), "w") as f:
             f.write(text + "\n")
+        if not FLAGS.figures:
+            continue
         for name, path in reproduce.figures(FLAGS.runs_dir, [air, pprior, asr], seeds,
                                             FLAGS.out_dir, runs, FLAGS.figure_step).items():
             print(name, path)
