@@ -89,6 +89,8 @@ class AIRNet(keras.Model):
 class AIR(GlimpseModel):
     """Plain AIR. ``add_prior_counts`` (the ``-ap`` flag) fixes the count with +-100 biases."""
 
+    GEN_PIXEL_NOISE = ("eps_pix", "normal")
+
     def __init__(self, canvas_px, max_steps=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
                  z_pres_temperature=1.0, stop_threshold=0.99, decoder_noise=0.3,
                  add_prior_counts=None, prior_init=1e4, prior_factor=0.1,
@@ -172,10 +174,3 @@ class AIR(GlimpseModel):
         present = tf.tile(tf.cast(tf.range(self.max_steps) < count, tf.float32)[None], [n, 1])
         return {"images": canvas, "count": tf.fill([n], count), "scale": tf.stack(scales, 1),
                 "shift": tf.stack(shifts, 1), "present": present}
-
-    def generation_noise(self, num, generator):
-        t, g2 = self.max_steps, self.glimpse_px ** 2
-        return {"u_pres": generator.uniform([t, num]), "eps_shift": generator.normal([t, num, 2]),
-                "eps_scale": generator.normal([t, num, 1]),
-                "eps_what": generator.normal([t, num, self.z_what_dim]),
-                "eps_pix": generator.normal([t, num, g2])}

@@ -102,6 +102,19 @@ class GlimpseModel(keras.Model):
                 out[key] = generator.normal(shape)
         return out
 
+    # Generation draws its glimpse-pixel noise under this key: Bernoulli thresholds (pPrior/ASR,
+    # Q36) or decoder logit noise (AIR, Q32).
+    GEN_PIXEL_NOISE = ("u_pix", "uniform")
+
+    def generation_noise(self, num, generator):
+        """Noise for :meth:`generate` of ``num`` scenes, leading [T, num]."""
+        t, g2 = self.max_steps, self.glimpse_px ** 2
+        key, kind = self.GEN_PIXEL_NOISE
+        return {"u_pres": generator.uniform([t, num]), "eps_shift": generator.normal([t, num, 2]),
+                "eps_scale": generator.normal([t, num, 1]),
+                "eps_what": generator.normal([t, num, self.z_what_dim]),
+                key: getattr(generator, kind)([t, num, g2])}
+
     # ------------------------------------------------------------ components
     def _glimpse_and_render(self, images, scale, shift, eps_what, eps_pix, training):
         """Cuts the window, encodes it, decodes and renders it back.

@@ -230,10 +230,3 @@ class PPriorAIR(GlimpseModel):
         return {"images": canvas, "count": tf.cast(count, tf.int32),
                 "scale": tf.stack(scales, 1), "shift": tf.stack(shifts, 1),
                 "present": tf.stack(presents, 1)}
-
-    def generation_noise(self, num, generator):
-        t, g2 = self.max_steps, self.glimpse_px ** 2
-        return {"u_pres": generator.uniform([t, num]), "eps_shift": generator.normal([t, num, 2]),
-                "eps_scale": generator.normal([t, num, 1]),
-                "eps_what": generator.normal([t, num, self.z_what_dim]),
-                "u_pix": generator.uniform([t, num, g2])}
