@@ -7,10 +7,8 @@ import re
 
 import numpy as np
 
-_DOT = re.compile(r"=\s*f32\[([\d,]*)\][^=]*?\bdot\(\s*f32\[([\d,]*)\][^,]*,\s*f32\[([\d,]*)\]"
-                  r"[^)]*\),\s*lhs_batch_dims=\{[\d,]*\},\s*lhs_contracting_dims=\{([\d,]*)\}"
-                  r"|=\s*f32\[([\d,]*)\][^=]*?\bdot\(\s*f32\[([\d,]*)\][^,]*,\s*f32\[([\d,]*)\]"
-                  r"[^)]*\),\s*lhs_contracting_dims=\{([\d,]*)\}")
+_DOT = re.compile(r"=\s*f32\[([\d,]*)\](?:\{[^}]*\})?\s+dot\(f32\[([\d,]*)\]")
+_CONTRACT = re.compile(r"lhs_contracting_dims=\{([\d,]*)\}")
 
 
 def _dims(text):
@@ -20,16 +18,18 @@ def _dims(text):
 def hlo_dot_flops(hlo_text):
     """Sums 2 * prod(output) * prod(contracted lhs dims) over every ``dot`` in HLO text.
 
-    Every computation in the module is counted once, so a model unrolled over its steps
-    (``unroll=True``) is counted as if every step executes.
+    Every computation in the module is counted once: the glimpse loop's body (forward and
+    backward) appears once, so a train step's count equals the analytic count of
+    :func:`train_step_flops` with ``steps=1`` (tests/test_flops.py).
     """
     total = 0
-    for m in _DOT.finditer(hlo_text):
-        g = m.groups()
-        out, lhs, contract = (g[0], g[1], g[3]) if g[0] is not None else (g[4], g[5], g[7])
-        lhs_dims = _dims(lhs)
-        k = int(np.prod([lhs_dims[i] for i in _dims(contract)])) if contract else 1
-        total += 2 * int(np.prod(_dims(out))) * k
+    for line in hlo_text.splitlines():
+        dot, contract = _DOT.search(line), _CONTRACT.search(line)
+        if not dot or not contract:
+            continue
+        lhs = _dims(dot.group(2))
+        k = int(np.prod([lhs[i] for i in _dims(contract.group(1))]))
+        total += 2 * int(np.prod(_dims(dot.group(1)))) * k
     return total
 
 

@@ -1,0 +1,35 @@
+"""The analytic FLOP count of a train step agrees with the dots of the compiled (XLA HLO) graph."""
+import pytest
+import tensorflow as tf
+
+from asr_tf import flops, objectives
+from asr_tf.models import build_model
+
+
+def test_hlo_dot_flops_on_a_hand_module():
+    hlo = ("%a = f32[8,256]{1,0} dot(f32[8,64]{1,0} %x, f32[64,256]{1,0} %y), "
+           "lhs_contracting_dims={1}, rhs_contracting_dims={0}\n"
+           "%b = f32[4,28,50]{2,1,0} dot(f32[4,28,50]{2,1,0} %p, f32[4,50,50]{2,1,0} %q), "
+           "lhs_batch_dims={0}, lhs_contracting_dims={2}, rhs_batch_dims={0}, rhs_contracting_dims={1}\n"
+           "%c = f32[8] add(f32[8] %u, f32[8] %v)\n")
+    assert flops.hlo_dot_flops(hlo) == 2 * 8 * 256 * 64 + 2 * 4 * 28 * 50 * 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["pprior", "air"])
+def test_analytic_count_matches_compiled_graph(kind):
+    model = build_model(kind, 50, (1, 3), lstm_units=64)
+    weights = objectives.PenaltyWeights(gamma_ne=10.0, gamma_m=100.0)
+    images = tf.random.uniform([8, 50, 50, 1])
+    noise = model.sample_noise(8, tf.random.Generator.from_seed(0))
+
+    def grads(images, noise):
+        with tf.GradientTape() as tape:
+            out = model(images, noise, training=True)
+            loss, _ = objectives.total_loss(images, out, weights, 50, model.quirks)
+        return tape.gradient(loss, model.trainable_variables)
+
+    hlo = tf.function(grads, jit_compile=True).experimental_get_compiler_ir(images, noise)(stage="hlo")
+    counted = flops.hlo_dot_flops(hlo)  # the loop body (fwd and bwd) appears once
+    analytic = flops.train_step_flops(model, 8, steps=1)
+    assert counted == pytest.approx(analytic, rel=0.03)
