@@ -174,18 +174,24 @@ class _SummaryBuffer:
         self.items, self.lines = [], []
 
 
+def _boxed_panels(images, recon, where, canvas_px, n=64):
+    """[image with inferred boxes | reconstruction with boxes] for the first ``n`` scenes.
+
+    Args: images, recon [N, S, S]; where: dict with ``scale`` [N, T], ``shift`` [N, T, 2],
+    ``count`` [N].
+    """
+    boxes = metrics_lib.boxes_from_where(where["scale"][:n], where["shift"][:n], canvas_px)
+    return viz.reconstruction_panels(images[:n], recon[:n], boxes, where["count"][:n])
+
+
 def _eval_images(model, spec, out, test, step, generator_seed):
     """Reconstruction panels of the first 64 test scenes and a grid of 64 prior samples."""
-    n = min(64, out["recon"].shape[0])
-    boxes = metrics_lib.boxes_from_where(out["scale"][:n], out["shift"][:n], spec.canvas_px)
-    recon = viz.reconstruction_panels(test["image"].numpy()[:n, ..., 0], out["recon"][:n], boxes,
-                                      out["count"][:n])
+    recon = _boxed_panels(test["image"].numpy()[..., 0], out["recon"], out, spec.canvas_px)
     gen = tf.random.Generator.from_seed(generator_seed + step)
     samples = generate_scenes(model, 64, gen, spec)
-    sample_boxes = metrics_lib.boxes_from_where(samples["scale"], samples["shift"], spec.canvas_px)
-    grid = viz.reconstruction_panels(np.clip(samples["images"], 0, 1), np.clip(samples["images"], 0, 1),
-                                     sample_boxes, samples["count"])
-    return {"reconstructions": recon, "samples": grid}
+    images = np.clip(samples["images"], 0, 1)
+    return {"reconstructions": recon,
+            "samples": _boxed_panels(images, images, samples, spec.canvas_px)}
 
 
 def generate_scenes(model, num, generator, spec):
@@ -414,9 +420,8 @@ def write_figure(workdir, out_path, reconstruct=False, num=64, seed=0, checkpoin
     if reconstruct:
         evaluator = Evaluator(model, spec, num_test=num, seed=seed)
         _, out = evaluator(step)
-        boxes = metrics_lib.boxes_from_where(out["scale"], out["shift"], spec.canvas_px)
-        grid = viz.reconstruction_panels(evaluator.test["image"].numpy()[..., 0], out["recon"],
-                                         boxes, out["count"])
+        grid = _boxed_panels(evaluator.test["image"].numpy()[..., 0], out["recon"], out,
+                             spec.canvas_px, n=num)
     else:
         samples = generate_scenes(model, num, tf.random.Generator.from_seed(seed), spec)
         images = np.clip(samples["images"], 0.0, 1.0)
