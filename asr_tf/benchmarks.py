@@ -62,17 +62,20 @@ def matmul_gflops(m=64, k=1024, n=1024, seconds=2.0):
     return 2.0 * m * k * n * reps / (time.perf_counter() - start) / 1e9
 
 
-def _time_steps(fn, warmup, steps):
-    import numpy as np
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), times
+def _time_alternating(fns, warmup, steps, block=10):
+    """Times several step functions in alternating blocks of ``block`` steps (so that a drift
+    in machine speed hits all of them alike). Returns one list of step times per function."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    while len(times[-1]) < steps:
+        for fn, out in zip(fns, times):
+            for _ in range(min(block, steps - len(out))):
+                start = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - start)
+    return times
 
 
 def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_batches: int = 5,
@@ -81,10 +84,12 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
     """ms per training step of AIR, pPrior and ASR on a config's data, FLOPs and GFLOP/s.
 
     For each model kind and jit mode: the median step time over ``batches`` steps after
-    warm-up, with the real tf.data pipeline and with one constant batch (does the step wait
-    on data?), the analytic FLOPs of the steps the loop actually executed, the achieved
-    GFLOP/s, and its ratio to a plain matmul measured in the same run. Also the time of one
-    evaluation over the test scenes.
+    warm-up, fed by the real tf.data pipeline and, in alternating blocks of 10 steps, by
+    batches of the same pipeline drawn into memory beforehand (does the step wait on data?
+    Both see the same scene distribution, so both execute about as many glimpse steps); the
+    analytic FLOPs of the glimpse steps the loop actually executed, the achieved GFLOP/s, and
+    its ratio to a plain matmul measured in the same run. Also the time of one evaluation
+    over the test scenes.
     """
     import gin
     import keras
@@ -109,25 +114,32 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
         optimizer = training.make_optimizer(model)
         generator = tf.random.Generator.from_seed(seed)
         data = iter(pipeline.make_dataset(spec, "train", batch_size=batch_size, seed=seed))
-        const = next(data)
+        in_memory = [next(data) for _ in range(16)]
         for jit in [bool(int(j)) for j in jit_modes.split(",")]:
-            executed = []
+            executed = {"pipeline": [], "memory": []}
 
-            def step(batch=None):
-                logs = training.train_step(model, optimizer, generator, batch or next(data),
+            def step(batch, source):
+                logs = training.train_step(model, optimizer, generator, batch,
                                            tf.constant(0, tf.int64), weights, jit)
-                executed.append(float(logs["steps_executed"]))
+                executed[source].append(float(logs["steps_executed"]))
 
-            real_s, _ = _time_steps(step, warmup_batches, batches)
-            const_s, _ = _time_steps(lambda: step(const), warmup_batches, batches)
-            mean_steps = float(np.mean(executed))
-            step_flops = np.mean([flops.train_step_flops(model, batch_size, t) for t in executed])
+            cycle = iter(range(10**9))
+            real, memory = _time_alternating(
+                [lambda: step(next(data), "pipeline"),
+                 lambda: step(in_memory[next(cycle) % len(in_memory)], "memory")],
+                warmup_batches, batches)
+            real_s, memory_s = float(np.median(real)), float(np.median(memory))
+            glimpses = {k: float(np.mean(v[warmup_batches:])) for k, v in executed.items()}
+            step_flops = np.mean([flops.train_step_flops(model, batch_size, t)
+                                  for t in executed["pipeline"][warmup_batches:]])
             key = f"{kind}{'_jit' if jit else ''}"
             results[key] = {
                 "ms_per_step": round(real_s * 1e3, 1),
-                "ms_per_step_constant_input": round(const_s * 1e3, 1),
+                "ms_per_step_in_memory_input": round(memory_s * 1e3, 1),
                 "images_per_s": round(batch_size / real_s, 1),
-                "glimpse_steps_executed": round(mean_steps, 2),
+                "glimpse_steps_executed": round(glimpses["pipeline"], 2),
+                "glimpse_steps_executed_in_memory": round(glimpses["memory"], 2),
+                "pipeline_overhead": round(real_s / memory_s - 1.0, 3),
                 "gflop_per_step": round(step_flops / 1e9, 3),
                 "gflops": round(step_flops / real_s / 1e9, 1),
                 "fraction_of_matmul": round(step_flops / real_s / 1e9 / peak, 3),

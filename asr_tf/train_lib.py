@@ -392,9 +392,8 @@ def load_trained(workdir, checkpoint=None):
     path = checkpoint or tf.train.latest_checkpoint(os.path.join(workdir, "ckpt"))
     if not path:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'ckpt')}")
-    # With the optimizer: the LSTM input kernels and the VAE's hidden layers sit in Python lists
-    # that the checkpoint's object graph reaches only through the optimizer's variable list; a
-    # model-only restore silently left them at their random initial values.
+    # With the optimizer too: checkpoints written before the LSTM kernels and the VAE's hidden
+    # layers became attributes reach those weights only through the optimizer's variables.
     ckpt = tf.train.Checkpoint(model=model, optimizer=training.make_optimizer(model))
     try:
         ckpt.restore(path).expect_partial().assert_existing_objects_matched()

@@ -158,3 +158,26 @@ def test_data_benchmark_reports_scenes_per_second():
     assert result["what"] == "data" and result["scenes_per_s"] > 0
     with pytest.raises(ValueError, match="unknown benchmark"):
         benchmarks.run("nothing")
+
+
+def test_scene_cache_synthesises_each_scene_once_and_returns_copies():
+    spec = scenes.get_spec("mnist_13", **SMALL)
+    cache = pipeline.SceneCache(spec, "train", seed=3)
+    first = cache.batch([5, 7, 5, 79])
+    expected = scenes.synthesize_batch(spec, [5, 7, 5, 79], "train", 3)
+    assert_same([first], [expected])
+    assert cache.synthesised == 3  # index 5 twice in one batch: synthesised once
+    first["image"][:] = -1.0  # the caller's copy, not the cache
+    again = cache.batch([79, 5])
+    assert cache.synthesised == 3
+    assert_same([again], [scenes.synthesize_batch(spec, [79, 5], "train", 3)])
+
+
+def test_cached_and_uncached_streams_are_identical_over_epochs():
+    kwargs = dict(batch_size=BATCH, seed=1, **SMALL)
+    cached = take(pipeline.make_dataset("mnist_13", cache_scenes=True, **kwargs), 12)
+    uncached = take(pipeline.make_dataset("mnist_13", cache_scenes=False, **kwargs), 12)
+    assert_same(cached, uncached)  # 12 steps = 2.4 epochs: the later ones come from the cache
+    test_a = take(pipeline.make_dataset("mnist_13", "test", cache_scenes=True, **kwargs), 2)
+    test_b = take(pipeline.make_dataset("mnist_13", "test", cache_scenes=False, **kwargs), 2)
+    assert_same(test_a, test_b)

@@ -24,14 +24,22 @@ class LSTMCore(keras.layers.Layer):
         super().__init__(name=name, **kwargs)
         self.units = units
         self.input_widths = tuple(int(w) for w in input_widths)
-        self.kernels = [self.add_weight(shape=(w, 4 * units), initializer="glorot_uniform",
-                                        name=f"kernel_{k}") for k, w in enumerate(self.input_widths)]
+        # One attribute per block (not a list: Keras 3 hides lists from tf.train.Checkpoint).
+        for k, w in enumerate(self.input_widths):
+            setattr(self, f"kernel_{k}", self.add_weight(shape=(w, 4 * units),
+                                                         initializer="glorot_uniform",
+                                                         name=f"kernel_{k}"))
         rec_init = "orthogonal" if orthogonal_recurrent else "glorot_uniform"
         self.recurrent_kernel = self.add_weight(shape=(units, 4 * units), initializer=rec_init,
                                                 name="recurrent_kernel")
         bias = [0.0] * (2 * units) + [1.0] * units + [0.0] * units  # forget gate starts at 1
         self.bias = self.add_weight(shape=(4 * units,), initializer=keras.initializers.Constant(bias),
                                     name="bias")
+
+    @property
+    def kernels(self):
+        """The input kernels, one per block, [width_k, 4u] each."""
+        return [getattr(self, f"kernel_{k}") for k in range(len(self.input_widths))]
 
     def project(self, block, x):
         """x [N, width_block] -> its gate contribution [N, 4u]."""

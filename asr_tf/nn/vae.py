@@ -7,23 +7,32 @@ import tensorflow_probability as tfp
 tfd = tfp.distributions
 
 
-def _dense_stack(widths):
-    """Softplus Dense layers widths[0] -> widths[1] -> ..., built eagerly."""
-    layers = []
+def _dense_stack(owner, widths):
+    """Builds softplus Dense layers widths[0] -> widths[1] -> ... eagerly and sets them on
+    ``owner`` as attributes h0, h1, ... (a list attribute would hide them from
+    tf.train.Checkpoint under Keras 3). Returns how many."""
     for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
         layer = keras.layers.Dense(n_out, activation="softplus", name=f"h{i}")
         layer.build((None, n_in))
-        layers.append(layer)
-    return layers
+        setattr(owner, f"h{i}", layer)
+    return len(widths) - 1
 
 
-class GlimpseEncoder(keras.Model):
+class _HiddenStack:
+    """Mixin: ``hidden`` lists the owner's h0, h1, ... layers in order."""
+
+    @property
+    def hidden(self):
+        return [getattr(self, f"h{i}") for i in range(self._num_hidden)]
+
+
+class GlimpseEncoder(_HiddenStack, keras.Model):
     """q(z_what | glimpse): [N, 784] -> Independent Normal with event shape [z_dim]."""
 
     def __init__(self, hidden=(512, 256), z_dim=50, glimpse_px=28, name="glimpse_encoder",
                  **kwargs):
         super().__init__(name=name, **kwargs)
-        self.hidden = _dense_stack((glimpse_px * glimpse_px,) + tuple(hidden))
+        self._num_hidden = _dense_stack(self, (glimpse_px * glimpse_px,) + tuple(hidden))
         self.loc = keras.layers.Dense(z_dim, name="loc")
         self.log_var = keras.layers.Dense(z_dim, name="log_var")
         self.loc.build((None, hidden[-1]))
@@ -37,13 +46,13 @@ class GlimpseEncoder(keras.Model):
             tfd.Normal(loc=self.loc(h), scale=tf.exp(0.5 * self.log_var(h))), 1)  # [N] event [z]
 
 
-class GlimpseDecoder(keras.Model):
+class GlimpseDecoder(_HiddenStack, keras.Model):
     """p(glimpse | z_what): [N, z_dim] -> Independent Bernoulli over 784 pixels (logits)."""
 
     def __init__(self, hidden=(256, 512), z_dim=50, glimpse_px=28, name="glimpse_decoder",
                  **kwargs):
         super().__init__(name=name, **kwargs)
-        self.hidden = _dense_stack((z_dim,) + tuple(hidden))
+        self._num_hidden = _dense_stack(self, (z_dim,) + tuple(hidden))
         self.logits = keras.layers.Dense(glimpse_px * glimpse_px, name="logits")
         self.logits.build((None, hidden[-1]))
 
