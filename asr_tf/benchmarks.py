@@ -84,12 +84,14 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
     """ms per training step of AIR, pPrior and ASR on a config's data, FLOPs and GFLOP/s.
 
     For each model kind and jit mode: the median step time over ``batches`` steps after
-    warm-up, fed by the real tf.data pipeline and, in alternating blocks of 10 steps, by
-    batches of the same pipeline drawn into memory beforehand (does the step wait on data?
-    Both see the same scene distribution, so both execute about as many glimpse steps); the
-    analytic FLOPs of the glimpse steps the loop actually executed, the achieved GFLOP/s, and
-    its ratio to a plain matmul measured in the same run. Also the time of one evaluation
-    over the test scenes.
+    warm-up, fed by the training tf.data pipeline in its steady state (from the second epoch
+    on, the scenes come from its in-memory cache), and, in alternating blocks of 10 steps
+    (so that a drift in machine speed hits all alike), by the pipeline as in its first epoch
+    (every scene synthesised) and by batches drawn into memory beforehand (no pipeline at
+    all): does the step wait on data? All three see the same scene distribution, so they
+    execute about as many glimpse steps. Also the analytic FLOPs of the glimpse steps the
+    loop actually executed, the achieved GFLOP/s, its ratio to a plain matmul measured in the
+    same run, and the time of one evaluation over the test scenes.
     """
     import gin
     import keras
@@ -114,9 +116,15 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
         optimizer = training.make_optimizer(model)
         generator = tf.random.Generator.from_seed(seed)
         data = iter(pipeline.make_dataset(spec, "train", batch_size=batch_size, seed=seed))
+        start = time.perf_counter()
+        for _ in range(pipeline.steps_per_epoch(spec, batch_size)):  # fills the scene cache
+            next(data)
+        results.setdefault("first_epoch_pipeline_seconds", round(time.perf_counter() - start, 1))
+        first_epoch = iter(pipeline.make_dataset(spec, "train", batch_size=batch_size, seed=seed,
+                                                 cache_scenes=False))
         in_memory = [next(data) for _ in range(16)]
         for jit in [bool(int(j)) for j in jit_modes.split(",")]:
-            executed = {"pipeline": [], "memory": []}
+            executed = {"pipeline": [], "first_epoch": [], "memory": []}
 
             def step(batch, source):
                 logs = training.train_step(model, optimizer, generator, batch,
@@ -124,22 +132,25 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
                 executed[source].append(float(logs["steps_executed"]))
 
             cycle = iter(range(10**9))
-            real, memory = _time_alternating(
+            real, first, memory = _time_alternating(
                 [lambda: step(next(data), "pipeline"),
+                 lambda: step(next(first_epoch), "first_epoch"),
                  lambda: step(in_memory[next(cycle) % len(in_memory)], "memory")],
                 warmup_batches, batches)
-            real_s, memory_s = float(np.median(real)), float(np.median(memory))
+            real_s, first_s, memory_s = (float(np.median(t)) for t in (real, first, memory))
             glimpses = {k: float(np.mean(v[warmup_batches:])) for k, v in executed.items()}
             step_flops = np.mean([flops.train_step_flops(model, batch_size, t)
                                   for t in executed["pipeline"][warmup_batches:]])
             key = f"{kind}{'_jit' if jit else ''}"
             results[key] = {
                 "ms_per_step": round(real_s * 1e3, 1),
+                "ms_per_step_first_epoch": round(first_s * 1e3, 1),
                 "ms_per_step_in_memory_input": round(memory_s * 1e3, 1),
                 "images_per_s": round(batch_size / real_s, 1),
                 "glimpse_steps_executed": round(glimpses["pipeline"], 2),
                 "glimpse_steps_executed_in_memory": round(glimpses["memory"], 2),
                 "pipeline_overhead": round(real_s / memory_s - 1.0, 3),
+                "pipeline_overhead_first_epoch": round(first_s / memory_s - 1.0, 3),
                 "gflop_per_step": round(step_flops / 1e9, 3),
                 "gflops": round(step_flops / real_s / 1e9, 1),
                 "fraction_of_matmul": round(step_flops / real_s / 1e9 / peak, 3),
@@ -151,6 +162,43 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
             evaluator(1)
             results["eval_seconds_1000"] = round(time.perf_counter() - start, 2)
         gin.clear_config()
+    return results
+
+
+def sampler_benchmark(batch_size: int = 64, batches: int = 200, warmup_batches: int = 20,
+                      seed: int = 0, **unused) -> dict:
+    """ms per glimpse step of the spatial transformer, forward + backward: extract a 28 px
+    glimpse from a 50 px canvas and render it back, with the separable matmul sampler (used)
+    and the gather-based one of the original (kept as the reference), plain and with XLA."""
+    import numpy as np
+    import tensorflow as tf
+
+    from asr_tf.nn import transformer
+
+    rng = np.random.default_rng(seed)
+    canvas = tf.constant(rng.random((batch_size, 50, 50)), tf.float32)  # [B, S, S]
+    scale = tf.Variable(rng.uniform(0.3, 0.6, batch_size).astype(np.float32))  # [B]
+    shift = tf.Variable(rng.uniform(-0.5, 0.5, (batch_size, 2)).astype(np.float32))  # [B, 2]
+
+    def separable():
+        glimpse = transformer.extract_glimpse(canvas, scale, shift, 28, "hard")
+        return transformer.render_glimpse(glimpse, scale, shift, 50, "hard")
+
+    def gather():
+        glimpse = transformer.sample_gather(canvas, transformer.glimpse_theta(scale, shift), (28, 28))
+        return transformer.sample_gather(glimpse, transformer.inverse_theta(scale, shift), (50, 50))
+
+    results = {"what": "sampler", "batch_size": batch_size}
+    for name, sampler in (("separable", separable), ("gather", gather)):
+        for jit in (False, True):
+            @tf.function(jit_compile=jit)
+            def step(sampler=sampler):
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_sum(tf.square(sampler()))
+                return tape.gradient(loss, [scale, shift])
+
+            (times,) = _time_alternating([lambda: step()[0].numpy()], warmup_batches, batches)
+            results[f"{name}{'_jit' if jit else ''}_ms"] = round(float(np.median(times)) * 1e3, 3)
     return results
 
 
@@ -166,6 +214,7 @@ def serving_benchmark(export_path: str = None, **unused) -> dict:
 BENCHMARKS = {
     "data": data_benchmark,
     "train": train_benchmark,
+    "sampler": sampler_benchmark,
     "serving": serving_benchmark,
 }
 

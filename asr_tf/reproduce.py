@@ -65,7 +65,10 @@ def read_metrics(workdir):
 
 
 def at_step(records, step):
-    """The evaluation at ``step`` (or the last one before it)."""
+    """The evaluation at ``step`` (or the last one before it); None if the run has not
+    trained that far (its last evaluation is before ``step``)."""
+    if not records or records[-1]["step"] < step:
+        return None
     before = [r for r in records if r["step"] <= step]
     return before[-1] if before else None
 
@@ -73,7 +76,8 @@ def at_step(records, step):
 def summarize(runs_dir, configs, seeds_by_config, step=None):
     """Table entries at a common step: per config, mean/std over seeds of each metric.
 
-    ``step`` None: the largest step that every run has evaluated.
+    ``step`` None: the largest step that every run has evaluated. Runs that have not trained
+    to ``step`` are left out (a config with none is left out of the table).
     """
     runs = {c: {s: read_metrics(workdir_for(runs_dir, c, s)) for s in seeds_by_config[c]}
             for c in configs}
@@ -82,24 +86,47 @@ def summarize(runs_dir, configs, seeds_by_config, step=None):
         step = min(r[-1]["step"] for v in runs.values() for r in v.values())
     table = {}
     for c, by_seed in runs.items():
-        rows = [at_step(r, step) for r in by_seed.values()]
-        rows = [r for r in rows if r]
+        reached = {s: at_step(r, step) for s, r in by_seed.items()}
+        reached = {s: r for s, r in reached.items() if r}
+        if not reached:
+            continue
+        rows = list(reached.values())
         table[c] = {m: (float(np.mean([r[m] for r in rows])), float(np.std([r[m] for r in rows])))
                     for m in METRICS}
-        table[c]["seeds"] = sorted(by_seed)
+        table[c]["seeds"] = sorted(reached)
         table[c]["wall_minutes"] = float(np.mean([
-            (at_step(r, step)["wall_time"] - _start_time(workdir_for(runs_dir, c, s))) / 60.0
-            for s, r in by_seed.items()]))
+            training_minutes(workdir_for(runs_dir, c, s), by_seed[s], step) for s in reached]))
     return step, table, runs
 
 
-def _start_time(workdir):
-    """When the run started: the first line of its log."""
+def _invocation_starts(workdir):
+    """Start times (epoch seconds) of every invocation of tools/train.py on a workdir: the
+    "run ..." lines of its log.txt."""
+    starts = []
     try:
-        first = open(os.path.join(workdir, "log.txt")).readline()
-        return time.mktime(time.strptime(first[:19], "%Y-%m-%d %H:%M:%S"))
+        with open(os.path.join(workdir, "log.txt")) as log:
+            for line in log:
+                if line[24:28] == "run ":
+                    starts.append(time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")))
     except (OSError, ValueError):
+        pass
+    return starts
+
+
+def training_minutes(workdir, records, step):
+    """Wall minutes spent training up to ``step``, summed over the invocations (a run resumed
+    after a pause does not count the pause): per invocation, from its start to its last
+    evaluation at or before ``step``. NaN without a log."""
+    starts = _invocation_starts(workdir)
+    if not starts:
         return float("nan")
+    bounds = starts[1:] + [float("inf")]
+    total = 0.0
+    for start, end in zip(starts, bounds):
+        times = [r["wall_time"] for r in records if r["step"] <= step and start <= r["wall_time"] < end]
+        if times:
+            total += max(times) - start
+    return total / 60.0
 
 
 def _fmt(mean_std, digits):

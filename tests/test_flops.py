@@ -33,3 +33,36 @@ def test_analytic_count_matches_compiled_graph(kind):
     counted = flops.hlo_dot_flops(hlo)  # the loop body (fwd and bwd) appears once
     analytic = flops.train_step_flops(model, 8, steps=1)
     assert counted == pytest.approx(analytic, rel=0.03)
+
+
+@pytest.mark.slow
+def test_train_benchmark_reports_consistent_figures():
+    from asr_tf import benchmarks
+
+    result = benchmarks.run("train", config="air_asr_14", batch_size=4, batches=3,
+                            warmup_batches=1, kinds="asr", jit_modes="0")
+    row = result["asr"]
+    assert result["matmul_gflops"] > 0 and result["eval_seconds_1000"] > 0
+    assert 1.0 <= row["glimpse_steps_executed"] <= 6.0
+    assert 1.0 <= row["glimpse_steps_executed_in_memory"] <= 6.0
+    assert row["ms_per_step_first_epoch"] > 0 and result["first_epoch_pipeline_seconds"] > 0
+    # images/s, GFLOP/s and the fraction of matmul all follow from ms/step and GFLOP/step
+    ms = row["ms_per_step"]
+    assert row["images_per_s"] == pytest.approx(4 / ms * 1e3, rel=0.01)
+    assert row["gflops"] == pytest.approx(row["gflop_per_step"] / ms * 1e3, rel=0.05, abs=0.05)
+    assert row["fraction_of_matmul"] == pytest.approx(row["gflops"] / result["matmul_gflops"],
+                                                      rel=0.05, abs=0.005)
+    assert row["pipeline_overhead"] == pytest.approx(ms / row["ms_per_step_in_memory_input"] - 1,
+                                                     abs=0.01)
+    assert row["pipeline_overhead_first_epoch"] == pytest.approx(
+        row["ms_per_step_first_epoch"] / row["ms_per_step_in_memory_input"] - 1, abs=0.01)
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        benchmarks.run("speed")
+
+
+def test_sampler_benchmark_times_both_samplers():
+    from asr_tf import benchmarks
+
+    result = benchmarks.run("sampler", batch_size=4, batches=2, warmup_batches=1)
+    for name in ("separable", "separable_jit", "gather", "gather_jit"):
+        assert result[f"{name}_ms"] > 0

@@ -11,7 +11,7 @@ def _write_run(runs_dir, config, seed, rows):
     workdir = reproduce.workdir_for(runs_dir, config, seed)
     os.makedirs(workdir)
     with open(os.path.join(workdir, "log.txt"), "w") as f:
-        f.write("2026-01-01 00:00:00,000 run\n")
+        f.write("2026-01-01 00:00:00,000 run x: mnist_13, 0/182812 steps\n")
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
         for step, acc in rows:
             f.write(json.dumps(dict(step=step, wall_time=0.0, acc=acc, se=100.0 - step / 10,
@@ -33,6 +33,11 @@ def test_summarize_at_the_common_step(tmp_path):
     assert "AIR-ASR-13" in text and "0.85 ± 0.05" in text and "0.96 ± 0.00" in text  # paper ACC
     step, table, _ = reproduce.summarize(runs, ["air_13", "air_asr_13"], seeds, step=300)
     assert table["air_13"]["acc"] == (0.1, 0.0)  # the last evaluation at or before step 300
+    step, table, _ = reproduce.summarize(runs, ["air_13", "air_asr_13"], seeds, step=600)
+    assert table["air_asr_13"]["seeds"] == [0]  # seed 1 stopped at 400: left out, not reused
+    assert table["air_asr_13"]["acc"] == (0.95, 0.0)
+    step, table, _ = reproduce.summarize(runs, ["air_13", "air_asr_13"], seeds, step=800)
+    assert table == {}  # nobody trained that far
 
 
 def test_row_configs_rejects_unknown_rows():
@@ -43,3 +48,21 @@ def test_row_configs_rejects_unknown_rows():
         assert "99" in str(err)
     else:
         raise AssertionError("row 99 accepted")
+
+
+def test_training_minutes_skip_the_pause_between_invocations(tmp_path):
+    import time
+
+    workdir = str(tmp_path)
+    t0 = time.mktime(time.strptime("2026-01-01 10:00:00", "%Y-%m-%d %H:%M:%S"))
+    with open(os.path.join(workdir, "log.txt"), "w") as f:
+        f.write("2026-01-01 10:00:00,000 run x: mnist_13, 0/182812 steps\n"
+                "2026-01-01 10:05:00,000 step 200: acc=0.5\n"
+                "2026-01-01 12:00:00,000 restored ckpt-200 at step 200\n"
+                "2026-01-01 12:00:00,000 run x: mnist_13, 200/182812 steps\n")
+    records = [dict(step=200, wall_time=t0 + 300), dict(step=400, wall_time=t0 + 7200 + 240),
+               dict(step=600, wall_time=t0 + 7200 + 480)]
+    assert reproduce.training_minutes(workdir, records, 200) == 5.0
+    assert reproduce.training_minutes(workdir, records, 400) == 9.0  # 5 + 4, not the 2 h pause
+    assert reproduce.training_minutes(workdir, records, 10_000) == 13.0
+    assert np.isnan(reproduce.training_minutes(str(tmp_path / "none"), records, 200))

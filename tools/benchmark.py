@@ -1,6 +1,8 @@
 """Throughput benchmarks; prints one JSON line. Modes live in asr_tf.benchmarks.BENCHMARKS.
 
   python tools/benchmark.py --what data --dataset mnist_13
+  python tools/benchmark.py --what train --config air_asr_14 --batches 50 --warmup_batches 5
+  python tools/benchmark.py --what sampler
 """
 import json
 import os
