@@ -150,12 +150,12 @@ def markdown_table(table, step):
 
 
 def figures(runs_dir, configs, seeds_by_config, out_dir, runs, step=None):
-    """Learning curves (one series per config, first seed) and grids of the first seed, from
-    the checkpoint at ``step`` (default: the latest)."""
+    """Learning curves (one series per run) and grids of each config's first seed, from the
+    checkpoint at ``step`` (default: the latest)."""
     from asr_tf import train_lib, viz
 
     os.makedirs(out_dir, exist_ok=True)
-    series = {c: runs[c][min(runs[c])] for c in configs if runs.get(c)}
+    series = {f"{c} s{seed}": runs[c][seed] for c in configs for seed in sorted(runs.get(c, {}))}
     paths = {"curves": viz.learning_curves_png(series, ["acc", "se", "miou", "nelbo"],
                                                os.path.join(out_dir, "learning_curves.png"))}
     for c in configs:
