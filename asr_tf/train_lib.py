@@ -141,27 +141,39 @@ def _box_diagnostics(out, canvas_px):
 
 
 class _SummaryBuffer:
-    """Summaries and metric lines held until the next checkpoint is on disk."""
+    """Summaries and metric lines held until the next checkpoint, written exactly once.
+
+    ``flush(step)`` writes them and then records ``step`` in ``logged_through``, before the
+    checkpoint is saved. A run killed between the two resumes from the older checkpoint and
+    re-runs steps it has already logged (deterministically, the same values); everything at
+    or before ``logged_through`` is dropped instead of being written twice.
+    """
 
     def __init__(self, workdir):
         self.writers = {name: tf.summary.create_file_writer(os.path.join(workdir, name))
                         for name in ("train", "eval")}
         self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+        self.marker_path = os.path.join(workdir, "logged_through")
+        self.logged_through = (int(open(self.marker_path).read())
+                               if os.path.exists(self.marker_path) else 0)
         self.items = []
         self.lines = []
 
     def scalar(self, writer, tag, value, step):
-        self.items.append(("scalar", writer, tag, float(value), int(step)))
+        if step > self.logged_through:
+            self.items.append(("scalar", writer, tag, float(value), int(step)))
 
     def image(self, writer, tag, array, step):
-        self.items.append(("image", writer, tag, array, int(step)))
+        if step > self.logged_through:
+            self.items.append(("image", writer, tag, array, int(step)))
 
     def metrics_line(self, record):
-        self.lines.append(json.dumps(record))
+        if record["step"] > self.logged_through:
+            self.lines.append(json.dumps(record))
 
-    def flush(self):
-        for kind, writer, tag, value, step in self.items:
-            with self.writers[writer].as_default(step=step):
+    def flush(self, step):
+        for kind, writer, tag, value, item_step in self.items:
+            with self.writers[writer].as_default(step=item_step):
                 if kind == "scalar":
                     tf.summary.scalar(tag, value)
                 else:
@@ -172,6 +184,10 @@ class _SummaryBuffer:
             with open(self.metrics_path, "a") as f:
                 f.write("\n".join(self.lines) + "\n")
         self.items, self.lines = [], []
+        self.logged_through = max(self.logged_through, int(step))
+        with open(self.marker_path + ".tmp", "w") as f:
+            f.write(str(self.logged_through))
+        os.replace(self.marker_path + ".tmp", self.marker_path)
 
 
 def _boxed_panels(images, recon, where, canvas_px, n=64):
@@ -320,9 +336,9 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
                     buf.image("eval", tag, img, step)
             log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in result.items()))
         if step % checkpoint_every == 0 or step == stop_at:
+            buf.flush(step)  # first: a kill before the save re-runs these steps unlogged
             best_var.assign(json.dumps(best.state()))
             manager.save(checkpoint_number=step)
-            buf.flush()
         bar.update(1)
     bar.close()
     _write_operative_config(out)
