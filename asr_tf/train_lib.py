@@ -124,20 +124,40 @@ class Evaluator:
         for k in ("nll", "kl_pres", "kl_scale", "kl_shift", "kl_what"):
             result[k] = float(term[k].mean())
         result.update(_box_diagnostics(out, self.spec.canvas_px))
+        result.update(_se_by_count(self.test["image"].numpy(), out["recon"],
+                                   self.test["count"].numpy()))
         return result, out
 
 
 def _box_diagnostics(out, canvas_px):
-    """Where the present boxes are: mean side, mean |shift|, fraction fully inside the canvas."""
+    """Where the present boxes are: mean side, mean |shift|, fraction fully inside the canvas,
+    and ``box_side_ratio``, the mean over images with >= 2 present boxes of their largest
+    side over their smallest (about 1 when every box fits one digit; about 2 when one box
+    spans two digits and another is left with a scrap)."""
     present = out["present"] > 0.5  # [N, T]
     if not present.any():
-        return {"box_side_px": 0.0, "box_abs_shift": 0.0, "box_inside_frac": 0.0}
-    side = out["scale"][present] * canvas_px
+        return {"box_side_px": 0.0, "box_abs_shift": 0.0, "box_inside_frac": 0.0,
+                "box_side_ratio": 0.0}
+    side_all = out["scale"] * canvas_px  # [N, T]
+    side = side_all[present]
     shift = out["shift"][present]  # [P, 2]
     centre = (shift + 1.0) * canvas_px / 2.0
     inside = np.all((centre - side[:, None] / 2 >= -0.5) & (centre + side[:, None] / 2 <= canvas_px + 0.5), -1)
+    several = present.sum(1) >= 2  # [N]
+    ratio = 0.0
+    if several.any():
+        big = np.where(present, side_all, -np.inf).max(1)  # [N]
+        small = np.where(present, side_all, np.inf).min(1)  # [N]
+        ratio = float((big[several] / small[several]).mean())
     return {"box_side_px": float(side.mean()), "box_abs_shift": float(np.abs(shift).mean()),
-            "box_inside_frac": float(inside.mean())}
+            "box_inside_frac": float(inside.mean()), "box_side_ratio": ratio}
+
+
+def _se_by_count(images, recon, true_count):
+    """SE (spec §8) over the test images of each true object count: {'se_<c>obj': float}."""
+    true_count = np.asarray(true_count).reshape(-1)
+    return {f"se_{c}obj": metrics_lib.squared_error(images[true_count == c], recon[true_count == c])
+            for c in np.unique(true_count)}
 
 
 class _SummaryBuffer:

@@ -469,3 +469,15 @@ def test_model_only_checkpoint_round_trips_every_variable(kind, tmp_path):
     tf.train.Checkpoint(model=target).restore(path).assert_consumed()
     for a, b in zip(source.variables, target.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+@pytest.mark.parametrize("kind", ["air", "pprior"])
+def test_scale_bias_init_shifts_the_first_scale_logit(kind):
+    # Same seed, same noise: only the scale head's output bias differs, so the first step's
+    # pre-sigmoid scale moves by exactly the bias (later pPrior steps see different feedback).
+    base, small = _model(kind), _model(kind, scale_bias_init=-1.0)
+    images = _images(4)
+    s0 = base(images, _noise(base, 4))["scale"].numpy()[:, 0]
+    s1 = small(images, _noise(small, 4))["scale"].numpy()[:, 0]
+    logit = lambda s: np.log(s) - np.log1p(-s)  # noqa: E731
+    np.testing.assert_allclose(logit(s1) - logit(s0), -1.0, atol=1e-4)

@@ -230,3 +230,23 @@ def test_kill9_then_sigterm_via_the_train_tool(tmp_path, repo_root):
     assert ckpts(last) and last < 500
     steps = [s for s, _ in _tensors(os.path.join(workdir, "train"), "loss")]
     assert steps == list(range(1, last + 1))  # resumed at the checkpoint, nothing logged twice
+
+
+def test_box_diagnostics_and_se_by_count_hand_worked():
+    # Canvas 50 px. Image 0: boxes of 35 px (centred) and 15 px (shift 0.5, 0.5 -> centre 37.5,
+    # extends to 45 < 50: inside); image 1: one 20 px box whose centre (x = 0) puts half of it
+    # off the canvas; image 2: nothing present.
+    out = {"present": np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0]], np.float32),
+           "scale": np.array([[0.7, 0.3, 0.9], [0.4, 0.9, 0.9], [0.5, 0.5, 0.5]], np.float32),
+           "shift": np.array([[[0, 0], [0.5, 0.5], [0, 0]], [[-1, 0], [0, 0], [0, 0]],
+                              [[0, 0], [0, 0], [0, 0]]], np.float32)}
+    d = train_lib._box_diagnostics(out, 50)
+    assert d["box_side_px"] == pytest.approx((35 + 15 + 20) / 3, rel=1e-5)
+    assert d["box_abs_shift"] == pytest.approx((0 + 0 + 0.5 + 0.5 + 1 + 0) / 6, rel=1e-5)
+    assert d["box_inside_frac"] == pytest.approx(2 / 3)
+    assert d["box_side_ratio"] == pytest.approx(35 / 15, rel=1e-5)  # only image 0 has 2 boxes
+    images = np.zeros([3, 4, 4, 1]); recon = np.zeros([3, 4, 4])
+    images[0, 0, 0] = 1.0; images[1, :2, :2] = 1.0; recon[1, 0, 0] = 2.0  # clipped to 1
+    se = train_lib._se_by_count(images, recon, np.array([3, 1, 3]))
+    assert set(se) == {"se_1obj", "se_3obj"}
+    assert se["se_1obj"] == pytest.approx(3.0) and se["se_3obj"] == pytest.approx(0.5)

@@ -12,7 +12,7 @@ MODEL_KINDS = ("air", "pprior")
 @gin.configurable
 def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_steps=6,
                 z_what_dim=50, lstm_units=256, glimpse_px=28, z_pres_temperature=None,
-                stop_threshold=None, add_prior=False, quirks=None):
+                stop_threshold=None, add_prior=False, scale_bias_init=0.0, quirks=None):
     """Builds AIR ('air') or AIR-pPrior/ASR ('pprior') for a dataset.
 
     Args:
@@ -23,6 +23,9 @@ def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_steps=6
       size_range_px: (c_min, c_max) px; pPrior generation renders their mean (Q35).
       z_pres_temperature, stop_threshold: default 0.1 / 0.9 (pPrior), 1.0 / 0.99 (AIR).
       add_prior: AIR's -ap: +-100 per-step prior biases from ``counts``.
+      scale_bias_init: initial bias of the scale posterior's location head (pre-sigmoid).
+        The original: 0 (boxes start at half the canvas). A learning remedy, not a quirk:
+        negative values start every box small (-1.0: the scale prior's mean, 27% of S).
       quirks: a Quirks (default: gin-configured Quirks()).
     """
     quirks = quirks or Quirks()
@@ -31,11 +34,13 @@ def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_steps=6
         return AIR(canvas_px, max_steps, z_what_dim, lstm_units, glimpse_px,
                    z_pres_temperature=1.0 if z_pres_temperature is None else z_pres_temperature,
                    stop_threshold=0.99 if stop_threshold is None else stop_threshold,
-                   add_prior_counts=counts if add_prior else None, quirks=quirks)
+                   add_prior_counts=counts if add_prior else None,
+                   scale_bias_init=scale_bias_init, quirks=quirks)
     if kind == "pprior":
         return PPriorAIR(canvas_px, max_steps, z_what_dim, lstm_units, glimpse_px,
                          z_pres_temperature=0.1 if z_pres_temperature is None else z_pres_temperature,
                          stop_threshold=0.9 if stop_threshold is None else stop_threshold,
                          fix_steps=counts[0] if len(counts) == 1 else None,
-                         size_range_px=size_range_px, quirks=quirks)
+                         size_range_px=size_range_px, scale_bias_init=scale_bias_init,
+                         quirks=quirks)
     raise ValueError(f"model kind {kind!r} is not one of {MODEL_KINDS}")

@@ -37,14 +37,15 @@ class InferenceRNN(keras.Model):
     """
 
     def __init__(self, image_dim, z_what_dim=50, units=256, head_units=64,
-                 orthogonal_recurrent=False, name="inference_rnn", **kwargs):
+                 orthogonal_recurrent=False, scale_bias_init=0.0, name="inference_rnn", **kwargs):
         super().__init__(name=name, **kwargs)
         self.lstm = rnn.LSTMCore(units, (image_dim, z_what_dim + 3), orthogonal_recurrent)
         self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
         self.shift_log_var = rnn.mlp_head(head_units, 2, units, "shift_log_var")
         self.scale_hidden_loc = keras.layers.Dense(head_units, activation="relu", name="scale_h_loc")
         self.scale_hidden_log_var = keras.layers.Dense(head_units, activation="relu", name="scale_h_lv")
-        self.scale_loc = keras.layers.Dense(1, name="scale_loc")
+        self.scale_loc = keras.layers.Dense(
+            1, bias_initializer=keras.initializers.Constant(scale_bias_init), name="scale_loc")
         self.scale_log_var = keras.layers.Dense(1, name="scale_log_var")
         for layer in (self.scale_hidden_loc, self.scale_hidden_log_var):
             layer.build((None, units + 2))
@@ -119,14 +120,15 @@ class PPriorAIR(GlimpseModel):
 
     def __init__(self, canvas_px, max_steps=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
                  z_pres_temperature=0.1, stop_threshold=0.9, fix_steps=None,
-                 size_range_px=(17.0, 23.0), quirks=None, name="pprior_air", **kwargs):
+                 size_range_px=(17.0, 23.0), scale_bias_init=0.0, quirks=None, name="pprior_air",
+                 **kwargs):
         super().__init__(canvas_px, max_steps, glimpse_px, z_what_dim, z_pres_temperature,
                          stop_threshold, decoder_noise=0.0, quirks=quirks, name=name, **kwargs)
         ortho = self.quirks.lstm_orthogonal_recurrent
         self.fix_steps = fix_steps
         self.size_range_px = tuple(float(v) for v in size_range_px)
         self.inference = InferenceRNN(canvas_px * canvas_px, z_what_dim, lstm_units,
-                                      orthogonal_recurrent=ortho)
+                                      orthogonal_recurrent=ortho, scale_bias_init=scale_bias_init)
         self.prior = PriorRNN(z_what_dim, lstm_units, orthogonal_recurrent=ortho)
         self.vae = GlimpseVAE(z_what_dim, glimpse_px)
 

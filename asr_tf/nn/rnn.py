@@ -59,10 +59,12 @@ class LSTMCore(keras.layers.Layer):
         return h, (h, c)
 
 
-def mlp_head(hidden, out, in_dim, name):
+def mlp_head(hidden, out, in_dim, name, out_bias=0.0):
     """Lin_out(ReLU(Lin_hidden(.))) as in the original's where and z_pres heads, built for
-    inputs [N, in_dim] (built eagerly: no variable may be created inside the glimpse loop)."""
+    inputs [N, in_dim] (built eagerly: no variable may be created inside the glimpse loop).
+    ``out_bias`` initialises the output bias (the original: 0)."""
     head = keras.Sequential([keras.layers.Dense(hidden, activation="relu"),
-                             keras.layers.Dense(out)], name=name)
+                             keras.layers.Dense(out, bias_initializer=keras.initializers.Constant(out_bias))],
+                            name=name)
     head.build((None, in_dim))
     return head
