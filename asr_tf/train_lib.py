@@ -319,6 +319,7 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     stop_requested = _stop_on_sigterm()
     while step < stop_at:
         batch = next(data)
+        training.set_learning_rate(optimizer, step)  # the configured schedule, also on resume
         if dist:
             logs = dist.train_step(model, optimizer, generator, batch, step, weights)
         else:

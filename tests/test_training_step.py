@@ -132,3 +132,34 @@ def test_overfits_one_batch(case):
     print(f"{case}: first-10 mean {start:.1f}, last-10 mean {end:.1f} ({end / start:.2f}), "
           f"{elapsed:.0f} s")
     assert end < 0.7 * start, (case, start, end, elapsed)
+
+
+def test_rate_schedule_hand_worked_and_bad_input():
+    sched = training.RateSchedule(1e-3, (10, 20), (0.1, 0.01))
+    assert [sched(s) for s in (0, 9, 10, 19, 20, 10**6)] == pytest.approx(
+        [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
+    assert training.RateSchedule(2e-4)(123) == pytest.approx(2e-4)  # no decay
+    for steps, factors in [((10,), ()), ((20, 10), (0.1, 0.1)), ((10, 10), (0.1, 0.1))]:
+        with pytest.raises(ValueError, match="decay steps"):
+            training.RateSchedule(1e-3, steps, factors)
+
+
+def test_configured_rate_wins_over_the_checkpointed_one(tmp_path):
+    # A run checkpointed at lr 1e-3 and resumed with a decay from step 2: the optimizer's
+    # (checkpointed) rate variable is overwritten before the next update.
+    v = keras.Variable(np.ones(3, np.float32))
+
+    class Holder:
+        trainable_variables = [v]
+
+    first = training.make_optimizer(Holder(), learning_rate=1e-3)
+    for step in range(3):
+        training.set_learning_rate(first, step)
+        first.apply_gradients([(tf.ones(3), v)])
+    path = tf.train.Checkpoint(optimizer=first).save(str(tmp_path / "ckpt"))
+    resumed = training.make_optimizer(Holder(), learning_rate=1e-3, decay_steps=(2,),
+                                      decay_factors=(0.5,))
+    tf.train.Checkpoint(optimizer=resumed).restore(path).assert_existing_objects_matched()
+    assert float(resumed.learning_rate.numpy()) == pytest.approx(1e-3)  # as checkpointed
+    training.set_learning_rate(resumed, int(resumed.iterations.numpy()))
+    assert float(resumed.learning_rate.numpy()) == pytest.approx(5e-4)
