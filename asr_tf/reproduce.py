@@ -149,6 +149,19 @@ def markdown_table(table, step):
     return "\n".join(lines)
 
 
+def per_seed_table(runs, step):
+    """Markdown: one line per run (config, seed) with its evaluation at ``step``; runs that
+    have not reached ``step`` are left out."""
+    lines = [f"| run (step {step}) | nELBO | ACC | SE | mIoU |", "|---|---|---|---|---|"]
+    for c, by_seed in runs.items():
+        for seed, records in sorted(by_seed.items()):
+            r = at_step(records, step)
+            if r:
+                lines.append(f"| `{c}` seed {seed} | {r['nelbo']:.1f} | {r['acc']:.3f} | "
+                             f"{r['se']:.1f} | {r['miou']:.3f} |")
+    return "\n".join(lines)
+
+
 def figures(runs_dir, configs, seeds_by_config, out_dir, runs, step=None):
     """Learning curves (one series per run) and grids of each config's first seed, from the
     checkpoint at ``step`` (default: the latest)."""

@@ -38,6 +38,10 @@ def test_summarize_at_the_common_step(tmp_path):
     assert table["air_asr_13"]["acc"] == (0.95, 0.0)
     step, table, _ = reproduce.summarize(runs, ["air_13", "air_asr_13"], seeds, step=800)
     assert table == {}  # nobody trained that far
+    _, _, by_run = reproduce.summarize(runs, ["air_13", "air_asr_13"], seeds)
+    lines = reproduce.per_seed_table(by_run, 600).splitlines()
+    assert lines[2:] == ["| `air_13` seed 0 | 500.0 | 0.300 | 40.0 | 0.150 |",
+                         "| `air_asr_13` seed 0 | 500.0 | 0.950 | 40.0 | 0.475 |"]  # seed 1: 400
 
 
 def test_row_configs_rejects_unknown_rows():
@@ -66,3 +70,16 @@ def test_training_minutes_skip_the_pause_between_invocations(tmp_path):
     assert reproduce.training_minutes(workdir, records, 400) == 9.0  # 5 + 4, not the 2 h pause
     assert reproduce.training_minutes(workdir, records, 10_000) == 13.0
     assert np.isnan(reproduce.training_minutes(str(tmp_path / "none"), records, 200))
+
+
+def test_train_passes_the_variant_bindings(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reproduce.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    workdir = str(tmp_path / "v" / "air_asr_13_s2")
+    assert reproduce.train("air_asr_13", workdir, 2, max_steps=50,
+                           extra=["make_optimizer.decay_steps = (40,)"]) == 0
+    cmd = calls[0]
+    assert cmd[cmd.index("--config") + 1] == "air_asr_13" and cmd[cmd.index("--seed") + 1] == "2"
+    assert cmd[cmd.index("--max_steps") + 1] == "50"
+    assert cmd[-2:] == ["--gin_param", "make_optimizer.decay_steps = (40,)"]
+    assert os.path.exists(workdir + ".log")  # the run's log beside its workdir

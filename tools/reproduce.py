@@ -25,6 +25,8 @@ flags.DEFINE_string("runs_dir", "runs/reproduce", "Where the runs live.")
 flags.DEFINE_string("out_dir", "docs/results", "Where the table and figures go.")
 flags.DEFINE_bool("figures", True, "Write learning curves and image grids.")
 flags.DEFINE_bool("report_only", False, "Do not train; report on the existing runs.")
+flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings for every run (a variant: give it "
+                          "its own --runs_dir).")
 FLAGS = flags.FLAGS
 
 
@@ -42,16 +44,19 @@ def main(argv):
             for s in seeds[asr]:
                 reproduce.train(asr, reproduce.workdir_for(FLAGS.runs_dir, asr, s), s,
                                 max_steps=FLAGS.steps,
-                                max_minutes=None if FLAGS.steps else FLAGS.minutes)
+                                max_minutes=None if FLAGS.steps else FLAGS.minutes,
+                                extra=FLAGS.gin_param)
             steps = FLAGS.steps or reproduce.read_metrics(
                 reproduce.workdir_for(FLAGS.runs_dir, asr, 0))[-1]["step"]
             for c in (air, pprior):
                 for s in seeds[c]:
-                    reproduce.train(c, reproduce.workdir_for(FLAGS.runs_dir, c, s), s, max_steps=steps)
+                    reproduce.train(c, reproduce.workdir_for(FLAGS.runs_dir, c, s), s,
+                                    max_steps=steps, extra=FLAGS.gin_param)
         step, table, runs = reproduce.summarize(FLAGS.runs_dir, [air, pprior, asr], seeds,
                                                 FLAGS.at_step)
         os.makedirs(FLAGS.out_dir, exist_ok=True)
-        text = reproduce.markdown_table(table, step)
+        text = (reproduce.markdown_table(table, step) + "\n\n"
+                + reproduce.per_seed_table(runs, step))
         print(f"Table 1, row {row}, at step {step} ({reproduce.machine()}):\n{text}")
         suffix = f"_{FLAGS.at_step}" if FLAGS.at_step else ""
         with open(os.path.join(FLAGS.out_dir, f"table1_{row}{suffix}.json"), "w") as f:
