@@ -25,8 +25,8 @@ flags.DEFINE_string("runs_dir", "runs/reproduce", "Where the runs live.")
 flags.DEFINE_string("out_dir", "docs/results", "Where the table and figures go.")
 flags.DEFINE_bool("figures", True, "Write learning curves and image grids.")
 flags.DEFINE_bool("report_only", False, "Do not train; report on the existing runs.")
-flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings for every run (a variant: give it "
-                          "its own --runs_dir).")
+flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings for every run, the baselines "
+                          "too (a variant: give it its own --runs_dir).")
 FLAGS = flags.FLAGS
 
 
