@@ -250,3 +250,84 @@ def test_box_diagnostics_and_se_by_count_hand_worked():
     se = train_lib._se_by_count(images, recon, np.array([3, 1, 3]))
     assert set(se) == {"se_1obj", "se_3obj"}
     assert se["se_1obj"] == pytest.approx(3.0) and se["se_3obj"] == pytest.approx(0.5)
+
+
+def _logged(workdir):
+    steps = [s for s, _ in _tensors(os.path.join(workdir, "train"), "loss")]
+    path = os.path.join(workdir, "metrics.jsonl")
+    lines = open(path).read().splitlines() if os.path.exists(path) else []
+    return steps, [json.loads(line)["step"] for line in lines]
+
+
+def _buffer_through(buf, first, last):
+    for s in range(first, last + 1):
+        buf.scalar("train", "loss", float(s), s)
+    buf.metrics_line({"step": last})
+    buf.flush(last)
+
+
+@pytest.mark.parametrize("kill_at", ["staging", "marker", "commit_events", "commit_metrics",
+                                     "commit_cleanup", "final_marker"])
+def test_summary_commit_survives_a_kill_at_every_point(tmp_path, monkeypatch, kill_at):
+    """A kill anywhere inside flush() leaves each step logged once after the resumed run."""
+    workdir = str(tmp_path)
+    _buffer_through(train_lib._SummaryBuffer(workdir), 1, 3)
+    buf = train_lib._SummaryBuffer(workdir)
+    real_replace, real_rmtree, real_marker = os.replace, train_lib.shutil.rmtree, buf._write_marker
+
+    def crash_if(point):
+        if point == kill_at:
+            raise _Crash()
+
+    def replace(src, dst):
+        if "tfevents" in os.path.basename(src):
+            crash_if("commit_events")
+        return real_replace(src, dst)
+
+    def marker(pending):
+        crash_if("marker" if pending else "final_marker")
+        return real_marker(pending)
+
+    monkeypatch.setattr(buf, "_write_marker", marker)
+    monkeypatch.setattr(train_lib.os, "replace", replace)
+    monkeypatch.setattr(train_lib.shutil, "rmtree",
+                        lambda p: crash_if("commit_cleanup") or real_rmtree(p))
+    real_open = open
+
+    def opener(path, mode="r", *a, **k):
+        if str(path).endswith("metrics.jsonl") and "a" in mode:
+            f = real_open(path, mode, *a, **k)
+            f.write('{"step": 99, "torn')  # an append cut short by the kill
+            f.close()
+            crash_if("commit_metrics")
+        return real_open(path, mode, *a, **k)
+
+    if kill_at == "staging":
+        monkeypatch.setattr(train_lib.tf.summary, "create_file_writer",
+                            lambda *a, **k: crash_if("staging"))
+    monkeypatch.setattr("builtins.open", opener)
+    with pytest.raises(_Crash):
+        _buffer_through(buf, 4, 6)
+    monkeypatch.undo()
+
+    # The next process: steps up to what the marker says are dropped, the rest re-logged.
+    buf = train_lib._SummaryBuffer(workdir)
+    committed = kill_at not in ("staging", "marker")
+    assert buf.logged_through == (6 if committed else 3)
+    assert not os.path.exists(os.path.join(workdir, ".summaries_staging"))
+    _buffer_through(buf, 4, 6)  # resumed from the step-3 checkpoint
+    _buffer_through(buf, 7, 9)
+    assert _logged(workdir) == (list(range(1, 10)), [3, 6, 9])
+
+
+def test_summary_marker_of_older_runs_is_read(tmp_path):
+    with open(tmp_path / "logged_through", "w") as f:
+        f.write("400")
+    buf = train_lib._SummaryBuffer(str(tmp_path))
+    assert buf.logged_through == 400
+    buf.scalar("train", "loss", 1.0, 400)
+    buf.scalar("train", "loss", 2.0, 401)
+    buf.flush(401)
+    assert _logged(str(tmp_path)) == ([401], [])
+    assert json.load(open(tmp_path / "logged_through")) == {"logged_through": 401,
+                                                             "pending": None}
