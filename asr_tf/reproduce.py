@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -30,10 +31,33 @@ PAPER_NAMES = {"air": "AIR", "air_pprior": "AIR-pPrior", "air_asr": "AIR-ASR"}
 METRICS = ("nelbo", "acc", "se", "miou")
 
 
-def row_configs(row):
+def row_configs(row, asr_variant=None):
+    """The configs of a Table 1 row: AIR, AIR-pPrior and AIR-ASR, the last one optionally a
+    named variant (``air_asr_13_size`` for ``asr_variant='size'``), which must exist."""
     if row not in ("13", "14", "24"):
         raise ValueError(f"Table 1 row {row!r} is not one of 13, 14, 24")
-    return [f"air_{row}", f"air_pprior_{row}", f"air_asr_{row}"]
+    asr = f"air_asr_{row}" + (f"_{asr_variant}" if asr_variant else "")
+    if asr_variant:
+        from asr_tf import config
+
+        if asr not in config.available_configs():
+            raise ValueError(f"no config {asr!r} for ASR variant {asr_variant!r} of row {row}")
+    return [f"air_{row}", f"air_pprior_{row}", asr]
+
+
+def display_name(config):
+    """``air_asr_13`` -> ``AIR-ASR-13``; ``air_asr_13_size`` -> ``AIR-ASR-13 (size)``."""
+    match = re.fullmatch(r"(air(?:_pprior|_asr)?)_(\d+)(?:_(\w+))?", config)
+    if not match:
+        return config
+    model, row, variant = match.groups()
+    return f"{PAPER_NAMES[model]}-{row}" + (f" ({variant})" if variant else "")
+
+
+def paper_row(config):
+    """The paper's Table 1 numbers for a config or a variant of it ({} if none)."""
+    match = re.fullmatch(r"(air(?:_pprior|_asr)?_\d+)(?:_\w+)?", config)
+    return PAPER_TABLE1.get(match.group(1), {}) if match else {}
 
 
 def workdir_for(runs_dir, config, seed):
@@ -140,8 +164,7 @@ def markdown_table(table, step):
              "paper ACC | paper SE | paper mIoU |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c, row in table.items():
-        paper = PAPER_TABLE1.get(c, {})
-        name = PAPER_NAMES.get(c.rsplit("_", 1)[0], c) + "-" + c.rsplit("_", 1)[1]
+        paper, name = paper_row(c), display_name(c)
         ours = " | ".join(_fmt(row[m], digits[m]) for m in METRICS)
         theirs = " | ".join(_fmt(paper[m], digits[m]) if m in paper else "–" for m in METRICS)
         lines.append(f"| {name} (`{c}`) | {len(row['seeds'])} | {row['wall_minutes']:.0f} | "

@@ -1,8 +1,11 @@
 """The Table 1 report: common-step selection, mean/std over seeds, the markdown table."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 from asr_tf import reproduce
 
@@ -46,6 +49,12 @@ def test_summarize_at_the_common_step(tmp_path):
 
 def test_row_configs_rejects_unknown_rows():
     assert reproduce.row_configs("14") == ["air_14", "air_pprior_14", "air_asr_14"]
+    assert reproduce.row_configs("13", "size") == ["air_13", "air_pprior_13", "air_asr_13_size"]
+    with pytest.raises(ValueError, match="air_asr_14_size"):
+        reproduce.row_configs("14", "size")  # no such config (yet)
+    assert reproduce.display_name("air_asr_13_size") == "AIR-ASR-13 (size)"
+    assert reproduce.display_name("air_pprior_24") == "AIR-pPrior-24"
+    assert reproduce.paper_row("air_asr_13_size")["se"] == (28.84, 1.11)  # the row it varies
     try:
         reproduce.row_configs("99")
     except ValueError as err:
@@ -83,3 +92,20 @@ def test_train_passes_the_variant_bindings(tmp_path, monkeypatch):
     assert cmd[cmd.index("--max_steps") + 1] == "50"
     assert cmd[-2:] == ["--gin_param", "make_optimizer.decay_steps = (40,)"]
     assert os.path.exists(workdir + ".log")  # the run's log beside its workdir
+
+
+def test_reproduce_tool_reports_a_named_asr_variant(tmp_path, repo_root):
+    runs, out_dir = str(tmp_path / "runs"), str(tmp_path / "out")
+    _write_run(runs, "air_asr_13_size", 0, [(200, 0.5), (400, 0.9)])
+    _write_run(runs, "air_13", 0, [(200, 0.1), (400, 0.2)])
+    tool = [sys.executable, str(repo_root / "tools" / "reproduce.py"), "--report_only",
+            "--runs_dir", runs, "--out_dir", out_dir, "--nofigures", "--seeds", "1"]
+    out = subprocess.run(tool + ["--asr_variant", "size"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = open(os.path.join(out_dir, "table1_13.md")).read()
+    assert "| AIR-ASR-13 (size) (`air_asr_13_size`) | 1 |" in table
+    assert "0.90 ± 0.00" in table and "28.8 ± 1.1" in table  # ours at step 400; paper SE
+    out = subprocess.run(tool + ["--asr_variant", "bogus"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0 and "air_asr_13_bogus" in out.stderr

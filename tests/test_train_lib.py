@@ -36,7 +36,8 @@ def _tensors(logdir, tag):
 
 def test_every_config_parses():
     names = config.available_configs()
-    assert len(names) == 30  # 15 paper runs and their faithful twins
+    assert len(names) == 31  # 15 paper runs, their faithful twins, one learning variant
+    assert len([n for n in names if n.endswith("_faithful")]) == 15
     for name in names:
         config.parse([name])
         spec = train_lib.run_spec()
@@ -58,6 +59,13 @@ def test_paper_weights_in_configs():
     assert gin.query_parameter("PenaltyWeights.gamma_a") == 20.0
     assert gin.query_parameter("make_optimizer.learning_rate") == 1e-4
     assert train_lib.run_spec().canvas_px == 64
+    config.parse(["air_asr_13"])
+    with pytest.raises(ValueError, match="gamma_s"):  # unbound: 0, the paper's row 13
+        gin.query_parameter("PenaltyWeights.gamma_s")
+    config.parse(["air_asr_13_size"])
+    assert gin.query_parameter("PenaltyWeights.gamma_s") == 10.0
+    assert gin.query_parameter("PenaltyWeights.gamma_ne") == 10.0
+    assert train_lib.run_spec().name == "mnist_13"
     gin.clear_config()
 
 

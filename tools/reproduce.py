@@ -27,6 +27,8 @@ flags.DEFINE_bool("figures", True, "Write learning curves and image grids.")
 flags.DEFINE_bool("report_only", False, "Do not train; report on the existing runs.")
 flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings for every run, the baselines "
                           "too (a variant: give it its own --runs_dir).")
+flags.DEFINE_string("asr_variant", None, "Train and report configs/air_asr_<row>_<variant>.gin "
+                    "in place of the ASR config (e.g. 'size'); the baselines are unchanged.")
 FLAGS = flags.FLAGS
 
 
@@ -37,7 +39,10 @@ def main(argv):
     if FLAGS.table != 1:
         raise app.UsageError("only --table 1 is implemented (Table 2 has no count metric)")
     for row in FLAGS.rows:
-        air, pprior, asr = reproduce.row_configs(row)
+        try:
+            air, pprior, asr = reproduce.row_configs(row, FLAGS.asr_variant)
+        except ValueError as e:
+            raise app.UsageError(str(e))
         seeds = {asr: list(range(FLAGS.seeds)), air: list(range(FLAGS.baseline_seeds)),
                  pprior: list(range(FLAGS.baseline_seeds))}
         if not FLAGS.report_only:
