@@ -45,9 +45,13 @@ def row_configs(row, asr_variant=None):
     return [f"air_{row}", f"air_pprior_{row}", asr]
 
 
+# A Table 1 config name: model, row and an optional variant (``air_asr_13_size``).
+_CONFIG_NAME = re.compile(r"(air(?:_pprior|_asr)?)_(\d+)(?:_(\w+))?")
+
+
 def display_name(config):
     """``air_asr_13`` -> ``AIR-ASR-13``; ``air_asr_13_size`` -> ``AIR-ASR-13 (size)``."""
-    match = re.fullmatch(r"(air(?:_pprior|_asr)?)_(\d+)(?:_(\w+))?", config)
+    match = _CONFIG_NAME.fullmatch(config)
     if not match:
         return config
     model, row, variant = match.groups()
@@ -56,8 +60,8 @@ def display_name(config):
 
 def paper_row(config):
     """The paper's Table 1 numbers for a config or a variant of it ({} if none)."""
-    match = re.fullmatch(r"(air(?:_pprior|_asr)?_\d+)(?:_\w+)?", config)
-    return PAPER_TABLE1.get(match.group(1), {}) if match else {}
+    match = _CONFIG_NAME.fullmatch(config)
+    return PAPER_TABLE1.get(f"{match.group(1)}_{match.group(2)}", {}) if match else {}
 
 
 def workdir_for(runs_dir, config, seed):
