@@ -240,14 +240,18 @@ _SERIES_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189),
 
 def _curves_pil(series, keys, path, panel_size):
     pw, ph = panel_size
-    ml, mr, mt, mb = 64, 12, 22, 30
+    ml, mr, mb = 64, 12, 30
     font = ImageFont.load_default()
     img = Image.new("RGB", (pw, ph * len(keys)), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     for j, key in enumerate(keys):
         oy = j * ph
-        x0, y0, x1, y1 = ml, oy + mt, pw - mr, oy + ph - mb   # plot area (y1 bottom)
         draw.text((ml, oy + 4), str(key), fill=(0, 0, 0), font=font)
+        title_end = ml + draw.textlength(str(key), font=font) + 16
+        legend = (_legend_layout(draw, font, list(series), title_end, ml, pw - mr)
+                  if len(series) > 1 else [])
+        mt = 22 + _LEGEND_LINE_PX * max((row for _, _, row in legend), default=0)
+        x0, y0, x1, y1 = ml, oy + mt, pw - mr, oy + ph - mb   # plot area (y1 bottom)
         draw.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
         data = {name: _series(recs, key) for name, recs in series.items()}
         xs = [x for d in data.values() for x in d[0]]
@@ -278,7 +282,6 @@ def _curves_pil(series, keys, path, panel_size):
             _, v = px(xlo, t)
             draw.line([(x0 - 4, v), (x0, v)], fill=(0, 0, 0))
             draw.text((2, v - 5), _fmt(t), fill=(0, 0, 0), font=font)
-        legend_x = x1
         for i, (name, (sx, sy)) in enumerate(data.items()):
             color = _SERIES_COLORS[i % len(_SERIES_COLORS)]
             pts = [px(x, y) for x, y in zip(sx, sy)]
@@ -287,10 +290,27 @@ def _curves_pil(series, keys, path, panel_size):
                 draw.ellipse([u - 2, v - 2, u + 2, v + 2], fill=color)
             elif pts:
                 draw.line(pts, fill=color, width=2)
-            if len(series) > 1:
-                legend_x -= draw.textlength(str(name), font=font) + 10
-                draw.text((legend_x, oy + 4), str(name), fill=color, font=font)
+            if legend:
+                lx, _, row = legend[i]
+                draw.text((lx, oy + 4 + _LEGEND_LINE_PX * row), str(name), fill=color, font=font)
     img.save(path, format="PNG")
+
+
+_LEGEND_LINE_PX = 12
+
+
+def _legend_layout(draw, font, names, first_x, left, right):
+    """(x, width, row) of each legend name: left to right after the title on row 0 (from
+    ``first_x``), wrapping onto further rows that start at ``left``; no name crosses ``right``
+    unless it is alone on its row, and none overlaps the title or another name."""
+    out, x, row = [], first_x, 0
+    for name in names:
+        w = draw.textlength(str(name), font=font)
+        if x + w > right and x > (first_x if row == 0 else left):
+            x, row = left, row + 1
+        out.append((x, w, row))
+        x += w + 10
+    return out
 
 
 def _curves_matplotlib(plt, series, keys, path, panel_size):

@@ -126,3 +126,22 @@ def test_learning_curves_pil(tmp_path):
 def test_learning_curves_bad_backend(tmp_path):
     with pytest.raises(ValueError):
         viz.learning_curves_png([{"step": 0, "a": 1}], ["a"], tmp_path / "c.png", backend="x")
+
+
+def test_legend_wraps_instead_of_covering_the_title():
+    from PIL import ImageDraw, ImageFont
+    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+    font = ImageFont.load_default()
+    names = ["air_asr_13_size s0", "air_asr_13_size s1", "air_asr_13_size s2",
+             "air_pprior_13 s0", "air_13 s0"]
+    title_end, left, right = 64 + 40, 64, 468
+    layout = viz._legend_layout(draw, font, names, title_end, left, right)
+    assert len(layout) == len(names)
+    assert max(row for _, _, row in layout) >= 1            # five names do not fit one row
+    for i, (x, w, row) in enumerate(layout):
+        assert x >= (title_end if row == 0 else left)       # never left of the title's end
+        assert x + w <= right                                # every name fits the panel
+        for x2, w2, row2 in layout[i + 1:]:
+            assert row2 > row or x2 >= x + w                 # no two names overlap
+    one_row = viz._legend_layout(draw, font, ["a", "b"], title_end, left, right)
+    assert [row for _, _, row in one_row] == [0, 0]
