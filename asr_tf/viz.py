@@ -225,13 +225,19 @@ def _series(records: Iterable[Mapping], key: str):
 
 
 def _ticks(lo: float, hi: float, n: int = 5):
+    """Round tick values inside [lo, hi]: the multiples of the smallest step of 1, 2, 2.5 or 5
+    times a power of ten that is at least (hi - lo) / (n - 1) (so 2 to n ticks)."""
     if hi <= lo:
         return [lo]
-    return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+    raw = (hi - lo) / (n - 1)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * mag >= raw * (1 - 1e-9))
+    first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+    return [round(k * step, 12) for k in range(first, last + 1)]
 
 
 def _fmt(v: float) -> str:
-    return "%.4g" % v
+    return "%d" % round(v) if abs(v - round(v)) < 1e-9 * max(1.0, abs(v)) else "%.4g" % v
 
 
 _SERIES_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),

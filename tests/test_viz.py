@@ -145,3 +145,12 @@ def test_legend_wraps_instead_of_covering_the_title():
             assert row2 > row or x2 >= x + w                 # no two names overlap
     one_row = viz._legend_layout(draw, font, ["a", "b"], title_end, left, right)
     assert [row for _, _, row in one_row] == [0, 0]
+
+
+def test_axis_ticks_are_round_numbers_inside_the_range():
+    assert viz._ticks(200, 19187) == [5000, 10000, 15000]          # step 5000 >= 18987 / 4
+    assert viz._ticks(0.0, 0.975) == [0.0, 0.25, 0.5, 0.75]         # step 0.25 >= 0.24375
+    assert viz._ticks(315.6, 714.6) == [400, 500, 600, 700]         # step 100 >= 99.75
+    assert viz._ticks(-1.0, 1.0) == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert viz._ticks(3.0, 3.0) == [3.0]
+    assert [viz._fmt(v) for v in (15000.0, 0.25, 400.0, -0.5)] == ["15000", "0.25", "400", "-0.5"]
