@@ -280,7 +280,7 @@ def _curves_pil(series, keys, path, panel_size):
         for t in _ticks(xlo, xhi):
             u, _ = px(t, ylo)
             draw.line([(u, y1), (u, y1 + 4)], fill=(0, 0, 0))
-            label = "%d" % round(t)
+            label = _fmt(t)
             lw = draw.textlength(label, font=font)
             lx = min(max(u - lw / 2, 0), pw - lw - 1)
             draw.text((lx, y1 + 6), label, fill=(0, 0, 0), font=font)
