@@ -99,7 +99,7 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
     import tensorflow as tf
 
     from asr_tf import config as config_lib
-    from asr_tf import flops, train_lib, training
+    from asr_tf import evaluation, flops, runs, training
     from asr_tf.data import pipeline
 
     results = {"what": "train", "config": config, "batch_size": batch_size}
@@ -108,11 +108,11 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
     for kind in kinds.split(","):
         bindings = {"air": ["build_model.kind = 'air'"], "pprior": ["build_model.kind = 'pprior'"],
                     "asr": []}[kind]
-        zero = ["PenaltyWeights.gamma_ne = 0.0", "PenaltyWeights.gamma_m = 0.0"] if kind != "asr" else []
+        zero = ["Objective.constraints = []"] if kind != "asr" else []
         config_lib.parse([config], bindings + zero)
-        spec = train_lib.run_spec()
+        spec = runs.run_spec()
         keras.utils.set_random_seed(seed)
-        model, weights, _ = train_lib.build_components(spec)
+        model, objective, _ = runs.build_components(spec)
         optimizer = training.make_optimizer(model)
         generator = tf.random.Generator.from_seed(seed)
         data = iter(pipeline.make_dataset(spec, "train", batch_size=batch_size, seed=seed))
@@ -128,7 +128,8 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
 
             def step(batch, source):
                 logs = training.train_step(model, optimizer, generator, batch,
-                                           tf.constant(0, tf.int64), weights, jit)
+                                           tf.constant(0, tf.int64), objective,
+                                           tf.distribute.get_strategy(), batch_size, jit)
                 executed[source].append(float(logs["steps_executed"]))
 
             cycle = iter(range(10**9))
@@ -156,7 +157,7 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
                 "fraction_of_matmul": round(step_flops / real_s / 1e9 / peak, 3),
             }
         if kind == "asr":
-            evaluator = train_lib.Evaluator(model, spec, seed=seed)
+            evaluator = evaluation.Evaluator(model, spec, seed=seed)
             evaluator(0)
             start = time.perf_counter()
             evaluator(1)

@@ -6,7 +6,7 @@ import pathlib
 import gin
 
 # Importing these registers every configurable that a config may bind.
-from asr_tf import objectives, quirks, train_lib, training  # noqa: F401
+from asr_tf import constraints, objectives, quirks, runs, train_lib, training  # noqa: F401
 from asr_tf import models  # noqa: F401
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"

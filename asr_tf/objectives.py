@@ -1,25 +1,30 @@
-"""ELBO terms and the ASR penalties (spec §4.3-4.4, §6). Pure functions: tensors in, tensors out.
+"""The training objective (spec §4.3-4.4, §6.4): the nELBO plus weighted structural constraints.
 
-Boxes are in pixels: centre c = (shift + 1) * S / 2, side d = scale * S.
-Unless ``presence`` is given (``Quirks.mask_penalties_by_presence``), every
-penalty runs over all *executed* steps of the batch (``step_mask``), unmasked
-by z_pres (Q16, Q17), so a stopping step's "ghost" box is penalised too.
+Pure functions, tensors in and out. The constraints themselves are named entries of
+asr_tf/constraints.py; a run lists the ones it trains with, and their weights, in gin:
+
+    Objective.constraints = [('count_min', 10.0), ('count_margin', 100.0)]   # count ASR
+    Objective.monitor = ['overlap', 'size_equality']   # logged every step, not in the loss
+
+loss = sum_b [nELBO_b + sum_i w_i C_i(b)] / B  +  sum_j w_j C_j(batch)
+
+(per-image constraints C_i, batch constraints C_j such as R2). Under tf.distribute each replica
+computes its share (its images' sum over the *global* B, and the batch terms over the number of
+replicas, their batch means all-reduced), so that the replicas' losses and gradients add up to
+the single-process ones: training.train_step.
 """
 import dataclasses
 import logging
+import math
 
 import gin
 import tensorflow as tf
 
+from asr_tf import constraints as constraints_lib
+from asr_tf.constraints import _log_eps
+
 BCE_EPS = 1e-10  # inside the logs of the reconstruction BCE
-CE_EPS = 1e-8  # inside the logit of the count CEs
-SIZE_EPS_PX = 3.0  # F7 tolerance
-
-
-def _log_eps(v, eps):
-    """ln(v + eps) for v >= 0. The max() keeps XLA/Grappler from folding ``(1 - r) + eps`` into
-    ``(1 + eps) - r``, which rounds to ln(0) = -inf at r = 1."""
-    return tf.math.log(tf.maximum(v, 0.0) + eps)
+MARGIN_EPS = 1e-8  # the code's threshold on -gm below which R2 (and R1, Q20) are off
 
 
 def bernoulli_nll(images, recon):
@@ -55,179 +60,103 @@ def negative_elbo(images, outputs):
     return terms
 
 
-def boxes_px(scale, shift, canvas_px):
-    """Centres [B, T, 2] (x, y) and sides [B, T] in pixels."""
-    s = float(canvas_px)
-    return (shift + 1.0) * s / 2.0, scale * s
-
-
-def _pair_mask(step_mask, presence):
-    """[B, T] weights for single-box terms and [B, T, T] for pairs (diagonal included)."""
-    w = step_mask[None, :]  # [1, T]
-    if presence is not None:
-        w = w * presence  # [B, T]
-    return w, w[:, :, None] * w[:, None, :]
-
-
-def overlap_penalty(centers, sides, step_mask, presence=None):
-    """F1: sum_{i != j} relu((d_i + d_j)/2 - max(|dx|, |dy|)) over ordered pairs. Returns [B]."""
-    _, pw = _pair_mask(step_mask, presence)
-    t = tf.shape(sides)[1]
-    off_diag = 1.0 - tf.eye(t)
-    dist = tf.reduce_max(tf.abs(centers[:, :, None, :] - centers[:, None, :, :]), -1)  # [B, T, T]
-    reach = (sides[:, :, None] + sides[:, None, :]) / 2.0
-    return tf.reduce_sum(tf.nn.relu(reach - dist) * pw * off_diag, [1, 2])
-
-
-def out_of_image_penalty(centers, sides, step_mask, canvas_px, presence=None):
-    """F2-F5: how far each box crosses the four canvas edges, summed. Returns [B]."""
-    w, _ = _pair_mask(step_mask, presence)
-    half = sides[..., None] / 2.0  # [B, T, 1]
-    s = float(canvas_px)
-    out = tf.nn.relu(half - centers) + tf.nn.relu(centers + half - s)  # [B, T, 2]
-    return tf.reduce_sum(tf.reduce_sum(out, -1) * w, -1)
-
-
-def size_penalty(sides, step_mask, presence=None, eps_px=SIZE_EPS_PX):
-    """F7: sum_{i,j} relu(|d_i - d_j| - eps). Returns [B]."""
-    _, pw = _pair_mask(step_mask, presence)
-    diff = tf.abs(sides[:, :, None] - sides[:, None, :])
-    return tf.reduce_sum(tf.nn.relu(diff - eps_px) * pw, [1, 2])
-
-
-def area_penalty(sides, step_mask, size_range_px, presence=None, mode="mean_offset"):
-    """F6, the box-side range [c_min, c_max]. Returns [B].
-
-    mode 'mean_offset' (Q19): mean over boxes of relu(c_max - d) + relu(d - c_min), i.e. the
-    paper's hinge plus the constant (c_max - c_min). mode 'paper': sum of relu(c_min - d) +
-    relu(d - c_max).
-    """
-    c_min, c_max = (float(v) for v in size_range_px)
-    w, _ = _pair_mask(step_mask, presence)
-    w = tf.broadcast_to(w, tf.shape(sides))
-    if mode == "mean_offset":
-        per_box = tf.nn.relu(c_max - sides) + tf.nn.relu(sides - c_min)
-        return tf.reduce_sum(per_box * w, -1) / tf.maximum(tf.reduce_sum(w, -1), 1.0)
-    per_box = tf.nn.relu(c_min - sides) + tf.nn.relu(sides - c_max)
-    return tf.reduce_sum(per_box * w, -1)
-
-
-def count_targets(counts, max_steps):
-    """u[k, t] = 1[t < c_k]: [K, T] target z_pres patterns of the allowed counts."""
-    c = tf.constant(sorted(counts), tf.float32)[:, None]
-    return tf.cast(tf.range(max_steps, dtype=tf.float32)[None, :] < c, tf.float32)
-
-
-def _ce(labels, probs):
-    """Bernoulli CE of target ``labels`` under ``probs`` via the original's logit (broadcasts)."""
-    logits = _log_eps(probs, CE_EPS) - _log_eps(1.0 - probs, CE_EPS)
-    return tf.nn.softplus(logits) - labels * logits
-
-
-def count_min_penalty(z_pres_prob, step_mask, counts):
-    """R1 (gamma_ne): per image, min over allowed counts of sum_t CE(u_{k,t}, p_{b,t}) over
-    executed steps (Q22). Args: z_pres_prob [B, T]; step_mask [T]. Returns [B]."""
-    u = count_targets(counts, z_pres_prob.shape[1])  # [K, T]
-    ce = _ce(u[None], z_pres_prob[:, None, :]) * step_mask  # [B, K, T]
-    return tf.reduce_min(tf.reduce_sum(ce, -1), -1)
-
-
-def count_margin_penalty(z_pres_prob, step_mask, counts):
-    """R2 (gamma_m): sum_t CE(mean_k u_{k,t}, mean_b p_{b,t}) once per batch (Q21); includes
-    the entropy constant sum_t H(mean_k u_{k,t}). Returns a scalar."""
-    u_bar = tf.reduce_mean(count_targets(counts, z_pres_prob.shape[1]), 0)  # [T]
-    p_bar = tf.reduce_mean(z_pres_prob, 0)  # [T]
-    return tf.reduce_sum(_ce(u_bar, p_bar) * step_mask)
-
-
-def zpres_entropy(z_pres_logit, step_mask):
-    """-gn: sum_t H(Bernoulli(sigmoid(alpha))) over executed steps. Returns [B]."""
-    p = tf.sigmoid(z_pres_logit)
-    h = p * tf.nn.softplus(-z_pres_logit) + (1.0 - p) * tf.nn.softplus(z_pres_logit)
-    return tf.reduce_sum(h * step_mask, -1)
-
-
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
-class PenaltyWeights:
-    """The ASR weights (spec §6.5 flags). All zero = AIR-pPrior.
+class Objective:
+    """Which constraints a run trains with, and with which weights.
 
     Attributes:
-      gamma_ne: R1, per-image min count CE (paper lambda_1^num; 10 in count ASR).
-      gamma_m: R2, batch marginal count CE (lambda_2^num; 100 in count ASR).
-      gamma_b: F1 overlap AND F2-F5 out-of-image, tied (Q18; 1 in overlap ASR).
-      gamma_s: F7 size equality (10 in overlap ASR).
-      gamma_a: F6 side range (20 in overlap ASR).
-      gamma_n: z_pres entropy (-gn, not in the paper; 0).
-      counts: allowed counts for R1/R2, e.g. (1, 3).
-      size_range_px: (c_min, c_max) for F6.
+      constraints: ((name, weight), ...): registered constraints (asr_tf/constraints.py) and
+        their weights, summed in this order. Empty: AIR and AIR-pPrior.
+      monitor: names of further constraints computed and logged, not in the loss.
+      counts: the data set's allowed counts (given by the run, not bound in gin).
+      size_range_px: the data set's (c_min, c_max) (given by the run).
     """
-    gamma_ne: float = 0.0
-    gamma_m: float = 0.0
-    gamma_b: float = 0.0
-    gamma_s: float = 0.0
-    gamma_a: float = 0.0
-    gamma_n: float = 0.0
+    constraints: tuple = ()
+    monitor: tuple = ()
     counts: tuple = (1, 3)
     size_range_px: tuple = (17.0, 23.0)
 
+    def __post_init__(self):
+        pairs = []
+        for item in self.constraints:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise ValueError(f"Objective.constraints entries are (name, weight) pairs, got "
+                                 f"{item!r}")
+            name, weight = item
+            constraints_lib.get(name)  # a clear error for an unknown name
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                raise ValueError(f"the weight of constraint {name!r} must be a finite number, "
+                                 f"got {weight!r}")
+            pairs.append((name, float(weight)))
+        names = [n for n, _ in pairs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a constraint is listed twice in Objective.constraints: {names}")
+        for name in self.monitor:
+            constraints_lib.get(name)
+        object.__setattr__(self, "constraints", tuple(pairs))
+        object.__setattr__(self, "monitor", tuple(n for n in self.monitor if n not in names))
+        object.__setattr__(self, "counts", tuple(int(c) for c in self.counts))
+        object.__setattr__(self, "size_range_px", tuple(float(v) for v in self.size_range_px))
 
-def per_image_loss(images, outputs, weights, canvas_px, quirks):
-    """The per-image part of the loss, nELBO + g_n H + g_a A + g_b (O + Out) + g_s Sz + g_ne R1.
+    def weight(self, name):
+        """The weight of constraint ``name`` in the loss (0 if it is not listed)."""
+        return dict(self.constraints).get(name, 0.0)
 
-    Returns:
-      (per_image [B], dict of the unweighted per-image terms, each [B]).
-    """
-    terms = negative_elbo(images, outputs)
-    step_mask = outputs["step_mask"]  # [T]
-    presence = outputs["present"] if quirks.mask_penalties_by_presence else None
-    centers, sides = boxes_px(outputs["scale"], outputs["shift"], canvas_px)
-    terms["overlap"] = overlap_penalty(centers, sides, step_mask, presence)
-    terms["out_of_image"] = out_of_image_penalty(centers, sides, step_mask, canvas_px, presence)
-    terms["size"] = size_penalty(sides, step_mask, presence)
-    terms["area"] = area_penalty(sides, step_mask, weights.size_range_px, presence,
-                                 quirks.area_penalty)
-    terms["entropy"] = zpres_entropy(outputs["z_pres_logit"], step_mask)
-    per_image = (terms["nelbo"] + weights.gamma_n * terms["entropy"]
-                 + weights.gamma_a * terms["area"]
-                 + weights.gamma_b * (terms["overlap"] + terms["out_of_image"])
-                 + weights.gamma_s * terms["size"])
-    if uses_count_margin(weights) or not quirks.count_min_needs_margin:
-        terms["count_min"] = count_min_penalty(outputs["z_pres_prob"], step_mask, weights.counts)
-        per_image += weights.gamma_ne * terms["count_min"]
-    return per_image, terms
+    def in_loss(self, quirks):
+        """The (name, weight) pairs that enter the loss. Q20 (``Quirks.count_min_needs_margin``):
+        the code builds R1 only when R2's weight exceeds 1e-8, so R1 alone is dropped."""
+        pairs = [(n, w) for n, w in self.constraints]
+        if quirks.count_min_needs_margin and self.weight("count_margin") <= MARGIN_EPS:
+            pairs = [(n, w) for n, w in pairs if n != "count_min"]
+        if self.weight("count_margin") <= MARGIN_EPS:  # the code: no R2 below 1e-8
+            pairs = [(n, w) for n, w in pairs if n != "count_margin"]
+        return pairs
 
 
-def uses_count_margin(weights):
-    """Whether the batch-level R2 term is in the loss (gamma_m > 0)."""
-    return weights.gamma_m > 1e-8
-
-
-def total_loss(images, outputs, weights, canvas_px, quirks):
+def total_loss(images, outputs, objective, canvas_px, quirks, batch_mean=None,
+               global_batch=None, num_replicas=1):
     """The training loss of spec §6.4 and every term, unweighted, for logging.
 
-    Loss = mean_b [nELBO + g_n H + g_a A + g_b (O + Out) + g_s Sz + g_ne R1] + g_m R2.
+    Single process: ``loss = mean_b [nELBO_b + sum_i w_i C_i(b)] + sum_j w_j C_j``. One of
+    ``num_replicas`` replicas of a global batch of ``global_batch`` images (``batch_mean`` the
+    all-reduced mean): this replica's share, ``sum_b [...] / global_batch + sum_j w_j C_j /
+    num_replicas``, so that the replicas' losses add up to the global-batch loss.
 
+    Args:
+      images: [B, S, S, 1]; outputs: the model's dict (records [B, T, ...], ``step_mask`` [T]).
     Returns:
-      (loss scalar, dict of scalar terms: batch means of each per-image term, ``count_margin``
-       the batch R2, and ``loss``).
+      (loss scalar, dict of per-image terms [B] (nELBO parts, per-image constraints),
+       dict of batch terms (batch constraints, scalars)).
     """
-    per_image, terms = per_image_loss(images, outputs, weights, canvas_px, quirks)
-    margin = tf.constant(0.0)
-    if uses_count_margin(weights):
-        margin = count_margin_penalty(outputs["z_pres_prob"], outputs["step_mask"],
-                                      weights.counts)
-    loss = tf.reduce_mean(per_image) + weights.gamma_m * margin
-    scalars = {k: tf.reduce_mean(v) for k, v in terms.items()}
-    scalars["count_margin"] = margin
-    scalars["loss"] = loss
-    return loss, scalars
+    per_image_terms = negative_elbo(images, outputs)
+    boxes = constraints_lib.boxes_from_outputs(outputs, canvas_px, objective.counts,
+                                               objective.size_range_px, quirks, batch_mean)
+    batch_terms = {}
+    per_image = per_image_terms["nelbo"]  # [B]
+    batch_loss = tf.constant(0.0)
+    in_loss = objective.in_loss(quirks)
+    for name, weight in in_loss + [(n, None) for n in objective.monitor]:
+        constraint = constraints_lib.get(name)
+        value = constraint.fn(boxes)
+        (batch_terms if constraint.batch else per_image_terms)[name] = value
+        if weight is None:
+            continue
+        if constraint.batch:
+            batch_loss += weight * value
+        else:
+            per_image += weight * value
+    batch = global_batch or tf.shape(per_image)[0]
+    loss = tf.reduce_sum(per_image) / tf.cast(batch, tf.float32) + batch_loss / num_replicas
+    return loss, per_image_terms, batch_terms
 
 
-def warn_if_count_min_dropped(weights, quirks):
-    """Q20: gamma_ne without gamma_m is a no-op in the original; say so."""
-    if weights.gamma_ne > 0 and weights.gamma_m <= 1e-8 and quirks.count_min_needs_margin:
-        logging.warning("gamma_ne=%g has no effect because gamma_m=0 (Q20, "
-                        "Quirks.count_min_needs_margin=True).", weights.gamma_ne)
+def warn_if_count_min_dropped(objective, quirks):
+    """Q20: count_min without count_margin is a no-op in the original; say so."""
+    if (objective.weight("count_min") > 0 and objective.weight("count_margin") <= MARGIN_EPS
+            and quirks.count_min_needs_margin):
+        logging.warning("constraint count_min (weight %g) has no effect without count_margin "
+                        "(Q20, Quirks.count_min_needs_margin=True).",
+                        objective.weight("count_min"))
         return True
     return False

@@ -192,7 +192,7 @@ def per_seed_table(runs, step):
 def figures(runs_dir, configs, seeds_by_config, out_dir, runs, step=None):
     """Learning curves (one series per run) and grids of each config's first seed, from the
     checkpoint at ``step`` (default: the latest)."""
-    from asr_tf import train_lib, viz
+    from asr_tf import evaluation, viz
 
     os.makedirs(out_dir, exist_ok=True)
     series = {f"{c} s{seed}": runs[c][seed] for c in configs for seed in sorted(runs.get(c, {}))}
@@ -205,7 +205,7 @@ def figures(runs_dir, configs, seeds_by_config, out_dir, runs, step=None):
             continue
         for kind, recon in (("reconstruction", True), ("generation", False)):
             path = os.path.join(out_dir, f"{c}_{kind}.png")
-            train_lib.write_figure(workdir, path, reconstruct=recon, num=36 if recon else 64,
+            evaluation.write_figure(workdir, path, reconstruct=recon, num=36 if recon else 64,
                                    checkpoint=checkpoint)
             paths[f"{c}_{kind}"] = path
     return paths

@@ -1,8 +1,30 @@
-"""The optimisation step (spec §7, Q42): Adam, per-variable NaN/Inf zeroing and clipping.
+"""The optimisation step (spec §7, Q42): one train step for every tf.distribute strategy.
 
-``train_step`` is a module-level ``tf.function``; ``jit_compile=True`` compiles
-the forward/backward/update with XLA and gives the same numbers (the noise is
-drawn outside the compiled part, from a checkpointable ``tf.random.Generator``).
+``train_step`` is a module-level ``tf.function``. One process is the default strategy (the
+same code, no special case): the replica function then runs alone and, with
+``jit_compile=True``, XLA-compiled. Under MirroredStrategy / MultiWorkerMirroredStrategy
+(asr_tf/distribute.py) the step is the single-process step on the global batch B, computed by
+n replicas of B/n images each:
+
+* Noise. The global noise [T, B, ...] is drawn once from the run's generator in cross-replica
+  context (the single-process draws); each replica keeps the rows of its data shard.
+* Glimpse steps. The loop runs while *any* image of the batch is active, and the constraints
+  run over every executed step (Q16, Q17): both are properties of the global batch. With
+  several replicas each runs all T steps (``all_steps``), the executed steps of the global
+  batch are all-reduced and every record after them is zeroed (an all-reduce in the loop
+  condition is refused by tf.distribute: no collectives in control flow).
+* Loss. Each replica's loss is its per-image sum over the *global* B plus the batch
+  constraints over n, whose batch means (``Boxes.batch_mean``) are all-reduced; the gradient
+  of an all-reduce is the all-reduce of the gradient, so the replicas' gradients add up to
+  the single-process gradient (R2 included).
+* Update. The replica gradients are all-reduced (SUM) first, then ``apply_update`` zeroes
+  NaN/Inf and clips per variable (Q42) on the global gradient, identically on every replica,
+  and applies Adam. Keras would all-reduce again inside ``apply_gradients`` in a replica
+  context; distribute.Distributed turns that off for our optimizer.
+
+Hence the loss and update equal the single-process ones on the same weights, data and noise up
+to float summation order (tests/test_distribute.py). All model randomness is drawn outside the
+compiled part from a checkpointable ``tf.random.Generator``.
 """
 import gin
 import keras
@@ -10,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from asr_tf import objectives
+from asr_tf.models.base import RECORD_KEYS
 
 
 class RateSchedule:
@@ -63,35 +86,99 @@ def process_gradients(grads, per_variable=True, clip_norm=1.0):
     return clipped
 
 
-def _loss_and_grads(model, images, noise, step, weights):
+def apply_update(optimizer, grads, variables, per_variable_clip=True):
+    """The update: NaN/Inf zeroing and clipping (``process_gradients``), then Adam. ``grads``
+    holds None for variables without a gradient (unused heads, Q12): they are left alone."""
+    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+    clipped = process_gradients([g for g, _ in pairs], per_variable_clip)
+    optimizer.apply_gradients(zip(clipped, [v for _, v in pairs]))
+
+
+def _mask_to_steps(outputs, step_mask):
+    """Zeroes the per-step records [B, T, ...] after the global batch's executed steps."""
+    out = dict(outputs)
+    for k in RECORD_KEYS:
+        v = outputs[k]
+        out[k] = v * tf.reshape(step_mask, [1, -1] + [1] * (v.shape.rank - 2))
+    out["step_mask"] = step_mask
+    out["steps_executed"] = tf.cast(tf.reduce_sum(step_mask), tf.int32)
+    return out
+
+
+def _replica_update(model, optimizer, batch, noise, step, objective, global_batch, num_replicas):
+    """One replica's share of the update on the global batch; returns global-batch logs."""
+    ctx = tf.distribute.get_replica_context()
+    images = batch["image"]  # [B/n, S, S, 1]
+    replica_batch = global_batch // num_replicas
+    shard = batch.get("shard", 0)  # one process: a plain pipeline batch will do
+    noise = {k: tf.reshape(v, [v.shape[0], num_replicas, replica_batch] + v.shape[2:].as_list())[
+        :, shard] for k, v in noise.items()}  # [T, B/n, ...]: this replica's rows
+
+    def all_sum(value):
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+    def batch_mean(value):  # [B/n, ...] -> [...], the mean over the global batch
+        return all_sum(tf.reduce_sum(value, 0)) / global_batch
+
+    variables = model.trainable_variables
+    several = num_replicas > 1
     with tf.GradientTape() as tape:
-        outputs = model(images, noise, step=step, training=True)
-        loss, scalars = objectives.total_loss(images, outputs, weights, model.canvas_px,
-                                              model.quirks)
-    grads = tape.gradient(loss, model.trainable_variables)  # None for unused heads (Q12)
-    return grads, scalars, outputs
+        outputs = model(images, noise, step=step, training=True, all_steps=several)
+        if several:
+            with tape.stop_recording():
+                ran = tf.cast(tf.range(model.max_steps) < outputs["steps_executed"], tf.float32)
+                step_mask = tf.cast(all_sum(ran) > 0, tf.float32)  # [T], the global batch's
+            outputs = _mask_to_steps(outputs, step_mask)
+        loss, per_image, batch_terms = objectives.total_loss(
+            images, outputs, objective, model.canvas_px, model.quirks, batch_mean=batch_mean,
+            global_batch=global_batch, num_replicas=num_replicas)
+    grads = tape.gradient(loss, variables)  # None for unused heads (Q12)
+    present = [g for g in grads if g is not None]
+    sums = {k: tf.reduce_sum(v) for k, v in per_image.items()}
+    sums["count_mean"] = tf.reduce_sum(tf.cast(outputs["count"], tf.float32))
+    reduced, sums, loss = all_sum((present, sums, loss))
+    it = iter(reduced)
+    apply_update(optimizer, [None if g is None else next(it) for g in grads], variables,
+                 model.quirks.per_variable_clip)
+    logs = {k: v / global_batch for k, v in sums.items()}
+    logs.update(batch_terms)
+    logs["loss"] = loss
+    logs["steps_executed"] = tf.cast(outputs["steps_executed"], tf.float32)
+    return logs
 
 
-def _apply(model, optimizer, images, noise, step, weights):
-    grads, scalars, outputs = _loss_and_grads(model, images, noise, step, weights)
-    pairs = [(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None]
-    grads = process_gradients([g for g, _ in pairs], model.quirks.per_variable_clip)
-    optimizer.apply_gradients(zip(grads, [v for _, v in pairs]))
-    scalars["steps_executed"] = tf.cast(outputs["steps_executed"], tf.float32)
-    scalars["count_mean"] = tf.reduce_mean(tf.cast(outputs["count"], tf.float32))
-    return scalars
-
-
-_apply_jit = tf.function(_apply, jit_compile=True)
+_replica_update_jit = tf.function(_replica_update, jit_compile=True)
 
 
 @tf.function
-def train_step(model, optimizer, generator, batch, step, weights, jit_compile=False):
-    """One update on ``batch['image']`` [B, S, S, 1]. Returns a dict of scalar logs."""
-    images = batch["image"]
-    noise = model.sample_noise(images.shape[0], generator)
-    fn = _apply_jit if jit_compile else _apply
-    return fn(model, optimizer, images, noise, step, weights)
+def train_step(model, optimizer, generator, batch, step, objective, strategy=None,
+               global_batch=None, jit_compile=False):
+    """One update on the global batch of ``global_batch`` images.
+
+    Args:
+      batch: this process's per-replica batches (dicts with ``image`` [B/n, S, S, 1] and
+        ``shard``, the replica's rows of the global batch; distribute.Distributed.dataset).
+        One process: any dict with ``image`` [B, S, S, 1].
+      step: int64 scalar, the training step before this update.
+      objective: objectives.Objective.
+      strategy: a tf.distribute.Strategy; None: this process alone (the default strategy).
+      global_batch: B (None: one process, the batch's size).
+      jit_compile: XLA-compile the replica step (one process only).
+    Returns:
+      per-replica dicts of scalar logs (global-batch values; ``distribute.local_value``).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    n = strategy.num_replicas_in_sync
+    if global_batch is None:
+        if n > 1:
+            raise ValueError("train_step: give global_batch under a strategy with several replicas")
+        global_batch = int(batch["image"].shape[0])
+    with strategy.scope():  # cross-replica draws: the single-process noise
+        noise = model.sample_noise(global_batch, generator)
+    update = _replica_update_jit if jit_compile else _replica_update
+    return strategy.run(
+        lambda b, z, s: update(model, optimizer, b, z, s, objective, global_batch, n),
+        args=(batch, noise, step))
 
 
 @tf.function

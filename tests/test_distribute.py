@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -30,7 +29,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # for the child process of the mirrored test
     sys.path.insert(0, REPO_ROOT)
 
-from asr_tf import config, train_lib  # noqa: E402
+from asr_tf import config, runs, train_lib  # noqa: E402
 
 STEPS = 5
 LR = 1e-3  # learn.gin's, in air_asr_13
@@ -83,7 +82,6 @@ def test_two_workers_match_single_process(tmp_path):
         config.parse(["air_asr_13"], SMALL)
         ref_dir = str(tmp_path / "single")
         train_lib.train_eval(ref_dir, max_steps=STEPS)
-        gin.clear_config()
         for p in procs:
             p.wait(timeout=600)
     finally:
@@ -119,9 +117,8 @@ def test_two_workers_match_single_process(tmp_path):
     assert np.all(np.isfinite([v for _, v in got]))
 
     # The chief's checkpoint restores in a single process.
-    model, _ = train_lib.load_trained(workdir)
-    ref_model, _ = train_lib.load_trained(ref_dir)
-    gin.clear_config()
+    model, _ = runs.load_trained(workdir)
+    ref_model, _ = runs.load_trained(ref_dir)
     diffs = np.concatenate([np.abs(a - b).ravel()
                             for a, b in zip(model.get_weights(), ref_model.get_weights())])
     print(f"weights after {STEPS} steps: max |dw| {diffs.max():.2e}")
@@ -145,30 +142,39 @@ def test_mirrored_step_equals_single_process_step():
     assert "mirrored check passed" in out.stdout
 
 
+def _checkpoint(model, optimizer, generator, step, best_state):
+    """The objects of train_eval's checkpoint, under its names."""
+    return tf.train.Checkpoint(model=model, optimizer=optimizer, generator=generator, step=step,
+                               best_state=best_state)
+
+
 def _mirrored_check():
     """Two replicas (logical CPUs) against one process, step by step from identical states:
     the data rows, the logs, the Adam moments, the noise generator; then checkpoints both ways."""
     import keras
 
     from asr_tf import distribute, training
-    from asr_tf.data import pipeline
 
     config.parse(["air_asr_13"], ["build_model.lstm_units = 32", "make_strategy.logical_cpus = 2"])
-    dist = distribute.Distributed.create("mirrored", 8)
+    dist = distribute.Distributed("mirrored", 8)
     assert (dist.num_replicas, dist.replica_batch, dist.is_chief) == (2, 4, True)
-    spec = train_lib.run_spec()
+    assert not dist.jit_allowed
+    single = distribute.Distributed("default", 8)
+    assert (single.num_replicas, single.is_chief, single.jit_allowed) == (1, True, True)
+    spec = runs.run_spec()
 
     def components():
         keras.utils.set_random_seed(0)
-        model, weights, _ = train_lib.build_components(spec)
-        return model, training.make_optimizer(model), tf.random.Generator.from_seed(1), weights
+        model, objective, _ = runs.build_components(spec)
+        return model, training.make_optimizer(model), tf.random.Generator.from_seed(1), objective
 
-    m1, o1, g1, weights = components()
+    m1, o1, g1, objective = components()
     with dist.scope():
         m2, o2, g2, _ = components()
+    dist.prepare(o2)
     for a, b in zip(m1.get_weights(), m2.get_weights()):
         np.testing.assert_array_equal(a, b)
-    data1 = iter(pipeline.make_dataset(spec, batch_size=8, seed=0, start_step=3))
+    data1 = single.dataset(spec, seed=0, fresh_scenes=False, start_step=3)
     data2 = dist.dataset(spec, seed=0, fresh_scenes=False, start_step=3)
     local = dist.strategy.experimental_local_results
     for step in range(3, 6):
@@ -178,10 +184,14 @@ def _mirrored_check():
         np.testing.assert_array_equal(g1.state.numpy(), g2.state.numpy())
         batch1, batch2 = next(data1), next(data2)
         assert [int(s) for s in local(batch2["shard"])] == [0, 1]
+        assert int(batch1["shard"]) == 0
         np.testing.assert_array_equal(  # replica i: rows [4i, 4i + 4) of the batch
             np.concatenate([x.numpy() for x in local(batch2["image"])]), batch1["image"].numpy())
-        logs1 = training.train_step(m1, o1, g1, batch1, tf.constant(step, tf.int64), weights)
-        logs2 = dist.train_step(m2, o2, g2, batch2, step, weights)
+        # One step function for both: the default strategy object, and two replicas.
+        logs1 = single.local(training.train_step(m1, o1, g1, batch1, tf.constant(step, tf.int64),
+                                                 objective, single.strategy, 8))
+        logs2 = dist.local(training.train_step(m2, o2, g2, batch2, tf.constant(step, tf.int64),
+                                               objective, dist.strategy, 8))
         assert sorted(logs1) == sorted(logs2)
         for k in logs1:
             np.testing.assert_allclose(float(logs2[k]), float(logs1[k]), rtol=1e-5, atol=1e-6,
@@ -204,15 +214,15 @@ def _mirrored_check():
     for source, target_in_scope in (((m2, o2, g2), False), ((m1, o1, g1), True)):
         model, opt, gen = source
         step_var, best_var = tf.Variable(7, dtype=tf.int64), tf.Variable("{}")
-        path = train_lib._checkpoint(model, opt, gen, step_var, best_var).save(
+        path = _checkpoint(model, opt, gen, step_var, best_var).save(
             os.path.join(tmp, f"in_scope_{not target_in_scope}", "ckpt"))
         if target_in_scope:
             with dist.scope():
                 target = components()[:3]
         else:
             target = components()[:3]
-        ckpt = train_lib._checkpoint(*target, tf.Variable(0, dtype=tf.int64), tf.Variable(""))
-        train_lib.restore_or_fail(ckpt, path)
+        ckpt = _checkpoint(*target, tf.Variable(0, dtype=tf.int64), tf.Variable(""))
+        runs.restore_or_fail(ckpt, path)
         for a, b in zip(model.weights + opt.variables, target[0].weights + target[1].variables):
             for replica in local(b.value) if target_in_scope else [b]:
                 np.testing.assert_array_equal(np.asarray(replica.numpy()), np.asarray(a.numpy()))

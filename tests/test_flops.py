@@ -19,14 +19,14 @@ def test_hlo_dot_flops_on_a_hand_module():
 @pytest.mark.parametrize("kind", ["pprior", "air"])
 def test_analytic_count_matches_compiled_graph(kind):
     model = build_model(kind, 50, (1, 3), lstm_units=64)
-    weights = objectives.PenaltyWeights(gamma_ne=10.0, gamma_m=100.0)
+    objective = objectives.Objective(constraints=[("count_min", 10.0), ("count_margin", 100.0)])
     images = tf.random.uniform([8, 50, 50, 1])
     noise = model.sample_noise(8, tf.random.Generator.from_seed(0))
 
     def grads(images, noise):
         with tf.GradientTape() as tape:
             out = model(images, noise, training=True)
-            loss, _ = objectives.total_loss(images, out, weights, 50, model.quirks)
+            loss, _, _ = objectives.total_loss(images, out, objective, 50, model.quirks)
         return tape.gradient(loss, model.trainable_variables)
 
     hlo = tf.function(grads, jit_compile=True).experimental_get_compiler_ir(images, noise)(stage="hlo")

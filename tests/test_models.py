@@ -181,14 +181,15 @@ def test_air_add_prior_kl_after_stop_q34():
 
 # ----------------------------------------------------------------- gradients
 
+_MONITOR = ("overlap", "out_of_image", "size_equality", "area")
 _GRAD_CASES = {
-    "air": ("air", (1, 3), objectives.PenaltyWeights()),
-    "pprior": ("pprior", (1, 3), objectives.PenaltyWeights()),
-    "asr_count": ("pprior", (1, 3),
-                  objectives.PenaltyWeights(gamma_ne=10.0, gamma_m=100.0, counts=(1, 3))),
-    "asr_overlap": ("pprior", (3,),
-                    objectives.PenaltyWeights(gamma_b=1.0, gamma_s=10.0, gamma_a=20.0, counts=(3,),
-                                              size_range_px=(11.0, 15.0))),
+    "air": ("air", (1, 3), objectives.Objective(monitor=_MONITOR)),
+    "pprior": ("pprior", (1, 3), objectives.Objective(monitor=_MONITOR)),
+    "asr_count": ("pprior", (1, 3), objectives.Objective(
+        constraints=[("count_min", 10.0), ("count_margin", 100.0)], counts=(1, 3))),
+    "asr_overlap": ("pprior", (3,), objectives.Objective(
+        constraints=[("area", 20.0), ("overlap", 1.0), ("out_of_image", 1.0),
+                     ("size_equality", 10.0)], counts=(3,), size_range_px=(11.0, 15.0))),
 }
 
 
@@ -203,10 +204,10 @@ def test_gradients_finite_with_extreme_inputs(case):
         images = tf.fill([b, S, S, 1], value)
         with tf.GradientTape() as tape:
             out = model(images, _noise(model, b, seed=int(value)), training=True)
-            loss, scalars = objectives.total_loss(images, out, weights, S, model.quirks)
+            loss, per_image, batch = objectives.total_loss(images, out, weights, S, model.quirks)
         grads = tape.gradient(loss, model.trainable_variables)
         assert np.isfinite(float(loss)), (case, value)
-        assert all(np.all(np.isfinite(v.numpy())) for v in scalars.values())
+        assert all(np.all(np.isfinite(v.numpy())) for v in {**per_image, **batch}.values())
         used = [g for g in grads if g is not None]
         assert len(used) > 0.8 * len(grads)
         for g, v in zip(grads, model.trainable_variables):

@@ -1,4 +1,4 @@
-"""ELBO terms and ASR penalties on hand-built boxes (spec sections 4.3-4.4, 6; Q16-Q22)."""
+"""The nELBO terms and the objective: nELBO + weighted constraints (spec §4.3-4.4, §6.4; Q18, Q20)."""
 import logging
 import math
 
@@ -14,154 +14,6 @@ LN2 = math.log(2.0)
 
 def _t(a):
     return tf.constant(np.asarray(a, np.float32))
-
-
-# Three boxes on a 50-px canvas (centre x, centre y, side):
-#   A (10, 10, 8), B (15, 12, 6), C (14, 16, 10)
-# A-B: reach (8+6)/2 = 7, dist max(5, 2) = 5 -> 2
-# A-C: reach 9,           dist max(4, 6) = 6 -> 3
-# B-C: reach 8,           dist max(1, 4) = 4 -> 4
-CENTERS3 = [[[10.0, 10.0], [15.0, 12.0], [14.0, 16.0]]]
-SIDES3 = [[8.0, 6.0, 10.0]]
-
-
-def test_boxes_px():
-    c, d = O.boxes_px(_t([[0.4, 0.2]]), _t([[[0.0, 0.0], [0.2, -0.4]]]), 50)
-    np.testing.assert_allclose(c.numpy(), [[[25, 25], [30, 15]]], atol=1e-5)
-    np.testing.assert_allclose(d.numpy(), [[20, 10]], atol=1e-5)
-
-
-def test_overlap_two_boxes_counts_ordered_pairs_twice():
-    v = O.overlap_penalty(_t([CENTERS3[0][:2]]), _t([SIDES3[0][:2]]), _t([1, 1]))
-    np.testing.assert_allclose(v.numpy(), [2 * 2.0])
-
-
-def test_overlap_three_boxes():
-    v = O.overlap_penalty(_t(CENTERS3), _t(SIDES3), _t([1, 1, 1]))
-    np.testing.assert_allclose(v.numpy(), [2 * (2.0 + 3.0 + 4.0)])
-
-
-def test_overlap_disjoint_boxes_zero_and_touching_zero():
-    # two side-10 boxes whose centres are 10 apart in x only touch: relu(10 - 10) = 0
-    v = O.overlap_penalty(_t([[[10, 10], [20, 10], [40, 40]]]), _t([[10, 10, 10]]), _t([1, 1, 1]))
-    np.testing.assert_allclose(v.numpy(), [0.0])
-
-
-def test_overlap_step_mask_and_presence():
-    c, d = _t(CENTERS3), _t(SIDES3)
-    # step 2 (C) not executed: only A-B
-    np.testing.assert_allclose(O.overlap_penalty(c, d, _t([1, 1, 0])).numpy(), [4.0])
-    # presence [1, 0, 1]: only A-C
-    np.testing.assert_allclose(O.overlap_penalty(c, d, _t([1, 1, 1]), _t([[1, 0, 1]])).numpy(),
-                               [6.0])
-
-
-def test_out_of_image_f2_to_f5():
-    # S = 50.
-    # (3, 48, 10): half 5 -> left relu(5-3)=2, top 0, right relu(3+5-50)=0,
-    #              bottom relu(48+5-50)=3 -> 5
-    # (25, 25, 10): inside -> 0
-    # (-1, 52, 4): half 2 -> left relu(2+1)=3, top 0, right 0, bottom relu(52+2-50)=4 -> 7
-    c = _t([[[3, 48], [25, 25], [-1, 52]]])
-    d = _t([[10, 10, 4]])
-    np.testing.assert_allclose(O.out_of_image_penalty(c, d, _t([1, 1, 1]), 50).numpy(), [12.0])
-    np.testing.assert_allclose(O.out_of_image_penalty(c, d, _t([1, 1, 0]), 50).numpy(), [5.0])
-    np.testing.assert_allclose(
-        O.out_of_image_penalty(c, d, _t([1, 1, 1]), 50, _t([[0, 1, 1]])).numpy(), [7.0])
-    # top edge: (25, 2, 10) -> relu(5 - 2) = 3
-    np.testing.assert_allclose(
-        O.out_of_image_penalty(_t([[[25, 2]]]), _t([[10]]), _t([1]), 50).numpy(), [3.0])
-
-
-def test_size_f7_eps_3():
-    # sides 10, 12, 20: |10-12| = 2 -> 0; |10-20| = 10 -> 7; |12-20| = 8 -> 5; ordered: 2 (7 + 5)
-    d = _t([[10, 12, 20]])
-    np.testing.assert_allclose(O.size_penalty(d, _t([1, 1, 1])).numpy(), [24.0])
-    np.testing.assert_allclose(O.size_penalty(d, _t([1, 1, 0])).numpy(), [0.0])
-    np.testing.assert_allclose(O.size_penalty(d, _t([1, 1, 1]), _t([[1, 0, 1]])).numpy(), [14.0])
-    # exactly eps apart: 0
-    np.testing.assert_allclose(O.size_penalty(_t([[10, 13]]), _t([1, 1])).numpy(), [0.0])
-
-
-def test_area_f6_both_modes():
-    # [c_min, c_max] = [17, 23]; sides 10, 20, 30.
-    # paper: relu(17-d) + relu(d-23) = 7, 0, 7 -> sum 14
-    # mean_offset: relu(23-d) + relu(d-17) = 13, 6, 13 = paper + (23-17) per box -> mean 32/3
-    d = _t([[10, 20, 30]])
-    rng = (17.0, 23.0)
-    paper = O.area_penalty(d, _t([1, 1, 1]), rng, mode="paper").numpy()
-    offset = O.area_penalty(d, _t([1, 1, 1]), rng, mode="mean_offset").numpy()
-    np.testing.assert_allclose(paper, [14.0])
-    np.testing.assert_allclose(offset, [32.0 / 3.0], rtol=1e-6)
-    np.testing.assert_allclose(offset, (paper + 3 * (23 - 17)) / 3, rtol=1e-6)
-    # step mask [1, 1, 0]: paper 7; mean_offset (13 + 6) / 2
-    np.testing.assert_allclose(O.area_penalty(d, _t([1, 1, 0]), rng, mode="paper").numpy(), [7.0])
-    np.testing.assert_allclose(O.area_penalty(d, _t([1, 1, 0]), rng).numpy(), [9.5])
-    # presence [0, 1, 1] (mean over present boxes): (6 + 13) / 2
-    np.testing.assert_allclose(O.area_penalty(d, _t([1, 1, 1]), rng, _t([[0, 1, 1]])).numpy(),
-                               [9.5])
-    # a side inside the range costs exactly c_max - c_min in mean_offset mode
-    np.testing.assert_allclose(O.area_penalty(_t([[18.5]]), _t([1]), rng).numpy(), [6.0])
-
-
-def test_count_targets():
-    np.testing.assert_array_equal(O.count_targets((3, 1), 4).numpy(),
-                                  [[1, 0, 0, 0], [1, 1, 1, 0]])
-
-
-def test_count_min_r1_hand_values():
-    # counts (1, 3), T = 4; targets u1 = 1000, u3 = 1110.
-    p = _t([[0.9, 0.2, 0.3, 0.1],     # closer to count 1
-            [0.9, 0.8, 0.7, 0.1]])    # closer to count 3
-    got = O.count_min_penalty(p, _t([1, 1, 1, 1]), (1, 3)).numpy()
-    ce1_a = -(math.log(0.9) + math.log(0.8) + math.log(0.7) + math.log(0.9))
-    ce3_a = -(math.log(0.9) + math.log(0.2) + math.log(0.3) + math.log(0.9))
-    assert ce1_a < ce3_a
-    ce3_b = -(math.log(0.9) + math.log(0.8) + math.log(0.7) + math.log(0.9))
-    np.testing.assert_allclose(got, [ce1_a, ce3_b], rtol=1e-5)
-
-
-def test_count_min_step_mask_excludes_non_executed_steps():
-    # steps 2, 3 were not executed; their records are 0 (p = 0 would cost -ln(1e-8) for u = 1)
-    p = _t([[0.9, 0.8, 0.0, 0.0],
-            [0.9, 0.2, 0.0, 0.0]])
-    got = O.count_min_penalty(p, _t([1, 1, 0, 0]), (1, 3)).numpy()
-    want = [min(-(math.log(0.9) + math.log(0.2)), -(math.log(0.9) + math.log(0.8))),
-            min(-(math.log(0.9) + math.log(0.8)), -(math.log(0.9) + math.log(0.2)))]
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-    got = O.count_min_penalty(p, _t([1, 1, 0, 0]), (3,)).numpy()
-    np.testing.assert_allclose(got, [-(math.log(0.9) + math.log(0.8)),
-                                     -(math.log(0.9) + math.log(0.2))], rtol=1e-5)
-    unmasked = O.count_min_penalty(p, _t([1, 1, 1, 1]), (3,)).numpy()
-    np.testing.assert_allclose(unmasked - got, -math.log(1e-8), rtol=1e-4)  # step 2, u = 1, p = 0
-
-
-def test_count_margin_r2_entropy_constant():
-    # counts (1, 3): u_bar = (1, .5, .5, 0). p_bar matches: R2 = sum_t H(u_bar_t) = 2 ln 2
-    p = _t([[1.0, 0.3, 0.8, 0.0],
-            [1.0, 0.7, 0.2, 0.0]])
-    got = float(O.count_margin_penalty(p, _t([1, 1, 1, 1]), (1, 3)))
-    assert got == pytest.approx(2 * LN2, abs=1e-5)
-
-
-def test_count_margin_r2_hand_value_and_mask():
-    # p_bar = (0.8, 0.5, 0.25, 0.1) against u_bar = (1, .5, .5, 0)
-    p = _t([[0.7, 0.6, 0.3, 0.2],
-            [0.9, 0.4, 0.2, 0.0]])
-    want = (-math.log(0.8) + LN2 + (-0.5 * math.log(0.25) - 0.5 * math.log(0.75))
-            - math.log(0.9))
-    got = float(O.count_margin_penalty(p, _t([1, 1, 1, 1]), (1, 3)))
-    assert got == pytest.approx(want, rel=1e-5)
-    got = float(O.count_margin_penalty(p, _t([1, 1, 0, 0]), (1, 3)))
-    assert got == pytest.approx(-math.log(0.8) + LN2, rel=1e-5)
-
-
-def test_zpres_entropy():
-    a = _t([[0.0, 2.0, -1.0]])
-    p = 1 / (1 + math.exp(-2.0))
-    h2 = -(p * math.log(p) + (1 - p) * math.log(1 - p))
-    got = O.zpres_entropy(a, _t([1, 1, 0])).numpy()
-    np.testing.assert_allclose(got, [LN2 + h2], rtol=1e-5)
 
 
 def test_bernoulli_nll_hand_value():
@@ -223,12 +75,18 @@ def test_negative_elbo_sums_terms():
                                rtol=1e-5)
 
 
+def _objective(*pairs, monitor=()):
+    return O.Objective(constraints=pairs, monitor=monitor, counts=(1, 3),
+                       size_range_px=(17.0, 23.0))
+
+
 def test_total_loss_combines_weighted_terms():
     out = _fake_outputs()
     images = _t(np.full((2, 4, 4, 1), 1.0))
-    w = O.PenaltyWeights(gamma_ne=10.0, gamma_m=100.0, gamma_b=1.0, gamma_s=10.0, gamma_a=20.0,
-                         gamma_n=0.5, counts=(1, 3), size_range_px=(17.0, 23.0))
-    loss, scalars = O.total_loss(images, out, w, 50, Quirks())
+    objective = _objective(("presence_entropy", 0.5), ("area", 20.0), ("overlap", 1.0),
+                           ("out_of_image", 1.0), ("size_equality", 10.0), ("count_min", 10.0),
+                           ("count_margin", 100.0))
+    loss, per_image, batch = O.total_loss(images, out, objective, 50, Quirks())
     nll = 16 * LN2
     nelbo = np.array([nll + 7.05, nll + 9.7])
     # hand values over the two executed steps
@@ -246,50 +104,86 @@ def test_total_loss_combines_weighted_terms():
                    for b in range(2)])
     pbar = p.mean(0)
     r2 = ce(1.0, pbar[0]) + ce(0.5, pbar[1])
-    per_image = nelbo + 0.5 * entropy + 20 * area + 1.0 * (overlap + out_img) + 10 * size + 10 * r1
-    want = per_image.mean() + 100 * r2
+    want_per_image = (nelbo + 0.5 * entropy + 20 * area + 1.0 * (overlap + out_img) + 10 * size
+                      + 10 * r1)
+    want = want_per_image.mean() + 100 * r2
     assert float(loss) == pytest.approx(want, rel=1e-5)
-    assert float(scalars["loss"]) == pytest.approx(want, rel=1e-5)
-    assert float(scalars["count_margin"]) == pytest.approx(r2, rel=1e-5)  # unweighted
-    assert float(scalars["overlap"]) == pytest.approx(overlap.mean(), rel=1e-5)
-    assert float(scalars["area"]) == pytest.approx(area.mean(), rel=1e-5)
-    assert float(scalars["count_min"]) == pytest.approx(r1.mean(), rel=1e-5)
-    assert float(scalars["entropy"]) == pytest.approx(entropy.mean(), rel=1e-5)
+    assert float(batch["count_margin"]) == pytest.approx(r2, rel=1e-5)  # unweighted
+    for name, value in (("overlap", overlap), ("area", area), ("count_min", r1),
+                        ("presence_entropy", entropy), ("nelbo", nelbo)):
+        np.testing.assert_allclose(per_image[name].numpy(), value, rtol=1e-5)
+    # One of two replicas of a global batch of 4 whose other half has the same images: its
+    # share is half the loss (per-image sum over 4, R2 over 2 replicas).
+    share, _, _ = O.total_loss(images, out, objective, 50, Quirks(), global_batch=4,
+                               num_replicas=2)
+    assert float(share) == pytest.approx(want / 2, rel=1e-5)
 
 
 def relu(v):
     return max(v, 0.0)
 
 
+def test_monitored_constraints_are_logged_not_trained():
+    out = _fake_outputs()
+    images = _t(np.full((2, 4, 4, 1), 1.0))
+    plain, _, _ = O.total_loss(images, out, _objective(), 50, Quirks())
+    monitored, terms, _ = O.total_loss(images, out, _objective(monitor=("overlap", "area")), 50,
+                                       Quirks())
+    assert float(monitored) == float(plain)
+    np.testing.assert_allclose(terms["overlap"].numpy(), [4.0, 0.0], rtol=1e-5)
+    assert "area" in terms and "size_equality" not in terms
+    # a monitored name that is also trained is trained (and logged once)
+    o = _objective(("overlap", 1.0), monitor=("overlap",))
+    assert o.monitor == ()
+    trained, _, _ = O.total_loss(images, out, o, 50, Quirks())
+    assert float(trained) == pytest.approx(float(plain) + 2.0, rel=1e-6)
+
+
+def test_objective_rejects_bad_entries():
+    with pytest.raises(ValueError, match="unknown constraint 'one_row'.*count_margin"):
+        _objective(("one_row", 1.0))
+    with pytest.raises(ValueError, match="finite number"):
+        _objective(("overlap", float("nan")))
+    with pytest.raises(ValueError, match="pairs"):
+        O.Objective(constraints=("overlap",))
+    with pytest.raises(ValueError, match="twice"):
+        _objective(("overlap", 1.0), ("overlap", 2.0))
+    with pytest.raises(ValueError, match="unknown constraint 'bogus'"):
+        _objective(monitor=("bogus",))
+
+
 def test_total_loss_presence_masking_flag():
     out = _fake_outputs()
     images = _t(np.full((2, 4, 4, 1), 1.0))
-    w = O.PenaltyWeights(gamma_b=1.0, gamma_s=10.0, gamma_a=20.0)
-    _, faithful = O.total_loss(images, out, w, 50, Quirks())
-    _, masked = O.total_loss(images, out, w, 50, Quirks(mask_penalties_by_presence=True))
+    o = _objective(("area", 20.0), ("overlap", 1.0), ("out_of_image", 1.0),
+                   ("size_equality", 10.0))
+    _, faithful, _ = O.total_loss(images, out, o, 50, Quirks())
+    _, masked, _ = O.total_loss(images, out, o, 50, Quirks(mask_penalties_by_presence=True))
     # only step 0 is present in both images: no pair terms; area = the single box
-    assert float(faithful["overlap"]) == pytest.approx(2.0)  # mean of (4, 0)
-    assert float(masked["overlap"]) == 0.0
-    assert float(masked["size"]) == 0.0
-    assert float(masked["area"]) == pytest.approx((relu(23 - 8) + relu(8 - 17) + 6.0) / 2)
-    assert float(faithful["area"]) == pytest.approx((16.0 + 6.0) / 2)
+    assert float(tf.reduce_mean(faithful["overlap"])) == pytest.approx(2.0)  # mean of (4, 0)
+    assert float(tf.reduce_max(masked["overlap"])) == 0.0
+    assert float(tf.reduce_max(masked["size_equality"])) == 0.0
+    assert float(tf.reduce_mean(masked["area"])) == pytest.approx(
+        (relu(23 - 8) + relu(8 - 17) + 6.0) / 2)
+    assert float(tf.reduce_mean(faithful["area"])) == pytest.approx((16.0 + 6.0) / 2)
 
 
-def test_q20_gamma_ne_without_gamma_m_is_a_no_op(caplog):
+def test_q20_count_min_without_count_margin_is_a_no_op(caplog):
     out = _fake_outputs()
     images = _t(np.full((2, 4, 4, 1), 1.0))
-    base, _ = O.total_loss(images, out, O.PenaltyWeights(), 50, Quirks())
-    w = O.PenaltyWeights(gamma_ne=10.0, gamma_m=0.0)
-    only_ne, scalars = O.total_loss(images, out, w, 50, Quirks())
-    assert float(only_ne) == pytest.approx(float(base), rel=1e-7)
-    assert "count_min" not in scalars
+    base, _, _ = O.total_loss(images, out, _objective(), 50, Quirks())
+    only_min = _objective(("count_min", 10.0))
+    loss, terms, _ = O.total_loss(images, out, only_min, 50, Quirks())
+    assert float(loss) == pytest.approx(float(base), rel=1e-7)
+    assert "count_min" not in terms
     with caplog.at_level(logging.WARNING):
-        assert O.warn_if_count_min_dropped(w, Quirks()) is True
-    assert "gamma_ne" in caplog.text
-    # the fix: count_min_needs_margin=False applies gamma_ne alone
-    fixed, scalars = O.total_loss(images, out, w, 50, Quirks(count_min_needs_margin=False))
-    assert float(fixed) == pytest.approx(float(base) + 10.0 * float(scalars["count_min"]), rel=1e-6)
-    assert float(scalars["count_min"]) > 0
-    assert O.warn_if_count_min_dropped(w, Quirks(count_min_needs_margin=False)) is False
-    assert O.warn_if_count_min_dropped(O.PenaltyWeights(gamma_ne=10.0, gamma_m=100.0),
+        assert O.warn_if_count_min_dropped(only_min, Quirks()) is True
+    assert "count_min" in caplog.text and "Q20" in caplog.text
+    # the fix: count_min_needs_margin=False applies count_min alone
+    fixed, terms, _ = O.total_loss(images, out, only_min, 50, Quirks(count_min_needs_margin=False))
+    r1 = float(tf.reduce_mean(terms["count_min"]))
+    assert float(fixed) == pytest.approx(float(base) + 10.0 * r1, rel=1e-6)
+    assert r1 > 0
+    assert O.warn_if_count_min_dropped(only_min, Quirks(count_min_needs_margin=False)) is False
+    assert O.warn_if_count_min_dropped(_objective(("count_min", 10.0), ("count_margin", 100.0)),
                                        Quirks()) is False

@@ -43,7 +43,7 @@ def test_elements_have_static_shapes_and_valid_values():
 def test_batches_are_the_synthesised_scenes_of_the_index_stream():
     (batch,) = take(pipeline.make_dataset("mnist_13", batch_size=BATCH, seed=3, **SMALL), 1)
     (index,) = indices(1, seed=3)
-    expected = scenes.synthesize_batch(scenes.get_spec("mnist_13", **SMALL), index, "train", 3)
+    expected = scenes.synthesize_batch(scenes.get_spec("mnist_13", **SMALL), index, "train")
     np.testing.assert_array_equal(batch["image"][..., 0], expected["image"])
     np.testing.assert_array_equal(batch["boxes_px"], expected["boxes_px"])
 
@@ -53,6 +53,30 @@ def test_same_seed_same_batches_other_seed_other_batches():
     first, again, other = take(make(1), 3), take(make(1), 3), take(make(2), 3)
     assert_same(first, again)
     assert not np.array_equal(first[0]["image"], other[0]["image"])
+
+
+def test_the_run_seed_orders_the_data_set_and_never_splits_it():
+    """Seeds 0 and 1 read the same training scenes in another order, and test on the same
+    scenes; another data seed is another data set."""
+    spec = scenes.get_spec("mnist_13", **SMALL)
+    test = {seed: take(pipeline.make_dataset(spec, "test", batch_size=BATCH, seed=seed), 2)
+            for seed in (0, 1)}
+    assert_same(test[0], test[1])
+    epoch = {seed: np.concatenate(indices(5, seed=seed)) for seed in (0, 1)}  # 80 scenes
+    assert sorted(epoch[0]) == sorted(epoch[1]) == list(range(80))
+    assert not np.array_equal(epoch[0], epoch[1])
+    train_images = {seed: np.concatenate([b["image"] for b in take(pipeline.make_dataset(
+        spec, batch_size=BATCH, seed=seed), 5)]) for seed in (0, 1)}
+    by_bytes = lambda images: sorted(x.tobytes() for x in images)
+    assert by_bytes(train_images[0]) == by_bytes(train_images[1])
+    test_images = np.concatenate([b["image"] for b in test[0]])
+    assert not set(by_bytes(test_images)) & set(by_bytes(train_images[1]))
+    other = take(pipeline.make_dataset(spec, "test", batch_size=BATCH, data_seed=1), 1)
+    assert not np.array_equal(other[0]["image"], test[0][0]["image"])
+    # fresh scenes: each seed reads its own stretch of the unbounded stream
+    fresh = {seed: indices(1, seed=seed, fresh_scenes=True)[0] for seed in (0, 1)}
+    np.testing.assert_array_equal(fresh[0], np.arange(BATCH))
+    np.testing.assert_array_equal(fresh[1], np.arange(BATCH) + pipeline.FRESH_STRETCH)
 
 
 def test_permutation_mode_visits_every_scene_once_per_epoch():
@@ -162,15 +186,16 @@ def test_data_benchmark_reports_scenes_per_second():
 
 def test_scene_cache_synthesises_each_scene_once_and_returns_copies():
     spec = scenes.get_spec("mnist_13", **SMALL)
-    cache = pipeline.SceneCache(spec, "train", seed=3)
+    cache = pipeline.SceneCache(scenes.get_spec(spec, data_seed=3), "train")
     first = cache.batch([5, 7, 5, 79])
-    expected = scenes.synthesize_batch(spec, [5, 7, 5, 79], "train", 3)
+    expected = scenes.synthesize_batch(scenes.get_spec(spec, data_seed=3), [5, 7, 5, 79], "train")
     assert_same([first], [expected])
     assert cache.synthesised == 3  # index 5 twice in one batch: synthesised once
     first["image"][:] = -1.0  # the caller's copy, not the cache
     again = cache.batch([79, 5])
     assert cache.synthesised == 3
-    assert_same([again], [scenes.synthesize_batch(spec, [79, 5], "train", 3)])
+    assert_same([again], [scenes.synthesize_batch(scenes.get_spec(spec, data_seed=3), [79, 5],
+                                                  "train")])
 
 
 def test_cached_and_uncached_streams_are_identical_over_epochs():

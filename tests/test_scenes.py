@@ -18,9 +18,9 @@ def small(name, **overrides):
     return scenes.get_spec(name, images_per_count=500, num_test=100, **overrides)
 
 
-def objects_of(spec, index, split="train", seed=0):
+def objects_of(spec, index, split="train"):
     """(image [S, S], [(x, y, patch)]) of one scene."""
-    return scenes._synthesize_objects(spec, index, split, seed)
+    return scenes._synthesize_objects(spec, index, split)
 
 
 def ink_mask(spec, x, y, patch):
@@ -86,8 +86,10 @@ def test_bad_split_index_and_seed_raise():
         scenes.synthesize_scene(spec, spec.num_train, "train")
     with pytest.raises(ValueError, match="out of range"):
         scenes.synthesize_scene(spec, -1, "test")
-    with pytest.raises(ValueError, match="seed"):
-        scenes.synthesize_scene(spec, 0, "train", seed=-3)
+    with pytest.raises(ValueError, match="data_seed"):
+        small("mnist_13", data_seed=-3)
+    with pytest.raises(ValueError, match="data_seed"):
+        small("mnist_13", data_seed=1.5)
 
 
 def test_counts_that_cannot_fit_raise_instead_of_hanging():
@@ -231,14 +233,19 @@ def test_train_and_test_are_disjoint_and_cover_the_full_set():
 
 def test_synthesis_is_deterministic_and_random_access():
     spec = small("mnist_bbox3")
-    first = scenes.synthesize_batch(spec, [7, 3, 11], "train", seed=5)
-    again = scenes.synthesize_batch(spec, [11, 7], "train", seed=5)
-    single = scenes.synthesize_scene(spec, 3, "train", seed=5)
+    seed5 = scenes.get_spec(spec, data_seed=5)
+    first = scenes.synthesize_batch(seed5, [7, 3, 11], "train")
+    again = scenes.synthesize_batch(seed5, [11, 7], "train")
+    single = scenes.synthesize_scene(seed5, 3, "train")
     np.testing.assert_array_equal(first["image"][[2, 0]], again["image"])
     np.testing.assert_array_equal(first["boxes_px"][[2, 0]], again["boxes_px"])
     np.testing.assert_array_equal(first["image"][1], single["image"])
-    other_seed = scenes.synthesize_batch(spec, [7, 3, 11], "train", seed=6)
-    assert not np.array_equal(first["image"], other_seed["image"])
+    other_data_set = scenes.synthesize_batch(scenes.get_spec(spec, data_seed=6), [7, 3, 11], "train")
+    assert not np.array_equal(first["image"], other_data_set["image"])
+    # data seed 0 is the default, and another data seed draws another split too
+    np.testing.assert_array_equal(scenes.scene_ids(spec, "test"),
+                                  scenes.scene_ids(scenes.get_spec(spec, data_seed=0), "test"))
+    assert set(scenes.scene_ids(seed5, "test")) != set(scenes.scene_ids(spec, "test"))
 
 
 def test_fresh_scenes_are_new_and_use_the_allowed_counts():

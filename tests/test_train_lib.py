@@ -1,5 +1,5 @@
 """The training toolchain: configs, smoke training with TensorBoard read-back, exact resume,
-corrupt checkpoints, evaluation and figures from a workdir."""
+corrupt checkpoints, the run's record, evaluation and figures from a workdir."""
 import glob
 import json
 import os
@@ -12,20 +12,8 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from asr_tf import config, train_lib, training
-
-# Small and fast: tiny LSTMs, batch 8, 16 test scenes, no XLA (compile time dominates tiny runs).
-SMALL = [
-    "build_model.lstm_units = 32",
-    "train_eval.batch_size = 8",
-    "train_eval.num_test = 16",
-    "train_eval.eval_every = 3",
-    "train_eval.log_every = 1",
-    "train_eval.checkpoint_every = 3",
-    "train_eval.image_every = 3",
-    "train_eval.jit_compile = False",
-    "train_eval.progress = False",
-]
+from asr_tf import config, evaluation, runs, summaries, train_lib, training
+from conftest import SMALL_RUN as SMALL
 
 
 def _tensors(logdir, tag):
@@ -40,33 +28,35 @@ def test_every_config_parses():
     assert len([n for n in names if n.endswith("_faithful")]) == 15
     for name in names:
         config.parse([name])
-        spec = train_lib.run_spec()
+        spec = runs.run_spec()
         model_kind = gin.query_parameter("build_model.kind")
         assert model_kind in ("air", "pprior")
         assert spec.name in ("mnist_13", "mnist_14", "mnist_24", "mnist_bbox3", "dsprites_bbox3")
         edge = gin.query_parameter("Quirks.sampler_edge")
         assert edge == ("hard" if name.endswith("_faithful") else "zero_pad")
-    gin.clear_config()
+
+
+def _constraints():
+    return dict(runs.build_components(runs.run_spec())[1].constraints)
 
 
 def test_paper_weights_in_configs():
     config.parse(["air_asr_14"])
-    assert gin.query_parameter("PenaltyWeights.gamma_ne") == 10.0
-    assert gin.query_parameter("PenaltyWeights.gamma_m") == 100.0
+    assert _constraints() == {"count_min": 10.0, "count_margin": 100.0}
     config.parse(["air_asr_dsprites_overlap_faithful"])
-    assert gin.query_parameter("PenaltyWeights.gamma_b") == 1.0
-    assert gin.query_parameter("PenaltyWeights.gamma_s") == 10.0
-    assert gin.query_parameter("PenaltyWeights.gamma_a") == 20.0
+    # -gb = 1 ties F1 and F2-F5 (Q18); F7 10, F6 20
+    assert _constraints() == {"overlap": 1.0, "out_of_image": 1.0, "size_equality": 10.0,
+                              "area": 20.0}
     assert gin.query_parameter("make_optimizer.learning_rate") == 1e-4
-    assert train_lib.run_spec().canvas_px == 64
+    assert runs.run_spec().canvas_px == 64
     config.parse(["air_asr_13"])
-    with pytest.raises(ValueError, match="gamma_s"):  # unbound: 0, the paper's row 13
-        gin.query_parameter("PenaltyWeights.gamma_s")
+    assert "size_equality" not in _constraints()  # the paper's row 13: counts only
     config.parse(["air_asr_13_size"])
-    assert gin.query_parameter("PenaltyWeights.gamma_s") == 10.0
-    assert gin.query_parameter("PenaltyWeights.gamma_ne") == 10.0
-    assert train_lib.run_spec().name == "mnist_13"
-    gin.clear_config()
+    assert _constraints() == {"count_min": 10.0, "count_margin": 100.0, "size_equality": 10.0}
+    assert runs.run_spec().name == "mnist_13"
+    for name in ("air_13", "air_pprior_24", "air_mnist_overlap"):
+        config.parse([name])
+        assert _constraints() == {}
 
 
 def test_unknown_config_and_parameter_are_errors():
@@ -74,7 +64,9 @@ def test_unknown_config_and_parameter_are_errors():
         config.parse(["air_asr_99"])
     with pytest.raises(ValueError, match="bogus"):
         config.parse(["air_asr_13"], ["train_eval.bogus = 1"])
-    gin.clear_config()
+    with pytest.raises(ValueError, match="unknown constraint 'bogus'"):
+        config.parse(["air_asr_13"], ["Objective.constraints = [('bogus', 1.0)]"])
+        runs.build_components(runs.run_spec())
 
 
 @pytest.mark.slow
@@ -97,7 +89,6 @@ def test_smoke_train_writes_tensorboard(tmp_path, name):
     saved = json.load(open(os.path.join(workdir, "summary.json")))
     assert saved["final"]["step"] == 3 and set(saved) >= {"final", "best", "best_by_test"}
     assert os.path.exists(os.path.join(workdir, "operative_config.gin"))
-    gin.clear_config()
 
 
 class _Crash(Exception):
@@ -110,7 +101,7 @@ def test_resume_after_crash_is_exact_and_logs_nothing_twice(tmp_path, monkeypatc
     config.parse(["air_asr_13"], SMALL)
     ref_dir = str(tmp_path / "ref")
     train_lib.train_eval(ref_dir, max_steps=6)
-    ref_model, _ = train_lib.load_trained(ref_dir)
+    ref_model, _ = runs.load_trained(ref_dir)
     ref_weights = [w.copy() for w in ref_model.get_weights()]
 
     # Crash at step 5 (the last checkpoint is step 3), then the same command again.
@@ -132,7 +123,7 @@ def test_resume_after_crash_is_exact_and_logs_nothing_twice(tmp_path, monkeypatc
     config.parse(["air_asr_13"], SMALL)
     train_lib.train_eval(run_dir, max_steps=6)
 
-    model, _ = train_lib.load_trained(run_dir)
+    model, _ = runs.load_trained(run_dir)
     for a, b in zip(ref_weights, model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     steps = [s for s, _ in _tensors(os.path.join(run_dir, "train"), "loss")]
@@ -142,7 +133,6 @@ def test_resume_after_crash_is_exact_and_logs_nothing_twice(tmp_path, monkeypatc
                                [v for _, v in ref_losses], rtol=1e-4)
     lines = open(os.path.join(run_dir, "metrics.jsonl")).read().splitlines()
     assert [json.loads(l)["step"] for l in lines] == [3, 6]
-    gin.clear_config()
 
 
 @pytest.mark.slow
@@ -153,7 +143,7 @@ def test_bad_checkpoints_name_the_file_and_are_kept(tmp_path):
 
     # A checkpoint of another configuration (a different LSTM width) is refused clearly.
     config.parse(["air_pprior_13"], SMALL + ["build_model.lstm_units = 16"])
-    with pytest.raises(train_lib.CheckpointError, match="ckpt-3"):
+    with pytest.raises(runs.CheckpointError, match="ckpt-3"):
         train_lib.train_eval(workdir, max_steps=6)
 
     # A corrupt data file too; nothing is deleted or rewritten.
@@ -164,11 +154,10 @@ def test_bad_checkpoints_name_the_file_and_are_kept(tmp_path):
     before = sorted(os.listdir(os.path.join(workdir, "ckpt")))
     size = os.path.getsize(data_files[0])
     config.parse(["air_pprior_13"], SMALL)
-    with pytest.raises(train_lib.CheckpointError, match="ckpt-3"):
+    with pytest.raises(runs.CheckpointError, match="ckpt-3"):
         train_lib.train_eval(workdir, max_steps=6)
     assert sorted(os.listdir(os.path.join(workdir, "ckpt"))) == before
     assert os.path.getsize(data_files[0]) == size
-    gin.clear_config()
 
 
 @pytest.mark.slow
@@ -176,7 +165,6 @@ def test_evaluate_and_generate_tools(tmp_path, repo_root):
     config.parse(["air_asr_13"], SMALL)
     workdir = str(tmp_path / "w")
     train_lib.train_eval(workdir, max_steps=3)
-    gin.clear_config()
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     out = subprocess.run([sys.executable, str(repo_root / "tools" / "evaluate.py"),
                           "--workdir", workdir, "--num_test", "16"],
@@ -248,14 +236,14 @@ def test_box_diagnostics_and_se_by_count_hand_worked():
            "scale": np.array([[0.7, 0.3, 0.9], [0.4, 0.9, 0.9], [0.5, 0.5, 0.5]], np.float32),
            "shift": np.array([[[0, 0], [0.5, 0.5], [0, 0]], [[-1, 0], [0, 0], [0, 0]],
                               [[0, 0], [0, 0], [0, 0]]], np.float32)}
-    d = train_lib._box_diagnostics(out, 50)
+    d = evaluation.box_diagnostics(out, 50)
     assert d["box_side_px"] == pytest.approx((35 + 15 + 20) / 3, rel=1e-5)
     assert d["box_abs_shift"] == pytest.approx((0 + 0 + 0.5 + 0.5 + 1 + 0) / 6, rel=1e-5)
     assert d["box_inside_frac"] == pytest.approx(2 / 3)
     assert d["box_side_ratio"] == pytest.approx(35 / 15, rel=1e-5)  # only image 0 has 2 boxes
     images = np.zeros([3, 4, 4, 1]); recon = np.zeros([3, 4, 4])
     images[0, 0, 0] = 1.0; images[1, :2, :2] = 1.0; recon[1, 0, 0] = 2.0  # clipped to 1
-    se = train_lib._se_by_count(images, recon, np.array([3, 1, 3]))
+    se = evaluation.se_by_count(images, recon, np.array([3, 1, 3]))
     assert set(se) == {"se_1obj", "se_3obj"}
     assert se["se_1obj"] == pytest.approx(3.0) and se["se_3obj"] == pytest.approx(0.5)
 
@@ -279,9 +267,9 @@ def _buffer_through(buf, first, last):
 def test_summary_commit_survives_a_kill_at_every_point(tmp_path, monkeypatch, kill_at):
     """A kill anywhere inside flush() leaves each step logged once after the resumed run."""
     workdir = str(tmp_path)
-    _buffer_through(train_lib._SummaryBuffer(workdir), 1, 3)
-    buf = train_lib._SummaryBuffer(workdir)
-    real_replace, real_rmtree, real_marker = os.replace, train_lib.shutil.rmtree, buf._write_marker
+    _buffer_through(summaries.SummaryBuffer(workdir), 1, 3)
+    buf = summaries.SummaryBuffer(workdir)
+    real_replace, real_rmtree, real_marker = os.replace, summaries.shutil.rmtree, buf._write_marker
 
     def crash_if(point):
         if point == kill_at:
@@ -297,8 +285,8 @@ def test_summary_commit_survives_a_kill_at_every_point(tmp_path, monkeypatch, ki
         return real_marker(pending)
 
     monkeypatch.setattr(buf, "_write_marker", marker)
-    monkeypatch.setattr(train_lib.os, "replace", replace)
-    monkeypatch.setattr(train_lib.shutil, "rmtree",
+    monkeypatch.setattr(summaries.os, "replace", replace)
+    monkeypatch.setattr(summaries.shutil, "rmtree",
                         lambda p: crash_if("commit_cleanup") or real_rmtree(p))
     real_open = open
 
@@ -311,7 +299,7 @@ def test_summary_commit_survives_a_kill_at_every_point(tmp_path, monkeypatch, ki
         return real_open(path, mode, *a, **k)
 
     if kill_at == "staging":
-        monkeypatch.setattr(train_lib.tf.summary, "create_file_writer",
+        monkeypatch.setattr(summaries.tf.summary, "create_file_writer",
                             lambda *a, **k: crash_if("staging"))
     monkeypatch.setattr("builtins.open", opener)
     with pytest.raises(_Crash):
@@ -319,7 +307,7 @@ def test_summary_commit_survives_a_kill_at_every_point(tmp_path, monkeypatch, ki
     monkeypatch.undo()
 
     # The next process: steps up to what the marker says are dropped, the rest re-logged.
-    buf = train_lib._SummaryBuffer(workdir)
+    buf = summaries.SummaryBuffer(workdir)
     committed = kill_at not in ("staging", "marker")
     assert buf.logged_through == (6 if committed else 3)
     assert not os.path.exists(os.path.join(workdir, ".summaries_staging"))
@@ -331,7 +319,7 @@ def test_summary_commit_survives_a_kill_at_every_point(tmp_path, monkeypatch, ki
 def test_summary_marker_of_older_runs_is_read(tmp_path):
     with open(tmp_path / "logged_through", "w") as f:
         f.write("400")
-    buf = train_lib._SummaryBuffer(str(tmp_path))
+    buf = summaries.SummaryBuffer(str(tmp_path))
     assert buf.logged_through == 400
     buf.scalar("train", "loss", 1.0, 400)
     buf.scalar("train", "loss", 2.0, 401)

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from asr_tf import training
 from asr_tf.models import build_model
-from asr_tf.objectives import PenaltyWeights
+from asr_tf.objectives import Objective
 from asr_tf.quirks import Quirks
 
 S = 50
@@ -67,9 +67,10 @@ def squares_batch(batch=8, seed=0, side=12):
 
 
 CASES = {
-    "air": ("air", (1, 2, 3), PenaltyWeights()),
-    "pprior": ("pprior", (1, 2, 3), PenaltyWeights()),
-    "asr": ("pprior", (1, 3), PenaltyWeights(gamma_ne=10.0, gamma_m=100.0, counts=(1, 3))),
+    "air": ("air", (1, 2, 3), Objective()),
+    "pprior": ("pprior", (1, 2, 3), Objective()),
+    "asr": ("pprior", (1, 3), Objective(constraints=[("count_min", 10.0), ("count_margin", 100.0)],
+                                        counts=(1, 3))),
 }
 
 

@@ -1,5 +1,8 @@
 """Evaluates a run's latest checkpoint on its test scenes and prints ACC, SE, nELBO, mIoU as JSON.
 
+By default exactly as the run evaluated itself (its test scenes, its noise, its number of test
+scenes, all read from the workdir's record): at a checkpoint step it reproduces the logged line.
+
   python tools/evaluate.py --workdir runs/air_asr_13 [--num_test 2000] [--deterministic]
 """
 import json
@@ -11,18 +14,19 @@ import _path  # noqa: F401
 
 flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
 flags.DEFINE_string("checkpoint", None, "A checkpoint path (default: the latest).")
-flags.DEFINE_integer("num_test", None, "Test scenes (default: the dataset's, 1000).")
+flags.DEFINE_integer("num_test", None, "Test scenes (default: the run's, 1000).")
 flags.DEFINE_bool("deterministic", False, "Posterior means and z_pres threshold 0.5 (not Q25-Q27).")
-flags.DEFINE_integer("seed", 0, "Seed of the test scenes and the evaluation noise.")
+flags.DEFINE_integer("seed", None, "Seed of the evaluation noise (default: the run's). The test "
+                     "scenes are always the run's data set's.")
 flags.DEFINE_string("out", None, "JSON output path (default: <workdir>/evaluation.json).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
-    from asr_tf import train_lib
+    from asr_tf import evaluation
 
-    result = train_lib.evaluate_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
+    result = evaluation.evaluate_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                                         num_test=FLAGS.num_test, seed=FLAGS.seed,
                                         deterministic=FLAGS.deterministic)
     text = json.dumps(result, indent=1)

@@ -23,34 +23,15 @@ flags.DEFINE_bool("stochastic_default", False,
 FLAGS = flags.FLAGS
 
 
-def _load(workdir, checkpoint):
-    """``train_lib.load_trained`` -> (model, allowed counts or None)."""
-    try:
-        from asr_tf.train_lib import load_trained
-    except ImportError as err:
-        raise RuntimeError("asr_tf.train_lib.load_trained(workdir, checkpoint=None) is not "
-                           f"available ({err}): tools/export.py needs it to restore a run") from err
-    loaded = load_trained(workdir, checkpoint=checkpoint)
-    model, spec = loaded if isinstance(loaded, tuple) else (loaded, None)
-    counts = getattr(spec, "counts", None)
-    if counts is None:  # fall back on the run's gin binding
-        import gin
-
-        try:
-            counts = gin.query_parameter("build_model.counts")
-        except ValueError:
-            counts = None
-    return model, (tuple(counts) if counts else None)
-
-
 def main(argv):
     del argv
     if not FLAGS["verbosity"].present:  # TF logs every saved function at INFO
         logging.set_verbosity(logging.WARNING)
-    from asr_tf import export
+    from asr_tf import export, runs
 
     try:
-        model, counts = _load(FLAGS.workdir, FLAGS.checkpoint)
+        model, spec = runs.load_trained(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
+        counts = tuple(spec.counts)  # the run's data set: AIR generates these counts
         path = export.export_saved_model(model, FLAGS.export_dir, version=FLAGS.version,
                                          stochastic_default=FLAGS.stochastic_default,
                                          generate_counts=counts)

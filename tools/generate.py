@@ -11,16 +11,16 @@ flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
 flags.DEFINE_string("out", None, "PNG path.", required=True)
 flags.DEFINE_bool("reconstruct", False, "Test scenes with boxes and reconstructions instead.")
 flags.DEFINE_integer("num", 64, "Panels.")
-flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_integer("seed", None, "Seed of the samples / evaluation noise (default: the run's).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint path (default: the latest).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
-    from asr_tf import train_lib
+    from asr_tf import evaluation
 
-    path = train_lib.write_figure(FLAGS.workdir, FLAGS.out, reconstruct=FLAGS.reconstruct,
+    path = evaluation.write_figure(FLAGS.workdir, FLAGS.out, reconstruct=FLAGS.reconstruct,
                                   num=FLAGS.num, seed=FLAGS.seed, checkpoint=FLAGS.checkpoint)
     print(path)
 

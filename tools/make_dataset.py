@@ -1,7 +1,7 @@
 """Write synthetic scenes to an .npz (and optionally a preview PNG with the GT boxes).
 
   python tools/make_dataset.py --dataset mnist_13 --split test --num 1000 --out scenes.npz \
-      [--seed 0] [--preview scenes.png]
+      [--data_seed 0] [--preview scenes.png]
 
 The .npz holds images [N, S, S] float32, counts [N], boxes_px [N, 4, 4] (x, y, w, h),
 box_mask [N, 4]. Logic: asr_tf.data.scenes.export_scenes.
@@ -19,7 +19,8 @@ flags.DEFINE_string("dataset", None, f"dataset name, one of {sorted(scenes.DATAS
 flags.DEFINE_string("split", "test", "'train', 'test' or 'fresh'")
 flags.DEFINE_integer("num", 1000, "number of scenes (split indices 0..num-1)")
 flags.DEFINE_string("out", None, "output .npz path")
-flags.DEFINE_integer("seed", 0, "dataset seed")
+flags.DEFINE_integer("data_seed", 0, "the data set's seed (scenes and train/test split; 0: the "
+                     "data set of every run)")
 flags.DEFINE_string("preview", None, "optional PNG grid of the first 64 scenes with GT boxes")
 flags.mark_flags_as_required(["dataset", "out"])
 FLAGS = flags.FLAGS
@@ -30,8 +31,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         arrays = scenes.export_scenes(
-            FLAGS.dataset, FLAGS.split, FLAGS.num, FLAGS.out, seed=FLAGS.seed,
-            preview=FLAGS.preview,
+            FLAGS.dataset, FLAGS.split, FLAGS.num, FLAGS.out, preview=FLAGS.preview,
+            data_seed=FLAGS.data_seed,
         )
     except (ValueError, scenes.SceneSynthesisError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

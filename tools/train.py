@@ -13,7 +13,9 @@ import _path  # noqa: F401
 flags.DEFINE_multi_string("config", [], "Config name (air_asr_14) or .gin path; repeatable.")
 flags.DEFINE_multi_string("gin_param", [], "Extra gin binding, e.g. 'train_eval.eval_every=500'.")
 flags.DEFINE_string("workdir", None, "Run folder (default runs/<config>-<timestamp>).")
-flags.DEFINE_integer("seed", None, "Seed for data order, initial weights and noise.")
+flags.DEFINE_integer("seed", None, "The run's seed (train_eval.seed): initial weights, noise "
+                     "and the order of the training scenes; the scenes and the test set are the "
+                     "data set's (run_spec.data_seed).")
 flags.DEFINE_integer("max_steps", None, "Stop at this step (the run stays resumable).")
 flags.DEFINE_integer("threads", None, "TensorFlow intra-op threads (default: all cores).")
 flags.DEFINE_enum("strategy", None, ["default", "mirrored", "multi_worker"],
@@ -26,7 +28,7 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    from asr_tf import config, train_lib
+    from asr_tf import config, runs, train_lib
 
     if FLAGS.threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
@@ -34,8 +36,14 @@ def main(argv):
 
     if not FLAGS.config:
         raise app.UsageError(f"--config is required; one of {', '.join(config.available_configs())}")
+    # Flags that define the run become bindings, so that the workdir's config.gin records them.
+    bindings = list(FLAGS.gin_param)
+    if FLAGS.seed is not None:
+        bindings.append(f"train_eval.seed = {FLAGS.seed}")
+    if FLAGS.strategy is not None:
+        bindings.append(f"train_eval.strategy = '{FLAGS.strategy}'")
     try:
-        files = config.parse(FLAGS.config, FLAGS.gin_param)
+        files = config.parse(FLAGS.config, bindings)
     except ValueError as err:
         raise app.UsageError(str(err))
     if FLAGS.strategy == "multi_worker" and not FLAGS.workdir:
@@ -44,14 +52,13 @@ def main(argv):
         "runs", f"{os.path.splitext(os.path.basename(files[-1]))[0]}-"
         f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
     kwargs = {}
-    if FLAGS.seed is not None:
-        kwargs["seed"] = FLAGS.seed
-    if FLAGS.max_steps is not None:
+    if FLAGS.max_steps is not None:  # this invocation only: not part of the run
         kwargs["max_steps"] = FLAGS.max_steps
-    if FLAGS.strategy is not None:
-        kwargs["strategy"] = FLAGS.strategy
     print(f"workdir: {workdir}")
-    summary = train_lib.train_eval(workdir, **kwargs)
+    try:
+        summary = train_lib.train_eval(workdir, **kwargs)
+    except (runs.RecordMismatchError, runs.CheckpointError) as err:
+        raise app.UsageError(str(err))
     print(summary)
 
 

@@ -13,7 +13,10 @@ Design (resumable, deterministic, no files):
          (tf.random.set_seed), like any seeded tf.data shuffle;
        * train, shuffle=None: fixed order p % N;
        * test: fixed order, no shuffle (one pass by default);
-       * fresh_scenes=True: scene p of the unbounded 'fresh' split (never repeats).
+       * fresh_scenes=True: scene (seed mod 2**16) * 2**40 + p of the unbounded 'fresh' split
+         (never repeats; runs of different seeds read disjoint stretches of it).
+     Which scenes exist, and which are test scenes, is the data set's (spec.data_seed); the
+     ``seed`` of this module is the reading order only (a training run's seed).
      Sharded (num_shards n > 1, multi-worker training): shard i of batch B takes positions
      p = step * B * n + i * B + j, i.e. rows [i*B, (i+1)*B) of the batch of B*n that one
      process gets at that step, so the n shards of a step together are exactly that batch.
@@ -61,14 +64,14 @@ def iterations_for_epochs(spec, epochs: int = 300, batch: int = 64) -> int:
 
 
 class SceneCache:
-    """Scenes of one fixed split (spec, split, seed), synthesised on first use, then kept.
+    """Scenes of one fixed split (spec, split), synthesised on first use, then kept.
 
     ``batch(indices)`` returns the same dict as `scenes.synthesize_batch` (the arrays are
     copies). Memory: N_split * (S*S*4 + 85) bytes, allocated lazily by the OS as it fills.
     """
 
-    def __init__(self, spec, split: str, seed: int):
-        self.spec, self.split, self.seed = scenes.get_spec(spec), split, seed
+    def __init__(self, spec, split: str):
+        self.spec, self.split = scenes.get_spec(spec), split
         n, size = self.spec.num_in_split(split), self.spec.canvas_px
         self.arrays = dict(
             image=np.zeros([n, size, size], np.float32),
@@ -84,7 +87,7 @@ class SceneCache:
         indices = np.asarray(indices, np.int64).reshape(-1)
         missing = np.unique(indices[~self.filled[indices]])  # [M]
         if missing.size:
-            fresh = scenes.synthesize_batch(self.spec, missing, self.split, self.seed)
+            fresh = scenes.synthesize_batch(self.spec, missing, self.split)
             with self._lock:
                 for key, value in fresh.items():
                     self.arrays[key][missing] = value
@@ -93,12 +96,15 @@ class SceneCache:
         return {key: value[indices] for key, value in self.arrays.items()}
 
 
+FRESH_STRETCH = 2**40  # fresh scenes per order seed before two seeds' streams could meet
+
+
 def _scene_index_fn(split: str, shuffle, num_scenes: int, seed: int):
     """position (scalar int64) -> scene index (scalar int64) for the given mode."""
 
     def to_index(position):
         if split == "fresh":
-            return position
+            return position + (seed % 2**16) * FRESH_STRETCH
         within = position % num_scenes
         if split == "test" or shuffle is None:
             return within
@@ -108,6 +114,12 @@ def _scene_index_fn(split: str, shuffle, num_scenes: int, seed: int):
         )
 
     return to_index
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    return int(seed)
 
 
 def _resolve(split, fresh_scenes, shuffle, repeat, drop_remainder, batch_size, start_step,
@@ -149,7 +161,7 @@ def scene_index_dataset(
     Indices are split indices of `scenes.synthesize_batch` ('fresh' ones if fresh_scenes).
     """
     spec = scenes.get_spec(spec)
-    seed = scenes._check_seed(seed)
+    seed = _check_seed(seed)
     scene_split, repeat, drop_remainder = _resolve(
         split, fresh_scenes, shuffle, repeat, drop_remainder, batch_size, start_step,
         num_shards, shard_index
@@ -199,7 +211,9 @@ def make_dataset(
       name_or_spec: a registered dataset name (scenes.DATASETS) or a scenes.DatasetSpec.
       split: 'train' or 'test'.
       batch_size: B.
-      seed: non-negative int; fixes the scenes, the split and the shuffle order.
+      seed: non-negative int, the reading order (the training run's seed): the shuffle of the
+        training scenes, or which stretch of fresh scenes. The scenes themselves and the
+        train/test split are the data set's (``spec.data_seed``, e.g. ``data_seed=1`` below).
       fresh_scenes: train only; draw never-repeating new scenes instead of the fixed set.
       start_step: the first batch is the one step `start_step` would get (resuming).
       shuffle: train only; 'permutation' (per-epoch random permutation, default), 'buffer'
@@ -217,7 +231,7 @@ def make_dataset(
         (drop_remainder=False) is split the same way, so shards may be short or empty.
       cache_scenes: keep the scenes of a fixed split in memory once synthesised (see the
         module docstring); ignored with fresh scenes.
-      **spec_overrides: DatasetSpec fields to replace, e.g. images_per_count=500.
+      **spec_overrides: DatasetSpec fields to replace, e.g. images_per_count=500, data_seed=1.
 
     Returns a tf.data.Dataset of dicts:
       image [B, S, S, 1] float32 in [0, 1]; count [B] int32;
@@ -237,9 +251,9 @@ def make_dataset(
     batch_dim = batch_size if drop_remainder else None
 
     if cache_scenes and scene_split != "fresh":
-        make_batch = SceneCache(spec, scene_split, seed).batch
+        make_batch = SceneCache(spec, scene_split).batch
     else:
-        make_batch = functools.partial(scenes.synthesize_batch, spec, split=scene_split, seed=seed)
+        make_batch = functools.partial(scenes.synthesize_batch, spec, split=scene_split)
 
     def synthesize(batch_indices):  # numpy [B] int64 -> tuple of numpy arrays
         batch = make_batch(batch_indices)

@@ -13,13 +13,18 @@ otherwise the whole scene restarts; overlap rule `pixel` (ink may not touch ink,
 may not intersect). Objects are added into the canvas.
 
 Dataset identity (§2.4) is statistically, not bit-, equivalent to the original (Q6 allows
-this): every scene is drawn from its own RNG (Philox keyed by (seed, stream, id)), so any
+this): every scene is drawn from its own RNG (Philox keyed by (data_seed, stream, id)), so any
 scene can be made on its own, in any order, in any process. A fixed dataset has
 `images_per_count * len(counts)` scenes ("full-set ids"; id u has count
-counts[u // images_per_count], so counts are exactly balanced); one seeded permutation of the
-ids gives the split: its first `num_test` entries are the test split, the rest the training
-split. `split='fresh'` draws unlimited new scenes instead (own RNG stream, count uniform over
-the allowed counts), for training on never-repeating data. Each object's source image is drawn
+counts[u // images_per_count], so counts are exactly balanced); one permutation of the ids,
+seeded by the data seed too, gives the split: its first `num_test` entries are the test split,
+the rest the training split. `split='fresh'` draws unlimited new scenes instead (own RNG stream, count uniform over
+the allowed counts), for training on never-repeating data.
+
+The data seed (`DatasetSpec.data_seed`, default 0) is part of the data set, like the paper's one
+set of files: it fixes the scenes and the train/test split. A training run's own seed decides its
+initial weights, noise and the order in which it reads the training scenes, never which scenes
+are test scenes (asr_tf/data/pipeline.py). Each object's source image is drawn
 uniformly at random (the original walks one global permutation of the sources instead).
 
 Speed: the square crops of all source images are computed once (vectorised); with a fixed
@@ -75,6 +80,8 @@ class DatasetSpec:
       size_range_px: (c_min, c_max), the object size range used by the ASR size penalty and
         generation: (17, 23) MNIST counts, (11, 15) MNIST bbox, (12, 15) dSprites bbox,
         (20, 25) dSprites counts. Not used by the synthesis itself.
+      data_seed: int in [0, 2**63); fixes every scene and the train/test split (0: the data
+        set every run of the project trains and tests on).
     """
 
     name: str
@@ -87,6 +94,7 @@ class DatasetSpec:
     images_per_count: int = 20000
     num_test: int = 1000
     size_range_px: tuple = (17, 23)
+    data_seed: int = 0
 
     def __post_init__(self):
         def fail(what, value, allowed):
@@ -127,6 +135,9 @@ class DatasetSpec:
         if not is_int(self.num_test) or not 0 <= self.num_test < self.num_scenes:
             fail("num_test", self.num_test, f"expected an int in [0, {self.num_scenes})")
         object.__setattr__(self, "size_range_px", tuple(self.size_range_px))
+        if not is_int(self.data_seed) or not 0 <= self.data_seed < 2**63:
+            fail("data_seed", self.data_seed, "expected an int in [0, 2**63)")
+        object.__setattr__(self, "data_seed", int(self.data_seed))
 
     @property
     def num_scenes(self) -> int:
@@ -377,36 +388,30 @@ def _compose(spec: DatasetSpec, rng: np.random.Generator, count: int, canvas: np
 # Scenes, splits, batches
 # ---------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=32)
-def _split_permutation(num_scenes: int, seed: int) -> np.ndarray:
+def _split_permutation(num_scenes: int, data_seed: int) -> np.ndarray:
     """Joint permutation [num_scenes] of full-set ids; position < num_test -> test split."""
-    perm = np.random.default_rng((seed, _STREAM_SPLIT)).permutation(num_scenes)
+    perm = np.random.default_rng((data_seed, _STREAM_SPLIT)).permutation(num_scenes)
     perm.flags.writeable = False
     return perm
 
 
-def scene_ids(spec: DatasetSpec, split: str, seed: int = 0) -> np.ndarray:
+def scene_ids(spec: DatasetSpec, split: str) -> np.ndarray:
     """Full-set ids [N_split] of a fixed split: split index i is full-set scene ids[i]."""
-    perm = _split_permutation(spec.num_scenes, _check_seed(seed))
+    perm = _split_permutation(spec.num_scenes, spec.data_seed)
     if _check_split(split) == "fresh":
         raise ValueError("the 'fresh' split has no fixed scene ids")
     return perm[spec.num_test :] if split == "train" else perm[: spec.num_test]
 
 
-def scene_counts(spec: DatasetSpec, split: str, seed: int = 0) -> np.ndarray:
+def scene_counts(spec: DatasetSpec, split: str) -> np.ndarray:
     """Object count [N_split] int32 of every scene of a fixed split, without synthesising."""
     counts = np.asarray(spec.counts, np.int32)
-    return counts[scene_ids(spec, split, seed) // spec.images_per_count]
+    return counts[scene_ids(spec, split) // spec.images_per_count]
 
 
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
-    return int(seed)
-
-
-def _scene_rng_and_counts(spec, indices, split, seed):
+def _scene_rng_and_counts(spec, indices, split):
     """Per index: (rng key tuple, count). indices [B] int. Validates the range."""
-    seed = _check_seed(seed)
+    seed = spec.data_seed
     indices = np.asarray(indices, np.int64).reshape(-1)
     limit = spec.num_in_split(split)
     limit = (1 << 56) if limit is None else limit  # fresh ids must fit in the RNG key
@@ -417,7 +422,7 @@ def _scene_rng_and_counts(spec, indices, split, seed):
         )
     if split == "fresh":
         return [((seed, _STREAM_FRESH, int(i)), None) for i in indices]
-    ids = scene_ids(spec, split, seed)[indices]
+    ids = scene_ids(spec, split)[indices]
     counts = np.asarray(spec.counts)[ids // spec.images_per_count]
     return [((seed, _STREAM_FIXED, int(u)), int(c)) for u, c in zip(ids, counts)]
 
@@ -426,7 +431,7 @@ _THREAD_LOCAL = threading.local()
 
 
 def _scene_rng(key: tuple) -> np.random.Generator:
-    """The RNG of one scene, from key (seed, stream, id): Philox with a 128-bit key.
+    """The RNG of one scene, from key (data_seed, stream, id): Philox with a 128-bit key.
 
     Philox is counter-based, so distinct keys give independent streams. One generator per
     thread is re-keyed for each scene (tf.data may synthesise in several threads at once),
@@ -457,23 +462,23 @@ def _synthesize_into(spec, key, count, canvas):
     return count, _compose(spec, rng, count, canvas)
 
 
-def _synthesize_objects(spec, index: int, split: str = "train", seed: int = 0):
+def _synthesize_objects(spec, index: int, split: str = "train"):
     """A scene and its objects (for tests). Returns (image [S, S], [(x_px, y_px, patch)])."""
     spec = get_spec(spec)
-    ((key, count),) = _scene_rng_and_counts(spec, [index], split, seed)
+    ((key, count),) = _scene_rng_and_counts(spec, [index], split)
     canvas = np.zeros([spec.canvas_px, spec.canvas_px], np.float32)
     _, placed = _synthesize_into(spec, key, count, canvas)
     return canvas, placed
 
 
-def synthesize_batch(spec, indices, split: str = "train", seed: int = 0) -> dict:
+def synthesize_batch(spec, indices, split: str = "train") -> dict:
     """Scenes for many indices of one split.
 
     Args:
-      spec: a DatasetSpec or registered name.
+      spec: a DatasetSpec or registered name; the same (spec.data_seed, split, index) always
+        gives the same scene.
       indices: [B] ints; split index (train: 0..num_train-1, test: 0..num_test-1, fresh: >= 0).
       split: 'train', 'test' or 'fresh'.
-      seed: non-negative int; the same (seed, split, index) always gives the same scene.
 
     Returns dict of numpy arrays:
       image [B, S, S] float32 in [0, 1]; count [B] int32;
@@ -481,7 +486,7 @@ def synthesize_batch(spec, indices, split: str = "train", seed: int = 0) -> dict
       box_mask [B, 4] bool, True for real boxes.
     """
     spec = get_spec(spec)
-    keys_counts = _scene_rng_and_counts(spec, indices, _check_split(split), seed)
+    keys_counts = _scene_rng_and_counts(spec, indices, _check_split(split))
     batch, size = len(keys_counts), spec.canvas_px
     image = np.zeros([batch, size, size], np.float32)
     count = np.zeros([batch], np.int32)
@@ -495,10 +500,10 @@ def synthesize_batch(spec, indices, split: str = "train", seed: int = 0) -> dict
     return dict(image=image, count=count, boxes_px=boxes_px, box_mask=box_mask)
 
 
-def synthesize_scene(spec, index: int, split: str = "train", seed: int = 0) -> dict:
+def synthesize_scene(spec, index: int, split: str = "train") -> dict:
     """One scene: dict(image [S, S] float32, count int, boxes_px [4, 4] float32 (x, y, w, h),
     box_mask [4] bool). See synthesize_batch."""
-    batch = synthesize_batch(spec, [index], split, seed)
+    batch = synthesize_batch(spec, [index], split)
     return dict(
         image=batch["image"][0],
         count=int(batch["count"][0]),
@@ -556,11 +561,12 @@ def export_scenes(
     split: str,
     num: int,
     out: str,
-    seed: int = 0,
     preview: str | None = None,
     **spec_overrides,
 ) -> dict:
     """Synthesise scenes 0..num-1 of a split and write them to an .npz (and a preview PNG).
+
+    ``spec_overrides`` replace DatasetSpec fields, e.g. ``data_seed=1`` for another data set.
 
     The .npz holds images [N, S, S] float32, counts [N] int32, boxes_px [N, 4, 4] float32,
     box_mask [N, 4] bool. Inputs are validated before anything is written. Returns the arrays.
@@ -576,7 +582,7 @@ def export_scenes(
             raise ValueError(f"output {path!r} must end in {suffix}")
         if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise ValueError(f"output folder of {path!r} does not exist")
-    batch = synthesize_batch(spec, np.arange(num), split, seed)
+    batch = synthesize_batch(spec, np.arange(num), split)
     arrays = dict(
         images=batch["image"],
         counts=batch["count"],

@@ -10,13 +10,14 @@ MODEL_KINDS = ("air", "pprior")
 
 
 @gin.configurable
-def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_steps=6,
+def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpses=6,
                 z_what_dim=50, lstm_units=256, glimpse_px=28, z_pres_temperature=None,
                 stop_threshold=None, add_prior=False, scale_bias_init=0.0, quirks=None):
     """Builds AIR ('air') or AIR-pPrior/ASR ('pprior') for a dataset.
 
     Args:
-      kind: 'air' or 'pprior' (ASR is 'pprior' plus penalty weights).
+      kind: 'air' or 'pprior' (ASR is 'pprior' plus structural constraints).
+      max_glimpses: T_max, the most glimpse steps (objects + the stopping step) per image.
       canvas_px: S.
       counts: allowed object counts of the data. pPrior: a single count k fixes the
         z_pres prior (fix_steps = k). AIR: used by ``add_prior`` (-ap).
@@ -31,13 +32,13 @@ def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_steps=6
     quirks = quirks or Quirks()
     counts = tuple(int(c) for c in counts)
     if kind == "air":
-        return AIR(canvas_px, max_steps, z_what_dim, lstm_units, glimpse_px,
+        return AIR(canvas_px, max_glimpses, z_what_dim, lstm_units, glimpse_px,
                    z_pres_temperature=1.0 if z_pres_temperature is None else z_pres_temperature,
                    stop_threshold=0.99 if stop_threshold is None else stop_threshold,
                    add_prior_counts=counts if add_prior else None,
                    scale_bias_init=scale_bias_init, quirks=quirks)
     if kind == "pprior":
-        return PPriorAIR(canvas_px, max_steps, z_what_dim, lstm_units, glimpse_px,
+        return PPriorAIR(canvas_px, max_glimpses, z_what_dim, lstm_units, glimpse_px,
                          z_pres_temperature=0.1 if z_pres_temperature is None else z_pres_temperature,
                          stop_threshold=0.9 if stop_threshold is None else stop_threshold,
                          fix_steps=counts[0] if len(counts) == 1 else None,

@@ -1,0 +1,164 @@
+"""Evaluation of a run on its data set's fixed test scenes (spec §8): ACC, SE, nELBO, mIoU, box
+statistics; reconstruction and generation grids; the same from a trained workdir.
+
+The test scenes are the data set's (``spec.data_seed``), the same for every seed of a run; the
+evaluation noise at step k comes from the run's seed and k, so ``evaluate_workdir`` on a
+checkpoint reproduces the evaluation the run logged at that step.
+"""
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from asr_tf import metrics as metrics_lib
+from asr_tf import runs
+from asr_tf import training
+from asr_tf import viz
+from asr_tf.data import pipeline
+
+
+class Evaluator:
+    """Runs the test pass over the fixed test scenes and computes ACC, SE, nELBO, mIoU (spec §8).
+
+    Args:
+      spec: the run's data set (its data seed fixes the test scenes).
+      num_test: the first ``num_test`` test scenes (default: all of the split, 1,000).
+      seed: the run's seed (the evaluation noise).
+    """
+
+    def __init__(self, model, spec, num_test=None, seed=0, batch_size=1000):
+        self.model = model
+        self.spec = spec
+        self.seed = seed
+        num_test = num_test or spec.num_test
+        ds = pipeline.make_dataset(spec, split="test", batch_size=num_test, repeat=False,
+                                   drop_remainder=False)
+        test = next(iter(ds))
+        self.test = {k: v[:num_test] for k, v in test.items()}
+        self.num_test = int(self.test["image"].shape[0])
+        self.batch_size = min(batch_size, self.num_test)
+
+    def __call__(self, step):
+        """Returns (metrics dict of floats, arrays dict for images) at training step ``step``."""
+        gen = tf.random.Generator.from_seed(self.seed * 1_000_003 + int(step) + 7)
+        outs, terms = [], []
+        for lo in range(0, self.num_test, self.batch_size):
+            images = self.test["image"][lo:lo + self.batch_size]
+            noise = self.model.sample_noise(int(images.shape[0]), gen)
+            o, t = training.eval_step(self.model, images, noise, tf.constant(step, tf.int64))
+            outs.append({k: v.numpy() for k, v in o.items() if k not in ("step_mask", "steps_executed")})
+            terms.append({k: v.numpy() for k, v in t.items()})
+        out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        term = {k: np.concatenate([t[k] for t in terms]) for k in terms[0]}
+        result = metrics_lib.evaluate_outputs(
+            self.test["image"].numpy(), out["recon"], term["nelbo"], out["count"], out["scale"],
+            out["shift"], self.test["boxes_px"].numpy(), self.test["box_mask"].numpy(),
+            self.test["count"].numpy(), canvas_px=self.spec.canvas_px,
+            tight_gt=self.model.quirks.tight_gt)
+        for k in ("nll", "kl_pres", "kl_scale", "kl_shift", "kl_what"):
+            result[k] = float(term[k].mean())
+        result.update(box_diagnostics(out, self.spec.canvas_px))
+        result.update(se_by_count(self.test["image"].numpy(), out["recon"],
+                                   self.test["count"].numpy()))
+        return result, out
+
+
+def box_diagnostics(out, canvas_px):
+    """Where the present boxes are: mean side, mean |shift|, fraction fully inside the canvas,
+    and ``box_side_ratio``, the mean over images with >= 2 present boxes of their largest
+    side over their smallest (about 1 when every box fits one digit; about 2 when one box
+    spans two digits and another is left with a scrap)."""
+    present = out["present"] > 0.5  # [N, T]
+    if not present.any():
+        return {"box_side_px": 0.0, "box_abs_shift": 0.0, "box_inside_frac": 0.0,
+                "box_side_ratio": 0.0}
+    side_all = out["scale"] * canvas_px  # [N, T]
+    side = side_all[present]
+    shift = out["shift"][present]  # [P, 2]
+    centre = (shift + 1.0) * canvas_px / 2.0
+    inside = np.all((centre - side[:, None] / 2 >= -0.5) & (centre + side[:, None] / 2 <= canvas_px + 0.5), -1)
+    several = present.sum(1) >= 2  # [N]
+    ratio = 0.0
+    if several.any():
+        big = np.where(present, side_all, -np.inf).max(1)  # [N]
+        small = np.where(present, side_all, np.inf).min(1)  # [N]
+        ratio = float((big[several] / small[several]).mean())
+    return {"box_side_px": float(side.mean()), "box_abs_shift": float(np.abs(shift).mean()),
+            "box_inside_frac": float(inside.mean()), "box_side_ratio": ratio}
+
+
+def se_by_count(images, recon, true_count):
+    """SE (spec §8) over the test images of each true object count: {'se_<c>obj': float}."""
+    true_count = np.asarray(true_count).reshape(-1)
+    return {f"se_{c}obj": metrics_lib.squared_error(images[true_count == c], recon[true_count == c])
+            for c in np.unique(true_count)}
+
+
+def boxed_panels(images, recon, where, canvas_px, n=64):
+    """[image with inferred boxes | reconstruction with boxes] for the first ``n`` scenes.
+
+    Args: images, recon [N, S, S]; where: dict with ``scale`` [N, T], ``shift`` [N, T, 2],
+    ``count`` [N].
+    """
+    boxes = metrics_lib.boxes_from_where(where["scale"][:n], where["shift"][:n], canvas_px)
+    return viz.reconstruction_panels(images[:n], recon[:n], boxes, where["count"][:n])
+
+
+def eval_images(model, spec, out, test, step, generator_seed):
+    """Reconstruction panels of the first 64 test scenes and a grid of 64 prior samples."""
+    recon = boxed_panels(test["image"].numpy()[..., 0], out["recon"], out, spec.canvas_px)
+    gen = tf.random.Generator.from_seed(generator_seed + step)
+    samples = generate_scenes(model, 64, gen, spec)
+    images = np.clip(samples["images"], 0, 1)
+    return {"reconstructions": recon,
+            "samples": boxed_panels(images, images, samples, spec.canvas_px)}
+
+
+def generate_scenes(model, num, generator, spec):
+    """Prior samples as numpy: pPrior/ASR from the prior LSTM; AIR with a training count each."""
+    noise = model.generation_noise(num, generator)
+    if hasattr(model, "fix_steps"):
+        out = model.generate(noise)
+    else:  # AIR draws exactly n objects for each training count n: split the batch
+        counts = list(spec.counts)
+        parts = []
+        for i, c in enumerate(counts):
+            sl = {k: v[:, i::len(counts)] for k, v in noise.items()}
+            parts.append(model.generate(sl, c))
+        out = {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]}
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def evaluate_workdir(workdir, checkpoint=None, num_test=None, seed=None, deterministic=False):
+    """The four metrics (and diagnostics) of a trained run at a checkpoint, as a dict (with
+    ``step``, the checkpoint's).
+
+    By default on the run's own test scenes with its own evaluation noise (``num_test`` and
+    ``seed`` from its record): the evaluation the run logged at that step, if it logged one.
+    """
+    model, spec = runs.load_trained(workdir, checkpoint)
+    num_test = runs.recorded("num_test") if num_test is None else num_test
+    seed = runs.recorded("seed") if seed is None else seed
+    if deterministic:
+        model.quirks = dataclasses.replace(model.quirks, deterministic_eval=True)
+    step = runs.restored_step(workdir, checkpoint)
+    result, _ = Evaluator(model, spec, num_test, seed)(step)
+    return dict(step=step, **result)
+
+
+def write_figure(workdir, out_path, reconstruct=False, num=64, seed=None, checkpoint=None):
+    """Writes a PNG grid of prior samples, or of test reconstructions with inferred boxes
+    (the first ``num`` test scenes; ``seed`` default: the run's)."""
+    model, spec = runs.load_trained(workdir, checkpoint)
+    seed = runs.recorded("seed") if seed is None else seed
+    step = runs.restored_step(workdir, checkpoint)
+    if reconstruct:
+        evaluator = Evaluator(model, spec, num_test=num, seed=seed)
+        _, out = evaluator(step)
+        grid = boxed_panels(evaluator.test["image"].numpy()[..., 0], out["recon"], out,
+                             spec.canvas_px, n=num)
+    else:
+        samples = generate_scenes(model, num, tf.random.Generator.from_seed(seed), spec)
+        images = np.clip(samples["images"], 0.0, 1.0)
+        grid = viz.image_grid(images)
+    return viz.save_png(grid, out_path)

@@ -1,0 +1,92 @@
+"""A run's record and its fixed data set: every seed tests on the same scenes, the workdir knows
+how it was started, and the tools evaluate a run exactly as it evaluated itself."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from asr_tf import config, distribute, evaluation, runs
+from asr_tf.models import build_model
+from conftest import SMALL_RUN
+
+TINY_DATA = ["run_spec.dataset_overrides = {'images_per_count': 50, 'num_test': 20}"]
+
+
+def _train_tool(repo_root, workdir, *args):
+    cmd = [sys.executable, str(repo_root / "tools" / "train.py"), "--config", "air_asr_13",
+           "--workdir", workdir, *args] + [f"--gin_param={b}" for b in SMALL_RUN + TINY_DATA]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+
+
+def test_every_seed_tests_on_the_same_scenes_never_trained_on():
+    config.parse(["air_asr_13"], TINY_DATA)
+    spec = runs.run_spec()
+    assert spec.data_seed == 0 and spec.num_train == 80
+    model = build_model("pprior", spec.canvas_px, spec.counts, lstm_units=8)
+    tests = {seed: evaluation.Evaluator(model, spec, seed=seed).test for seed in (0, 1, 2)}
+    for seed in (1, 2):
+        for key in tests[0]:
+            np.testing.assert_array_equal(tests[seed][key].numpy(), tests[0][key].numpy())
+    # The training scenes a seed-1 run reads in its first epoch (80 scenes, 10 batches of 8).
+    data = distribute.Distributed("default", 8).dataset(spec, seed=1, fresh_scenes=False,
+                                                        start_step=0)
+    seen = np.concatenate([next(data)["image"].numpy() for _ in range(10)])
+    test_bytes = {x.tobytes() for x in tests[0]["image"].numpy()}
+    assert len(test_bytes) == 20 and not test_bytes & {x.tobytes() for x in seen}
+    assert len({x.tobytes() for x in seen}) == 80  # one epoch: every training scene once
+
+
+def test_migrate_record_of_older_runs():
+    old = ("build_model.max_steps = 6\nPenaltyWeights.counts = (1, 3)\n"
+           "PenaltyWeights.gamma_b = 1.0\nPenaltyWeights.gamma_s = 10.0\n"
+           "PenaltyWeights.gamma_ne = 0.0\ntrain_eval.seed = 2\n")
+    new = runs.migrate_record(old)
+    assert "PenaltyWeights" not in new and "build_model.max_glimpses = 6" in new
+    assert ("Objective.constraints = [('overlap', 1.0), ('out_of_image', 1.0), "
+            "('size_equality', 10.0)]") in new
+    assert runs.migrate_record(new) == new  # today's records pass unchanged
+
+
+@pytest.mark.slow
+def test_record_and_evaluate_tool_reproduce_a_seed_1_run(tmp_path, repo_root):
+    workdir = str(tmp_path / "s1")
+    out = _train_tool(repo_root, workdir, "--seed", "1", "--max_steps", "6")
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = open(os.path.join(workdir, "config.gin")).read()
+    assert "train_eval.seed = 1" in record
+    (invocation,) = [json.loads(line) for line in open(os.path.join(workdir, "invocations.jsonl"))]
+    assert invocation["start_step"] == 0 and "--seed" in invocation["argv"]
+    assert invocation["machine"]
+
+    # The tool needs nothing but the workdir: the run's scenes, noise and number of test scenes.
+    logged = {json.loads(line)["step"]: json.loads(line)
+              for line in open(os.path.join(workdir, "metrics.jsonl"))}[6]
+    out = subprocess.run([sys.executable, str(repo_root / "tools" / "evaluate.py"),
+                          "--workdir", workdir], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout[out.stdout.index("{"):])
+    assert result["step"] == 6
+    for key in ("acc", "se", "nelbo", "miou", "kl_pres", "box_side_px", "se_1obj"):
+        assert result[key] == pytest.approx(logged[key], rel=1e-6, abs=1e-9), key
+    # Another noise seed is another evaluation of the same scenes.
+    other = evaluation.evaluate_workdir(workdir, seed=5)
+    assert other["nelbo"] != pytest.approx(logged["nelbo"], rel=1e-6)
+
+    # A resume with another seed would be another run: refused, nothing written.
+    before = {name: open(os.path.join(workdir, name)).read()
+              for name in ("config.gin", "invocations.jsonl", "metrics.jsonl")}
+    out = _train_tool(repo_root, workdir, "--seed", "2", "--max_steps", "9")
+    assert out.returncode != 0
+    assert "was started with {'seed': 1, 'data_seed': 0}" in out.stderr
+    after = {name: open(os.path.join(workdir, name)).read() for name in before}
+    assert after == before and not os.path.exists(os.path.join(workdir, "config.gin.latest"))
+    # The same seed resumes and records the second invocation.
+    out = _train_tool(repo_root, workdir, "--seed", "1", "--max_steps", "9")
+    assert out.returncode == 0, out.stderr[-3000:]
+    starts = [json.loads(line)["start_step"]
+              for line in open(os.path.join(workdir, "invocations.jsonl"))]
+    assert starts == [0, 6]
