@@ -1,4 +1,4 @@
-"""Images of the original MOG-ASR runs (spec section 9), with numpy + PIL only.
+"""Images of the MOG-ASR runs (spec section 9): grids with numpy + PIL, curves with matplotlib.
 
 * `draw_boxes`: a grayscale canvas, upscaled (nearest), with 1-px box outlines coloured by step
   (red, green, blue, yellow, magenta, cyan).
@@ -7,7 +7,8 @@
   uint8; grayscale is repeated to RGB).
 * `reconstruction_panels`: per image [original + inferred boxes | 4-px white | reconstruction +
   boxes | 4-px white], gridded (the `visualize_{step}.png` images, paper Figures 4-6).
-* `save_png`, `learning_curves_png` (matplotlib when importable, otherwise a plain PIL plot).
+* `save_png`; `learning_curves_figure` / `learning_curves_png`: metric against step, one
+  panel per metric, one line per run (a matplotlib Figure on the Agg canvas, no pyplot state).
 
 All boxes are (x1, y1, x2, y2) in pixels of the un-upscaled image, x horizontal (column).
 """
@@ -18,7 +19,9 @@ import os
 from typing import Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
 
 __all__ = [
     "STEP_COLORS",
@@ -28,6 +31,8 @@ __all__ = [
     "image_grid",
     "reconstruction_panels",
     "save_png",
+    "METRIC_LABELS",
+    "learning_curves_figure",
     "learning_curves_png",
 ]
 
@@ -210,6 +215,8 @@ def save_png(array, path) -> str:
 
 
 def _series(records: Iterable[Mapping], key: str):
+    """(steps, values) of ``key`` in ``records``; records without 'step', without the key, or with
+    a None / non-numeric / non-finite value are skipped (a list value is averaged)."""
     xs, ys = [], []
     for rec in records:
         if key not in rec or rec[key] is None or "step" not in rec:
@@ -224,157 +231,65 @@ def _series(records: Iterable[Mapping], key: str):
     return xs, ys
 
 
-def _ticks(lo: float, hi: float, n: int = 5):
-    """Round tick values inside [lo, hi]: the multiples of the smallest step of 1, 2, 2.5 or 5
-    times a power of ten that is at least (hi - lo) / (n - 1) (so 2 to n ticks)."""
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / (n - 1)
-    mag = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * mag >= raw * (1 - 1e-9))
-    first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
-    return [round(k * step, 12) for k in range(first, last + 1)]
+# Axis label of each metric key of the evaluation records (the paper's names).
+METRIC_LABELS = {"acc": "ACC", "se": "SE", "miou": "mIoU", "nelbo": "nELBO"}
 
 
-def _fmt(v: float) -> str:
-    return "%d" % round(v) if abs(v - round(v)) < 1e-9 * max(1.0, abs(v)) else "%.4g" % v
-
-
-_SERIES_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
-                  (140, 86, 75)]
-
-
-def _curves_pil(series, keys, path, panel_size):
-    pw, ph = panel_size
-    ml, mr, mb = 64, 12, 30
-    font = ImageFont.load_default()
-    img = Image.new("RGB", (pw, ph * len(keys)), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    for j, key in enumerate(keys):
-        oy = j * ph
-        draw.text((ml, oy + 4), str(key), fill=(0, 0, 0), font=font)
-        title_end = ml + draw.textlength(str(key), font=font) + 16
-        legend = (_legend_layout(draw, font, list(series), title_end, ml, pw - mr)
-                  if len(series) > 1 else [])
-        mt = 22 + _LEGEND_LINE_PX * max((row for _, _, row in legend), default=0)
-        x0, y0, x1, y1 = ml, oy + mt, pw - mr, oy + ph - mb   # plot area (y1 bottom)
-        draw.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
-        data = {name: _series(recs, key) for name, recs in series.items()}
-        xs = [x for d in data.values() for x in d[0]]
-        ys = [y for d in data.values() for y in d[1]]
-        if not xs:
-            draw.text((x0 + 6, y0 + 6), "no data", fill=(128, 128, 128), font=font)
-            continue
-        xlo, xhi = min(xs), max(xs)
-        ylo, yhi = min(ys), max(ys)
-        if xhi == xlo:
-            xlo, xhi = xlo - 1.0, xhi + 1.0
-        if yhi == ylo:
-            d = abs(ylo) * 0.05 or 1.0
-            ylo, yhi = ylo - d, yhi + d
-
-        def px(x, y):
-            return (x0 + (x - xlo) / (xhi - xlo) * (x1 - x0),
-                    y1 - (y - ylo) / (yhi - ylo) * (y1 - y0))
-
-        for t in _ticks(xlo, xhi):
-            u, _ = px(t, ylo)
-            draw.line([(u, y1), (u, y1 + 4)], fill=(0, 0, 0))
-            label = _fmt(t)
-            lw = draw.textlength(label, font=font)
-            lx = min(max(u - lw / 2, 0), pw - lw - 1)
-            draw.text((lx, y1 + 6), label, fill=(0, 0, 0), font=font)
-        for t in _ticks(ylo, yhi):
-            _, v = px(xlo, t)
-            draw.line([(x0 - 4, v), (x0, v)], fill=(0, 0, 0))
-            draw.text((2, v - 5), _fmt(t), fill=(0, 0, 0), font=font)
-        for i, (name, (sx, sy)) in enumerate(data.items()):
-            color = _SERIES_COLORS[i % len(_SERIES_COLORS)]
-            pts = [px(x, y) for x, y in zip(sx, sy)]
-            if len(pts) == 1:
-                u, v = pts[0]
-                draw.ellipse([u - 2, v - 2, u + 2, v + 2], fill=color)
-            elif pts:
-                draw.line(pts, fill=color, width=2)
-            if legend:
-                lx, _, row = legend[i]
-                draw.text((lx, oy + 4 + _LEGEND_LINE_PX * row), str(name), fill=color, font=font)
-    img.save(path, format="PNG")
-
-
-_LEGEND_LINE_PX = 12
-
-
-def _legend_layout(draw, font, names, first_x, left, right):
-    """(x, width, row) of each legend name: left to right after the title on row 0 (from
-    ``first_x``), wrapping onto further rows that start at ``left``; no name crosses ``right``
-    unless it is alone on its row, and none overlaps the title or another name."""
-    out, x, row = [], first_x, 0
-    for name in names:
-        w = draw.textlength(str(name), font=font)
-        if x + w > right and x > (first_x if row == 0 else left):
-            x, row = left, row + 1
-        out.append((x, w, row))
-        x += w + 10
-    return out
-
-
-def _curves_matplotlib(plt, series, keys, path, panel_size):
-    pw, ph = panel_size
-    fig, axes = plt.subplots(len(keys), 1, figsize=(pw / 100.0, ph * len(keys) / 100.0),
-                             dpi=100, squeeze=False)
-    for ax, key in zip(axes[:, 0], keys):
-        for name, recs in series.items():
-            xs, ys = _series(recs, key)
-            if xs:
-                ax.plot(xs, ys, marker="." if len(xs) == 1 else None, label=str(name))
-        if len(series) > 1:
-            ax.legend(fontsize="small")
-        ax.set_title(str(key))
-        ax.set_xlabel("step")
-        ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def learning_curves_png(records: Sequence[Mapping], keys: Sequence[str], path,
-                        panel_size: Tuple[int, int] = (480, 200), backend: str = "auto") -> str:
-    """One line plot per key (stacked vertically) of metric vs 'step'.
+def learning_curves_figure(records, keys: Sequence[str],
+                           panel_size: Tuple[int, int] = (480, 320)) -> Figure:
+    """A matplotlib Figure (Agg canvas): one panel per key, metric against 'step'.
 
     Args:
       records: list of dicts, each with 'step' and some metric keys (missing/non-finite values
-        are skipped); or a dict name -> such a list, one coloured series per name.
-      keys: metric names, one panel each.
-      path: output PNG.
-      panel_size: (width, height) of one panel in pixels.
-      backend: 'auto' (matplotlib if importable, else PIL), 'matplotlib' or 'pil'.
+        are skipped); or a dict name -> such a list, one line per name (the same colour in every
+        panel), named in a legend below the panels.
+      keys: metric names, one panel each (y label ``METRIC_LABELS.get(key, key)``, x label
+        'step'), in rows of two panels.
+      panel_size: (width, height) of one panel in pixels (100 dpi).
     Returns:
-      path.
+      Figure of ncols * width x nrows * height pixels; panel j is ``figure.axes[j]``.
     """
     keys = list(keys)
     if not keys:
-        raise ValueError("learning_curves_png needs at least one key")
+        raise ValueError("learning curves need at least one metric key")
+    series = ({str(k): list(v) for k, v in records.items()} if isinstance(records, Mapping)
+              else {"": list(records)})
+    ncols = min(2, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    width_px, height_px = panel_size
+    fig = Figure(figsize=(ncols * width_px / 100.0, nrows * height_px / 100.0), dpi=100,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(keys):]:
+        fig.delaxes(ax)
+    handles = {}
+    for ax, key in zip(axes, keys):
+        for i, (name, recs) in enumerate(series.items()):
+            steps, values = _series(recs, key)
+            if steps:
+                (line,) = ax.plot(steps, values, color=f"C{i % 10}", label=name,
+                                  marker="o" if len(steps) == 1 else None)
+                handles.setdefault(name, line)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center",
+                    color="grey")
+        ax.set_xlabel("step")
+        ax.set_ylabel(METRIC_LABELS.get(key, key))
+        ax.grid(True, alpha=0.3)
+    if len(series) > 1 and handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                   ncols=min(3, len(handles)), fontsize="small")
+    return fig
+
+
+def learning_curves_png(records, keys: Sequence[str], path,
+                        panel_size: Tuple[int, int] = (480, 320)) -> str:
+    """Writes `learning_curves_figure(records, keys, panel_size)` as a PNG; returns path."""
+    fig = learning_curves_figure(records, keys, panel_size)
     path = os.fspath(path)
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    plt = None
-    if backend in ("auto", "matplotlib"):
-        try:
-            import matplotlib  # optional dependency, imported lazily
-            matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt  # noqa: F811
-        except ImportError:
-            if backend == "matplotlib":
-                raise
-            plt = None
-    elif backend != "pil":
-        raise ValueError("backend must be 'auto', 'matplotlib' or 'pil'")
-    series = ({str(k): list(v) for k, v in records.items()} if isinstance(records, Mapping)
-              else {"": list(records)})
-    if plt is not None:
-        _curves_matplotlib(plt, series, keys, path, panel_size)
-    else:
-        _curves_pil(series, keys, path, panel_size)
+    fig.savefig(path, format="png")
     return path

@@ -25,11 +25,9 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # for the child process of the mirrored test
-    sys.path.insert(0, REPO_ROOT)
+from asr_tf import config, runs, train_lib
 
-from asr_tf import config, runs, train_lib  # noqa: E402
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STEPS = 5
 LR = 1e-3  # learn.gin's, in air_asr_13

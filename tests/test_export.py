@@ -296,8 +296,7 @@ class SavedModelPredictionServicer:
 
 @pytest.fixture(scope="module")
 def grpc_server(pprior):
-    grpc = pytest.importorskip("grpc")
-    pytest.importorskip("tensorflow_serving.apis.prediction_service_pb2_grpc")
+    import grpc  # requirements.txt installs both: a missing one fails, it is never skipped
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     servicer = SavedModelPredictionServicer(pprior.path, "pprior_model")

@@ -17,9 +17,13 @@ from conftest import SMALL_RUN as SMALL
 
 
 def _tensors(logdir, tag):
+    """(step, value) of ``tag``, in step order (a duplicate step stays). The accumulator reads the
+    event files in name order, and two files of one second differ only by a per-process counter
+    (``...tfevents.<sec>.<host>.<pid>.11.v2`` sorts before ``....9.v2``)."""
     acc = EventAccumulator(logdir, size_guidance={"tensors": 0})
     acc.Reload()
-    return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+    return sorted(((e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)),
+                  key=lambda step_value: step_value[0])
 
 
 def test_every_config_parses():

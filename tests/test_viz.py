@@ -111,46 +111,61 @@ def test_png_round_trip(tmp_path):
     np.testing.assert_array_equal(back, g[..., 0])
 
 
-def test_learning_curves_pil(tmp_path):
-    records = [{"step": s, "nelbo": 100.0 / (1 + s), "acc": min(1.0, s / 1000)}
-               for s in range(0, 2001, 200)]
-    records.append({"step": 2200, "acc": float("nan")})
-    path = viz.learning_curves_png(records, ["nelbo", "acc", "miou"], tmp_path / "c.png",
-                                   panel_size=(300, 150), backend="pil")
+# ----------------------------------------------------------------------------- learning curves
+
+def _runs():
+    """Two runs; run "b" has a NaN ACC, a record without 'step' and no SE at all."""
+    a = [{"step": s, "acc": s / 400, "se": 50.0 - s / 10, "miou": 0.5, "nelbo": 700.0 - s}
+         for s in (0, 100, 200)]
+    b = [{"step": 0, "acc": 0.1, "miou": 0.2, "nelbo": 650.0},
+         {"step": 150, "acc": float("nan"), "miou": 0.3, "nelbo": 600.0},
+         {"acc": 0.9},
+         {"step": 300, "acc": 0.4, "miou": [0.2, 0.6], "nelbo": 550.0}]
+    return {"a": a, "b": b}
+
+
+def test_learning_curves_figure_holds_exactly_the_series():
+    fig = viz.learning_curves_figure(_runs(), ["acc", "se", "miou", "nelbo"])
+    assert len(fig.axes) == 4
+    want = {  # (label, steps, values) per panel; b's NaN ACC, step-less record and SE skipped
+        "acc": [("a", [0, 100, 200], [0.0, 0.25, 0.5]), ("b", [0, 300], [0.1, 0.4])],
+        "se": [("a", [0, 100, 200], [50.0, 40.0, 30.0])],
+        "miou": [("a", [0, 100, 200], [0.5] * 3), ("b", [0, 150, 300], [0.2, 0.3, 0.4])],
+        "nelbo": [("a", [0, 100, 200], [700.0, 600.0, 500.0]),
+                  ("b", [0, 150, 300], [650.0, 600.0, 550.0])],
+    }
+    for ax, (key, lines), label in zip(fig.axes, want.items(), ["ACC", "SE", "mIoU", "nELBO"]):
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", label)
+        got = [(ln.get_label(), list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.lines]
+        assert got == lines, key
+    colors = {}
+    for ax in fig.axes:
+        for ln in ax.lines:
+            colors.setdefault(ln.get_label(), set()).add(ln.get_color())
+    assert colors == {"a": {"C0"}, "b": {"C1"}}           # one colour per run in every panel
+    (legend,) = fig.legends                   # one legend for the figure, every run once
+    assert [t.get_text() for t in legend.get_texts()] == ["a", "b"]
+
+
+def test_learning_curves_single_run_and_empty_panel():
+    records = [{"step": 5, "acc": 0.5}]
+    fig = viz.learning_curves_figure(records, ["acc", "bogus", "nelbo"])
+    assert len(fig.axes) == 3 and not fig.legends    # 2 x 2 grid, the fourth cell removed
+    (line,) = fig.axes[0].lines
+    assert list(line.get_xdata()) == [5] and line.get_marker() == "o"   # one point stays visible
+    assert fig.axes[1].get_ylabel() == "bogus"
+    for ax in fig.axes[1:]:
+        assert not ax.lines and [t.get_text() for t in ax.texts] == ["no data"]
+    with pytest.raises(ValueError, match="at least one metric"):
+        viz.learning_curves_figure(records, [])
+
+
+@pytest.mark.parametrize("keys, grid", [(["acc"], (1, 1)), (["acc", "se", "miou"], (2, 2)),
+                                        (["acc", "se", "miou", "nelbo"], (2, 2))])
+def test_learning_curves_png_size_and_lines(tmp_path, keys, grid):
+    path = viz.learning_curves_png(_runs(), keys, tmp_path / "sub" / "c.png", panel_size=(300, 200))
     im = Image.open(path)
-    assert im.size == (300, 450)
-    arr = np.asarray(im.convert("RGB"))
-    assert (arr != 255).any()
-
-
-def test_learning_curves_bad_backend(tmp_path):
-    with pytest.raises(ValueError):
-        viz.learning_curves_png([{"step": 0, "a": 1}], ["a"], tmp_path / "c.png", backend="x")
-
-
-def test_legend_wraps_instead_of_covering_the_title():
-    from PIL import ImageDraw, ImageFont
-    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
-    font = ImageFont.load_default()
-    names = ["air_asr_13_size s0", "air_asr_13_size s1", "air_asr_13_size s2",
-             "air_pprior_13 s0", "air_13 s0"]
-    title_end, left, right = 64 + 40, 64, 468
-    layout = viz._legend_layout(draw, font, names, title_end, left, right)
-    assert len(layout) == len(names)
-    assert max(row for _, _, row in layout) >= 1            # five names do not fit one row
-    for i, (x, w, row) in enumerate(layout):
-        assert x >= (title_end if row == 0 else left)       # never left of the title's end
-        assert x + w <= right                                # every name fits the panel
-        for x2, w2, row2 in layout[i + 1:]:
-            assert row2 > row or x2 >= x + w                 # no two names overlap
-    one_row = viz._legend_layout(draw, font, ["a", "b"], title_end, left, right)
-    assert [row for _, _, row in one_row] == [0, 0]
-
-
-def test_axis_ticks_are_round_numbers_inside_the_range():
-    assert viz._ticks(200, 19187) == [5000, 10000, 15000]          # step 5000 >= 18987 / 4
-    assert viz._ticks(0.0, 0.975) == [0.0, 0.25, 0.5, 0.75]         # step 0.25 >= 0.24375
-    assert viz._ticks(315.6, 714.6) == [400, 500, 600, 700]         # step 100 >= 99.75
-    assert viz._ticks(-1.0, 1.0) == [-1.0, -0.5, 0.0, 0.5, 1.0]
-    assert viz._ticks(3.0, 3.0) == [3.0]
-    assert [viz._fmt(v) for v in (15000.0, 0.25, 400.0, -0.5)] == ["15000", "0.25", "400", "-0.5"]
+    assert im.format == "PNG" and im.size == (300 * grid[1], 200 * grid[0])
+    rgb = np.asarray(im.convert("RGB")).astype(int)
+    for color in [(31, 119, 180), (255, 127, 14)]:   # matplotlib's C0 and C1: runs a and b drawn
+        assert (np.abs(rgb - color).sum(-1) < 40).sum() > 20, color

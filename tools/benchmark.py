@@ -5,14 +5,11 @@
   python tools/benchmark.py --what sampler
 """
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from asr_tf import benchmarks  # noqa: E402
+from asr_tf import benchmarks
 
 flags.DEFINE_string("what", "data", f"benchmark mode, one of {sorted(benchmarks.BENCHMARKS)}")
 flags.DEFINE_string("dataset", "mnist_13", "dataset name (data mode)")

@@ -10,8 +10,6 @@ import os
 
 from absl import app, flags
 
-import _path  # noqa: F401
-
 flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
 flags.DEFINE_string("checkpoint", None, "A checkpoint path (default: the latest).")
 flags.DEFINE_integer("num_test", None, "Test scenes (default: the run's, 1000).")

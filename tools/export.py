@@ -10,8 +10,6 @@ import sys
 
 from absl import app, flags, logging
 
-import _path  # noqa: F401
-
 flags.DEFINE_string("workdir", None, "Training workdir (config.gin + ckpt/).", required=True)
 flags.DEFINE_string("export_dir", None, "Model base path; its basename is the served model name.",
                     required=True)

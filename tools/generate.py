@@ -5,8 +5,6 @@ reconstructions with inferred boxes (the paper's Figures 4-6).
 """
 from absl import app, flags
 
-import _path  # noqa: F401
-
 flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
 flags.DEFINE_string("out", None, "PNG path.", required=True)
 flags.DEFINE_bool("reconstruct", False, "Test scenes with boxes and reconstructions instead.")

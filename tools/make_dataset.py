@@ -6,14 +6,11 @@
 The .npz holds images [N, S, S] float32, counts [N], boxes_px [N, 4, 4] (x, y, w, h),
 box_mask [N, 4]. Logic: asr_tf.data.scenes.export_scenes.
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from asr_tf.data import scenes  # noqa: E402
+from asr_tf.data import scenes
 
 flags.DEFINE_string("dataset", None, f"dataset name, one of {sorted(scenes.DATASETS)}")
 flags.DEFINE_string("split", "test", "'train', 'test' or 'fresh'")

@@ -11,8 +11,6 @@ import os
 
 from absl import app, flags
 
-import _path  # noqa: F401
-
 flags.DEFINE_integer("table", 1, "Paper table (only 1: the number-of-objects runs).")
 flags.DEFINE_list("rows", ["13"], "Rows: 13, 14, 24.")
 flags.DEFINE_float("minutes", 60.0, "Training budget of each ASR seed, minutes.")

@@ -8,8 +8,6 @@ import os
 
 from absl import app, flags
 
-import _path  # noqa: F401
-
 flags.DEFINE_multi_string("config", [], "Config name (air_asr_14) or .gin path; repeatable.")
 flags.DEFINE_multi_string("gin_param", [], "Extra gin binding, e.g. 'train_eval.eval_every=500'.")
 flags.DEFINE_string("workdir", None, "Run folder (default runs/<config>-<timestamp>).")
