@@ -1,22 +1,26 @@
-"""Reproducing the paper's Table 1 rows: train AIR, AIR-pPrior and AIR-ASR side by side and
-write a report (table beside the paper's numbers, learning curves, image grids).
+"""Reproducing the paper's Tables 1 and 2: the runs of a row, trained at a step budget, and the
+report (tables beside the paper's, learning curves, image grids, the small results archived).
 
-The ASR run gets a wall-time budget; the baselines train for the same number of steps.
-Every run lives in ``<runs_dir>/<config>_s<seed>`` and resumes if present.
+Every run lives in ``<runs_dir>/<config>_s<seed>``; ``train_runs`` skips the ones that reached
+the budget and resumes the others (tools/train.py resumes a workdir). ``report`` reads only what
+is on disk. A run's number for a metric is the mean of its last ``last`` evaluations up to the
+budget (one evaluation of 1,000 scenes with one stochastic pass is noisy); a row's number is
+the mean ± std of that over the seeds that reached the budget.
 """
+import dataclasses
 import glob
 import json
 import os
-import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
 
 import numpy as np
 
-# Table 1 of the paper: mean, std over 3 runs.
-PAPER_TABLE1 = {
+# The paper's Tables 1 and 2: mean, std over 3 runs.
+PAPER = {
     "air_13": dict(nelbo=(404.41, 4.58), acc=(0.81, 0.23), se=(31.94, 4.68), miou=(0.61, 0.13)),
     "air_pprior_13": dict(nelbo=(405.21, 1.17), acc=(0.48, 0.00), se=(49.42, 0.24), miou=(0.43, 0.01)),
     "air_asr_13": dict(nelbo=(360.20, 19.67), acc=(0.96, 0.00), se=(28.84, 1.11), miou=(0.61, 0.00)),
@@ -26,63 +30,162 @@ PAPER_TABLE1 = {
     "air_24": dict(nelbo=(639.49, 23.13), acc=(0.55, 0.09), se=(57.69, 4.88), miou=(0.46, 0.06)),
     "air_pprior_24": dict(nelbo=(643.28, 8.67), acc=(0.00, 0.00), se=(83.35, 0.44), miou=(0.10, 0.00)),
     "air_asr_24": dict(nelbo=(495.73, 35.80), acc=(0.98, 0.01), se=(48.54, 5.60), miou=(0.54, 0.08)),
+    "air_mnist_overlap": dict(nelbo=(328.5, 17.1), se=(37.5, 3.8), miou=(0.25, 0.03)),
+    "air_pprior_mnist_overlap": dict(nelbo=(306.6, 58.8), se=(41.5, 15.4), miou=(0.35, 0.10)),
+    "air_asr_mnist_overlap": dict(nelbo=(337.3, 55.1), se=(36.5, 3.9), miou=(0.67, 0.05)),
+    "air_dsprites_overlap": dict(nelbo=(341.5, 76.5), se=(34.8, 8.9), miou=(0.13, 0.05)),
+    "air_pprior_dsprites_overlap": dict(nelbo=(274.3, 64.4), se=(29.3, 12.1), miou=(0.21, 0.13)),
+    "air_asr_dsprites_overlap": dict(nelbo=(271.8, 18.8), se=(20.9, 2.1), miou=(0.61, 0.03)),
 }
-PAPER_NAMES = {"air": "AIR", "air_pprior": "AIR-pPrior", "air_asr": "AIR-ASR"}
-METRICS = ("nelbo", "acc", "se", "miou")
+TABLES = {1: ("13", "14", "24"), 2: ("mnist_overlap", "dsprites_overlap")}
+METRICS = {1: ("nelbo", "acc", "se", "miou"), 2: ("nelbo", "se", "miou")}
+ROW_NAMES = {"13": "Multi-MNIST, 1 or 3 digits", "14": "Multi-MNIST, 1 or 4 digits",
+             "24": "Multi-MNIST, 2 or 4 digits", "mnist_overlap": "Multi-MNIST overlap",
+             "dsprites_overlap": "Multi-dSprites overlap"}
+MODEL_NAMES = {"air": "AIR", "air_pprior": "AIR-pPrior", "air_asr": "AIR-ASR"}
+METRIC_NAMES = {"nelbo": "nELBO", "acc": "ACC", "se": "SE", "miou": "mIoU"}
+DIGITS = {"nelbo": 1, "acc": 2, "se": 1, "miou": 2}
+RECORD_FILES = ("metrics.jsonl", "summary.json", "config.gin", "operative_config.gin",
+                "invocations.jsonl")
+_CONFIG_NAME = re.compile(r"(air(?:_pprior|_asr)?)_(13|14|24|mnist_overlap|dsprites_overlap)"
+                          r"(?:_(\w+))?")
 
 
-def row_configs(row, asr_variant=None):
-    """The configs of a Table 1 row: AIR, AIR-pPrior and AIR-ASR, the last one optionally a
-    named variant (``air_asr_13_size`` for ``asr_variant='size'``), which must exist."""
-    if row not in ("13", "14", "24"):
-        raise ValueError(f"Table 1 row {row!r} is not one of 13, 14, 24")
-    asr = f"air_asr_{row}" + (f"_{asr_variant}" if asr_variant else "")
-    if asr_variant:
-        from asr_tf import config
-
-        if asr not in config.available_configs():
-            raise ValueError(f"no config {asr!r} for ASR variant {asr_variant!r} of row {row}")
-    return [f"air_{row}", f"air_pprior_{row}", asr]
+def table_of(row):
+    """The paper table (1 or 2) of a row name."""
+    for table, rows in TABLES.items():
+        if row in rows:
+            return table
+    raise ValueError(f"row {row!r} is not one of Table 1's {TABLES[1]} or Table 2's {TABLES[2]}")
 
 
-# A Table 1 config name: model, row and an optional variant (``air_asr_13_size``).
-_CONFIG_NAME = re.compile(r"(air(?:_pprior|_asr)?)_(\d+)(?:_(\w+))?")
+def row_configs(row, variants=()):
+    """The configs of a row: AIR, AIR-pPrior, AIR-ASR and named variants of any of them
+    (``air_asr_13_size`` for variant ``size``; ``air_asr_13_faithful``), which must exist."""
+    table_of(row)
+    configs = [f"air_{row}", f"air_pprior_{row}", f"air_asr_{row}"]
+    from asr_tf import config
+
+    available = config.available_configs()
+    for variant in variants:
+        name = f"air_asr_{row}_{variant}"
+        if name not in available:
+            raise ValueError(f"no config {name!r} for variant {variant!r} of row {row}")
+        configs.append(name)
+    return configs
 
 
 def display_name(config):
-    """``air_asr_13`` -> ``AIR-ASR-13``; ``air_asr_13_size`` -> ``AIR-ASR-13 (size)``."""
+    """``air_asr_13`` -> ``AIR-ASR``; ``air_asr_13_size`` -> ``AIR-ASR (size)``."""
     match = _CONFIG_NAME.fullmatch(config)
     if not match:
         return config
-    model, row, variant = match.groups()
-    return f"{PAPER_NAMES[model]}-{row}" + (f" ({variant})" if variant else "")
+    model, _, variant = match.groups()
+    return MODEL_NAMES[model] + (f" ({variant})" if variant else "")
 
 
 def paper_row(config):
-    """The paper's Table 1 numbers for a config or a variant of it ({} if none)."""
+    """The paper's numbers for a config or a variant of it ({} if none)."""
     match = _CONFIG_NAME.fullmatch(config)
-    return PAPER_TABLE1.get(f"{match.group(1)}_{match.group(2)}", {}) if match else {}
+    return PAPER.get(f"{match.group(1)}_{match.group(2)}", {}) if match else {}
+
+
+def row_of(config):
+    """The row of a config (``air_asr_13_size`` -> '13'), None for another name."""
+    match = _CONFIG_NAME.fullmatch(config)
+    return match.group(2) if match else None
 
 
 def workdir_for(runs_dir, config, seed):
     return os.path.join(runs_dir, f"{config}_s{seed}")
 
 
-def train(config, workdir, seed, max_steps=None, max_minutes=None, extra=()):
-    """Runs tools/train.py in a subprocess (its log next to the workdir); returns the exit code."""
-    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "train.py")
-    cmd = [sys.executable, tool, "--config", config, "--workdir", workdir, "--seed", str(seed)]
-    if max_steps:
-        cmd += ["--max_steps", str(max_steps)]
+# ------------------------------------------------------------------ training
+@dataclasses.dataclass(frozen=True)
+class Run:
+    config: str
+    seed: int
+    workdir: str
+
+
+def plan(runs_dir, rows, asr_seeds=3, baseline_seeds=1, variants=(), variant_seeds=None):
+    """The runs of some rows, ASR seeds first by seed (so that a partial pass gives every
+    row a seed 0), then the baselines. ``variants`` apply to every row that has them."""
+    from asr_tf import config
+
+    available = config.available_configs()
+    for variant in variants:
+        if not any(f"air_asr_{row}_{variant}" in available for row in rows):
+            raise ValueError(f"variant {variant!r}: no config air_asr_<row>_{variant} for the "
+                             f"rows {list(rows)}")
+    runs = []
+    by_row = {}
+    for row in rows:
+        table_of(row)
+        have = [v for v in variants if f"air_asr_{row}_{v}" in available]
+        configs = row_configs(row, have)
+        seeds = {c: baseline_seeds for c in configs[:2]}
+        seeds[configs[2]] = asr_seeds
+        for c in configs[3:]:
+            seeds[c] = asr_seeds if variant_seeds is None else variant_seeds
+        by_row[row] = seeds
+    for seed in range(max([asr_seeds, baseline_seeds, variant_seeds or 0])):
+        for row, seeds in by_row.items():
+            for c, n in seeds.items():
+                if seed < n:
+                    runs.append(Run(c, seed, workdir_for(runs_dir, c, seed)))
+    return runs
+
+
+def reached(workdir):
+    """The last step a run evaluated (0 if none)."""
+    records = read_metrics(workdir)
+    return records[-1]["step"] if records else 0
+
+
+def train_command(run, steps, threads=1, max_minutes=None, extra=()):
+    """tools/train.py for one run at a step budget (``train_eval.num_steps``)."""
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+                        "train.py")
+    cmd = [sys.executable, tool, "--config", run.config, "--workdir", run.workdir, "--seed",
+           str(run.seed), "--gin_param", f"train_eval.num_steps = {int(steps)}",
+           "--gin_param", "train_eval.progress = False"]
+    if threads:
+        cmd += ["--threads", str(threads)]
     if max_minutes:
-        cmd += ["--gin_param", f"train_eval.max_minutes = {max_minutes}"]
-    for b in extra:
-        cmd += ["--gin_param", b]
-    os.makedirs(os.path.dirname(os.path.abspath(workdir)) or ".", exist_ok=True)
-    with open(workdir.rstrip("/") + ".log", "a") as log:
-        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        cmd += ["--max_minutes", str(max_minutes)]
+    for binding in extra:
+        cmd += ["--gin_param", binding]
+    return cmd
 
 
+def train_runs(runs, steps, parallel=2, threads=1, max_minutes=None, extra=(), log=print):
+    """Trains every run that has not reached ``steps``, ``parallel`` at a time (each with
+    ``threads`` threads; its console log beside its workdir). Returns {workdir: exit code}."""
+    todo = [r for r in runs if reached(r.workdir) < steps]
+    for r in runs:
+        if r not in todo:
+            log(f"done already: {r.workdir} ({reached(r.workdir)} steps)")
+    running, codes = {}, {}
+    while todo or running:
+        while todo and len(running) < parallel:
+            run = todo.pop(0)
+            os.makedirs(os.path.dirname(os.path.abspath(run.workdir)), exist_ok=True)
+            console = open(run.workdir.rstrip("/") + ".log", "a")
+            log(f"training {run.workdir} from step {reached(run.workdir)} to {steps}")
+            running[run] = (subprocess.Popen(train_command(run, steps, threads, max_minutes, extra),
+                                             stdout=console, stderr=subprocess.STDOUT), console)
+        time.sleep(1.0)
+        for run, (proc, console) in list(running.items()):
+            if proc.poll() is not None:
+                console.close()
+                codes[run.workdir] = proc.returncode
+                log(f"finished {run.workdir}: exit {proc.returncode}, at step {reached(run.workdir)}")
+                del running[run]
+    return codes
+
+
+# ------------------------------------------------------------------ reading the runs
 def read_metrics(workdir):
     """The evaluations of a run (metrics.jsonl), in step order."""
     path = os.path.join(workdir, "metrics.jsonl")
@@ -92,39 +195,31 @@ def read_metrics(workdir):
     return sorted(recs, key=lambda r: r["step"])
 
 
-def at_step(records, step):
-    """The evaluation at ``step`` (or the last one before it); None if the run has not
-    trained that far (its last evaluation is before ``step``)."""
-    if not records or records[-1]["step"] < step:
+def run_result(workdir, steps, last=5, metrics=("nelbo", "acc", "se", "miou")):
+    """One run at the budget: {'step': last step evaluated (<= steps), 'complete': whether it
+    reached ``steps``, each metric: mean of its last ``last`` evaluations up to ``steps``,
+    'minutes': training wall minutes, 'machine'}; None without evaluations."""
+    records = [r for r in read_metrics(workdir) if r["step"] <= steps]
+    if not records:
         return None
-    before = [r for r in records if r["step"] <= step]
-    return before[-1] if before else None
+    tail = records[-last:]
+    result = {m: float(np.mean([r[m] for r in tail])) for m in metrics if m in tail[-1]}
+    result.update(step=records[-1]["step"], complete=records[-1]["step"] >= steps,
+                  evaluations=len(tail), minutes=training_minutes(workdir, records, steps),
+                  machine=_machines(workdir))
+    return result
 
 
-def summarize(runs_dir, configs, seeds_by_config, step=None):
-    """Table entries at a common step: per config, mean/std over seeds of each metric.
-
-    ``step`` None: the largest step that every run has evaluated. Runs that have not trained
-    to ``step`` are left out (a config with none is left out of the table).
-    """
-    runs = {c: {s: read_metrics(workdir_for(runs_dir, c, s)) for s in seeds_by_config[c]}
-            for c in configs}
-    runs = {c: {s: r for s, r in v.items() if r} for c, v in runs.items()}
-    if step is None:
-        step = min(r[-1]["step"] for v in runs.values() for r in v.values())
-    table = {}
-    for c, by_seed in runs.items():
-        reached = {s: at_step(r, step) for s, r in by_seed.items()}
-        reached = {s: r for s, r in reached.items() if r}
-        if not reached:
-            continue
-        rows = list(reached.values())
-        table[c] = {m: (float(np.mean([r[m] for r in rows])), float(np.std([r[m] for r in rows])))
-                    for m in METRICS}
-        table[c]["seeds"] = sorted(reached)
-        table[c]["wall_minutes"] = float(np.mean([
-            training_minutes(workdir_for(runs_dir, c, s), by_seed[s], step) for s in reached]))
-    return step, table, runs
+def _machines(workdir):
+    path = os.path.join(workdir, "invocations.jsonl")
+    if not os.path.exists(path):
+        return ""
+    seen = []
+    for line in open(path):
+        machine = json.loads(line).get("machine", "")
+        if machine and machine not in seen:
+            seen.append(machine)
+    return "; ".join(seen)
 
 
 def _invocation_starts(workdir):
@@ -157,59 +252,126 @@ def training_minutes(workdir, records, step):
     return total / 60.0
 
 
-def _fmt(mean_std, digits):
+def summarize(runs, steps, metrics, last=5):
+    """Per config: mean and std over the seeds that reached ``steps``, and every run's result.
+
+    Returns {config: {'seeds': [...], 'minutes': mean, metric: (mean, std), 'runs': {seed:
+    result or None}}} in the order of ``runs``."""
+    table = {}
+    for run in runs:
+        entry = table.setdefault(run.config, {"runs": {}})
+        entry["runs"][run.seed] = run_result(run.workdir, steps, last, metrics)
+    for entry in table.values():
+        done = {s: r for s, r in entry["runs"].items() if r and r["complete"]}
+        entry["seeds"] = sorted(done)
+        if done:
+            entry["minutes"] = float(np.mean([r["minutes"] for r in done.values()]))
+            for m in metrics:
+                values = [r[m] for r in done.values() if m in r]
+                if values:
+                    entry[m] = (float(np.mean(values)), float(np.std(values)))
+    return table
+
+
+# ------------------------------------------------------------------ writing the report
+def _fmt(mean_std, metric):
+    if not mean_std:
+        return "–"
     m, s = mean_std
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
+    return f"{m:.{DIGITS[metric]}f} ± {s:.{DIGITS[metric]}f}"
 
 
-def markdown_table(table, step):
-    digits = dict(nelbo=1, acc=2, se=1, miou=2)
-    lines = [f"| model (step {step}) | seeds | minutes | nELBO | ACC | SE | mIoU | paper nELBO | "
-             "paper ACC | paper SE | paper mIoU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c, row in table.items():
-        paper, name = paper_row(c), display_name(c)
-        ours = " | ".join(_fmt(row[m], digits[m]) for m in METRICS)
-        theirs = " | ".join(_fmt(paper[m], digits[m]) if m in paper else "–" for m in METRICS)
-        lines.append(f"| {name} (`{c}`) | {len(row['seeds'])} | {row['wall_minutes']:.0f} | "
-                     f"{ours} | {theirs} |")
+def markdown_table(table_number, rows_tables, steps, last=5):
+    """The paper's table with ours beside it: one line per config of every row."""
+    metrics = METRICS[table_number]
+    head = " | ".join(f"{METRIC_NAMES[m]} | paper {METRIC_NAMES[m]}" for m in metrics)
+    lines = [f"| data | model (`config`) | seeds | {head} | minutes / run |",
+             "|---|---|---|" + "---|---|" * len(metrics) + "---|"]
+    for row, table in rows_tables.items():
+        for config, entry in table.items():
+            ours = " | ".join(f"{_fmt(entry.get(m), m)} | {_fmt(paper_row(config).get(m), m)}"
+                              for m in metrics)
+            m = entry.get("minutes")
+            minutes = "–" if m is None or np.isnan(m) else f"{m:.0f}"
+            lines.append(f"| {ROW_NAMES[row]} | {display_name(config)} (`{config}`) | "
+                         f"{len(entry['seeds'])} | {ours} | {minutes} |")
+    return (f"Ours: {steps:,} iterations of batch 64, each run the mean of its last {last} "
+            f"evaluations (1,000 test scenes), mean ± std over seeds. Paper: 182,812 (Table 1) "
+            f"or 89,062 (Table 2) iterations, 3 runs.\n\n" + "\n".join(lines))
+
+
+def per_run_table(rows_tables, steps):
+    """Markdown: one line per run with its step, evaluations averaged, minutes and metrics."""
+    lines = ["| run | step | evaluations | minutes | nELBO | ACC | SE | mIoU | machine |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for table in rows_tables.values():
+        for config, entry in table.items():
+            for seed, r in sorted(entry["runs"].items()):
+                if r is None:
+                    lines.append(f"| `{config}` seed {seed} | – | | | | | | | |")
+                    continue
+                acc = f"{r['acc']:.3f}" if "acc" in r else "–"
+                flag = "" if r["complete"] else f" (of {steps:,})"
+                lines.append(f"| `{config}` seed {seed} | {r['step']:,}{flag} | {r['evaluations']} | "
+                             f"{r['minutes']:.0f} | {r['nelbo']:.1f} | {acc} | {r['se']:.1f} | "
+                             f"{r['miou']:.3f} | {r['machine'] or '–'} |")
     return "\n".join(lines)
 
 
-def per_seed_table(runs, step):
-    """Markdown: one line per run (config, seed) with its evaluation at ``step``; runs that
-    have not reached ``step`` are left out."""
-    lines = [f"| run (step {step}) | nELBO | ACC | SE | mIoU |", "|---|---|---|---|---|"]
-    for c, by_seed in runs.items():
-        for seed, records in sorted(by_seed.items()):
-            r = at_step(records, step)
-            if r:
-                lines.append(f"| `{c}` seed {seed} | {r['nelbo']:.1f} | {r['acc']:.3f} | "
-                             f"{r['se']:.1f} | {r['miou']:.3f} |")
-    return "\n".join(lines)
-
-
-def figures(runs_dir, configs, seeds_by_config, out_dir, runs, step=None):
-    """Learning curves (one series per run) and grids of each config's first seed, from the
-    checkpoint at ``step`` (default: the latest)."""
+def write_figures(runs, row, out_dir, steps):
+    """Learning curves of every run of a row, and reconstruction and generation grids of each
+    config's first seed at the checkpoint of step ``steps`` (else its latest)."""
     from asr_tf import evaluation, viz
 
     os.makedirs(out_dir, exist_ok=True)
-    series = {f"{c} s{seed}": runs[c][seed] for c in configs for seed in sorted(runs.get(c, {}))}
-    paths = {"curves": viz.learning_curves_png(series, ["acc", "se", "miou", "nelbo"],
-                                               os.path.join(out_dir, "learning_curves.png"))}
-    for c in configs:
-        workdir = workdir_for(runs_dir, c, min(seeds_by_config[c]))
-        checkpoint = os.path.join(workdir, "ckpt", f"ckpt-{step}") if step else None
-        if not glob.glob((checkpoint or os.path.join(workdir, "ckpt", "ckpt-*")) + ".index"):
+    mine = [r for r in runs if row_of(r.config) == row]
+    series = {f"{r.config} s{r.seed}": [x for x in read_metrics(r.workdir) if x["step"] <= steps]
+              for r in mine}
+    keys = list(METRICS[table_of(row)])
+    paths = {"curves": viz.learning_curves_png({k: v for k, v in series.items() if v}, keys,
+                                               os.path.join(out_dir, f"{row}_curves.png"))}
+    firsts = {}
+    for r in mine:
+        firsts.setdefault(r.config, r)
+    for config, r in firsts.items():
+        at_budget = os.path.join(r.workdir, "ckpt", f"ckpt-{steps}")
+        checkpoint = at_budget if os.path.exists(at_budget + ".index") else None
+        if checkpoint is None and not glob.glob(os.path.join(r.workdir, "ckpt", "ckpt-*.index")):
             continue
         for kind, recon in (("reconstruction", True), ("generation", False)):
-            path = os.path.join(out_dir, f"{c}_{kind}.png")
-            evaluation.write_figure(workdir, path, reconstruct=recon, num=36 if recon else 64,
-                                   checkpoint=checkpoint)
-            paths[f"{c}_{kind}"] = path
+            path = os.path.join(out_dir, f"{config}_{kind}.png")
+            evaluation.write_figure(r.workdir, path, reconstruct=recon, num=16 if recon else 36,
+                                    checkpoint=checkpoint)
+            paths[f"{config}_{kind}"] = path
     return paths
 
 
-def machine():
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+def archive(runs, archive_dir):
+    """Copies every run's small results (RECORD_FILES; no checkpoints) to
+    ``archive_dir/<config>_s<seed>/``; returns the folders written."""
+    written = []
+    for r in runs:
+        if not os.path.isdir(r.workdir):
+            continue
+        target = os.path.join(archive_dir, os.path.basename(r.workdir.rstrip("/")))
+        os.makedirs(target, exist_ok=True)
+        for name in RECORD_FILES:
+            source = os.path.join(r.workdir, name)
+            if os.path.exists(source):
+                shutil.copyfile(source, os.path.join(target, name))
+        written.append(target)
+    return written
+
+
+def replace_section(path, name, text):
+    """Replaces the text between ``<!-- begin NAME -->`` and ``<!-- end NAME -->`` in a
+    markdown file (appends the section if the markers are missing)."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    doc = open(path).read() if os.path.exists(path) else ""
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in doc and end in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(doc)

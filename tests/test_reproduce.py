@@ -1,4 +1,5 @@
-"""The Table 1 report: common-step selection, mean/std over seeds, the markdown table."""
+"""The Tables 1 and 2 reproduction: the plan of runs, training that skips and resumes, each run
+as the mean of its last evaluations, the tables beside the paper's, the archive."""
 import json
 import os
 import subprocess
@@ -10,57 +11,151 @@ import pytest
 from asr_tf import reproduce
 
 
-def _write_run(runs_dir, config, seed, rows):
+def _write_run(runs_dir, config, seed, rows, extra_files=()):
+    """A fake run: metrics at the given (step, acc) rows; se = 100 - step / 10."""
     workdir = reproduce.workdir_for(runs_dir, config, seed)
-    os.makedirs(workdir)
+    os.makedirs(os.path.join(workdir, "ckpt"))
     with open(os.path.join(workdir, "log.txt"), "w") as f:
         f.write("2026-01-01 00:00:00,000 run x: mnist_13, 0/182812 steps\n")
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
         for step, acc in rows:
             f.write(json.dumps(dict(step=step, wall_time=0.0, acc=acc, se=100.0 - step / 10,
                                     nelbo=500.0, miou=acc / 2)) + "\n")
+    for name in extra_files:
+        open(os.path.join(workdir, name), "w").write("x")
+    return workdir
 
 
-def test_summarize_at_the_common_step(tmp_path):
-    runs = str(tmp_path)
-    _write_run(runs, "air_asr_13", 0, [(200, 0.5), (400, 0.9), (600, 0.95)])
-    _write_run(runs, "air_asr_13", 1, [(200, 0.7), (400, 0.8)])
-    _write_run(runs, "air_13", 0, [(200, 0.1), (400, 0.2), (600, 0.3)])
-    seeds = {"air_asr_13": [0, 1], "air_13": [0]}
-    step, table, _ = reproduce.summarize(runs, ["air_13", "air_asr_13"], seeds)
-    assert step == 400  # the largest step every run has evaluated
-    mean, std = table["air_asr_13"]["acc"]
-    assert np.isclose(mean, 0.85) and np.isclose(std, 0.05)
-    assert table["air_13"]["acc"] == (0.2, 0.0)
-    text = reproduce.markdown_table(table, step)
-    assert "AIR-ASR-13" in text and "0.85 ± 0.05" in text and "0.96 ± 0.00" in text  # paper ACC
-    step, table, _ = reproduce.summarize(runs, ["air_13", "air_asr_13"], seeds, step=300)
-    assert table["air_13"]["acc"] == (0.1, 0.0)  # the last evaluation at or before step 300
-    step, table, _ = reproduce.summarize(runs, ["air_13", "air_asr_13"], seeds, step=600)
-    assert table["air_asr_13"]["seeds"] == [0]  # seed 1 stopped at 400: left out, not reused
-    assert table["air_asr_13"]["acc"] == (0.95, 0.0)
-    step, table, _ = reproduce.summarize(runs, ["air_13", "air_asr_13"], seeds, step=800)
-    assert table == {}  # nobody trained that far
-    _, _, by_run = reproduce.summarize(runs, ["air_13", "air_asr_13"], seeds)
-    lines = reproduce.per_seed_table(by_run, 600).splitlines()
-    assert lines[2:] == ["| `air_13` seed 0 | 500.0 | 0.300 | 40.0 | 0.150 |",
-                         "| `air_asr_13` seed 0 | 500.0 | 0.950 | 40.0 | 0.475 |"]  # seed 1: 400
+def _run(runs_dir, config, seed):
+    return reproduce.Run(config, seed, reproduce.workdir_for(runs_dir, config, seed))
 
 
-def test_row_configs_rejects_unknown_rows():
-    assert reproduce.row_configs("14") == ["air_14", "air_pprior_14", "air_asr_14"]
-    assert reproduce.row_configs("13", "size") == ["air_13", "air_pprior_13", "air_asr_13_size"]
+def test_a_run_is_the_mean_of_its_last_evaluations_up_to_the_budget(tmp_path):
+    steps = [200, 400, 600, 800, 1000, 1200]
+    workdir = _write_run(str(tmp_path), "air_asr_13", 0, [(s, s / 2000) for s in steps])
+    r = reproduce.run_result(workdir, 1000)
+    assert r["complete"] and r["step"] == 1000 and r["evaluations"] == 5
+    assert r["acc"] == pytest.approx(np.mean([0.1, 0.2, 0.3, 0.4, 0.5]))  # not step 1200's
+    assert r["se"] == pytest.approx(100 - 60)
+    r = reproduce.run_result(workdir, 1000, last=2)
+    assert r["acc"] == pytest.approx(0.45)
+    r = reproduce.run_result(workdir, 1400)
+    assert not r["complete"] and r["step"] == 1200
+    assert reproduce.run_result(str(tmp_path / "missing"), 1000) is None
+
+
+def test_summarize_over_the_seeds_that_reached_the_budget(tmp_path):
+    runs_dir = str(tmp_path)
+    _write_run(runs_dir, "air_asr_14", 0, [(200, 0.8), (400, 0.9)])
+    _write_run(runs_dir, "air_asr_14", 1, [(200, 0.6), (400, 0.7)])
+    _write_run(runs_dir, "air_asr_14", 2, [(200, 0.5)])  # cut short
+    _write_run(runs_dir, "air_14", 0, [(200, 0.1), (400, 0.3)])
+    runs = [_run(runs_dir, c, s) for c, s in (("air_14", 0), ("air_pprior_14", 0),
+                                              ("air_asr_14", 0), ("air_asr_14", 1),
+                                              ("air_asr_14", 2))]
+    table = reproduce.summarize(runs, 400, reproduce.METRICS[1], last=2)
+    assert table["air_asr_14"]["seeds"] == [0, 1]
+    mean, std = table["air_asr_14"]["acc"]  # seeds: mean of 0.8, 0.9 and of 0.6, 0.7
+    assert mean == pytest.approx(0.75) and std == pytest.approx(0.1)
+    assert table["air_pprior_14"]["seeds"] == [] and table["air_pprior_14"]["runs"] == {0: None}
+    text = reproduce.markdown_table(1, {"14": table}, 400, last=2)
+    line = [l for l in text.splitlines() if "`air_asr_14`" in l][0]
+    assert line.startswith("| Multi-MNIST, 1 or 4 digits | AIR-ASR (`air_asr_14`) | 2 |")
+    assert "0.75 ± 0.10 | 0.96 ± 0.01" in line  # ours, then the paper's ACC
+    assert "70.0 ± 0.0 | 41.0 ± 7.1" in line  # ours, then the paper's SE (41.05)
+    pprior = [l for l in text.splitlines() if "`air_pprior_14`" in l][0]
+    assert "| 0 | – | 519.1 ± 5.5 |" in pprior  # no seed finished: no number of ours
+    runs_text = reproduce.per_run_table({"14": table}, 400)
+    assert "| `air_asr_14` seed 2 | 200 (of 400) | 1 |" in runs_text
+    assert "| `air_pprior_14` seed 0 | – |" in runs_text
+
+
+def test_table_2_has_no_count_metric(tmp_path):
+    runs_dir = str(tmp_path)
+    _write_run(runs_dir, "air_asr_dsprites_overlap", 0, [(200, 0.0)])
+    runs = [_run(runs_dir, "air_asr_dsprites_overlap", 0)]
+    table = reproduce.summarize(runs, 200, reproduce.METRICS[2])
+    text = reproduce.markdown_table(2, {"dsprites_overlap": table}, 200)
+    assert "ACC" not in text.splitlines()[2] and "20.9 ± 2.1" in text  # paper SE
+
+
+def test_plan_rows_seeds_and_variants(tmp_path):
+    runs = reproduce.plan(str(tmp_path), ["13", "14"], asr_seeds=2, baseline_seeds=1,
+                          variants=["size", "faithful"], variant_seeds=1)
+    names = [(r.config, r.seed) for r in runs]
+    seed0 = [n for n in names if n[1] == 0]
+    assert names[:len(seed0)] == seed0  # every seed 0 first: a partial pass covers every row
+    assert set(seed0) == {("air_13", 0), ("air_pprior_13", 0), ("air_asr_13", 0),
+                          ("air_asr_13_size", 0), ("air_asr_13_faithful", 0), ("air_14", 0),
+                          ("air_pprior_14", 0), ("air_asr_14", 0), ("air_asr_14_faithful", 0)}
+    assert [n for n in names if n[1] == 1] == [("air_asr_13", 1), ("air_asr_14", 1)]
+    assert runs[0].workdir == os.path.join(str(tmp_path), "air_13_s0")
+    assert reproduce.row_configs("13", ["size"])[-1] == "air_asr_13_size"
     with pytest.raises(ValueError, match="air_asr_14_size"):
-        reproduce.row_configs("14", "size")  # no such config (yet)
-    assert reproduce.display_name("air_asr_13_size") == "AIR-ASR-13 (size)"
-    assert reproduce.display_name("air_pprior_24") == "AIR-pPrior-24"
-    assert reproduce.paper_row("air_asr_13_size")["se"] == (28.84, 1.11)  # the row it varies
-    try:
-        reproduce.row_configs("99")
-    except ValueError as err:
-        assert "99" in str(err)
-    else:
-        raise AssertionError("row 99 accepted")
+        reproduce.row_configs("14", ["size"])
+    with pytest.raises(ValueError, match="row '99'"):
+        reproduce.plan(str(tmp_path), ["99"])
+    with pytest.raises(ValueError, match="variant 'size'"):
+        reproduce.plan(str(tmp_path), ["14"], variants=["size"])
+    assert reproduce.display_name("air_asr_13_size") == "AIR-ASR (size)"
+    assert reproduce.row_of("air_pprior_dsprites_overlap") == "dsprites_overlap"
+    assert reproduce.paper_row("air_asr_13_faithful")["se"] == (28.84, 1.11)
+
+
+def test_train_runs_skips_finished_runs_and_resumes_the_others(tmp_path, monkeypatch):
+    runs_dir = str(tmp_path)
+    _write_run(runs_dir, "air_asr_14", 0, [(200, 0.5), (400, 0.9)])  # finished at 400
+    _write_run(runs_dir, "air_asr_14", 1, [(200, 0.5)])  # cut short
+    runs = [_run(runs_dir, "air_asr_14", s) for s in range(3)]
+    started, alive = [], []
+
+    class FakeProcess:
+        def __init__(self, cmd, **kwargs):
+            started.append(cmd)
+            alive.append(self)
+            self.max_alive = len(alive)
+            self.polls = 0
+            self.returncode = None
+
+        def poll(self):
+            self.polls += 1
+            if self.polls > 1:
+                self.returncode = 0
+                if self in alive:
+                    alive.remove(self)
+            return self.returncode
+
+    monkeypatch.setattr(reproduce.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(reproduce.time, "sleep", lambda s: None)
+    codes = reproduce.train_runs(runs, 400, parallel=1, threads=1, max_minutes=30,
+                                 log=lambda *a: None)
+    assert sorted(codes) == [runs[1].workdir, runs[2].workdir] and set(codes.values()) == {0}
+    cmd = started[0]
+    assert cmd[cmd.index("--workdir") + 1] == runs[1].workdir
+    assert cmd[cmd.index("--seed") + 1] == "1" and cmd[cmd.index("--threads") + 1] == "1"
+    assert "train_eval.num_steps = 400" in cmd and cmd[cmd.index("--max_minutes") + 1] == "30"
+    assert len(started) == 2 and os.path.exists(runs[2].workdir + ".log")
+
+
+def test_archive_copies_the_small_results_only(tmp_path):
+    runs_dir = str(tmp_path / "runs")
+    workdir = _write_run(runs_dir, "air_13", 0, [(200, 0.1)],
+                         extra_files=("summary.json", "config.gin", "invocations.jsonl"))
+    open(os.path.join(workdir, "ckpt", "ckpt-200.index"), "w").write("big")
+    (target,) = reproduce.archive([_run(runs_dir, "air_13", 0), _run(runs_dir, "air_13", 1)],
+                                  str(tmp_path / "archive"))
+    assert sorted(os.listdir(target)) == ["config.gin", "invocations.jsonl", "metrics.jsonl",
+                                          "summary.json"]
+
+
+def test_replace_section_keeps_the_rest_of_the_page(tmp_path):
+    path = str(tmp_path / "R.md")
+    open(path, "w").write("# Results\n\n<!-- begin table1 -->\nold\n<!-- end table1 -->\n\nafter\n")
+    reproduce.replace_section(path, "table1", "new | table")
+    reproduce.replace_section(path, "table2", "second")
+    assert open(path).read() == ("# Results\n\n<!-- begin table1 -->\nnew | table\n"
+                                 "<!-- end table1 -->\n\nafter\n\n<!-- begin table2 -->\n"
+                                 "second\n<!-- end table2 -->\n")
 
 
 def test_training_minutes_skip_the_pause_between_invocations(tmp_path):
@@ -81,31 +176,23 @@ def test_training_minutes_skip_the_pause_between_invocations(tmp_path):
     assert np.isnan(reproduce.training_minutes(str(tmp_path / "none"), records, 200))
 
 
-def test_train_passes_the_variant_bindings(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(reproduce.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
-    workdir = str(tmp_path / "v" / "air_asr_13_s2")
-    assert reproduce.train("air_asr_13", workdir, 2, max_steps=50,
-                           extra=["make_optimizer.decay_steps = (40,)"]) == 0
-    cmd = calls[0]
-    assert cmd[cmd.index("--config") + 1] == "air_asr_13" and cmd[cmd.index("--seed") + 1] == "2"
-    assert cmd[cmd.index("--max_steps") + 1] == "50"
-    assert cmd[-2:] == ["--gin_param", "make_optimizer.decay_steps = (40,)"]
-    assert os.path.exists(workdir + ".log")  # the run's log beside its workdir
-
-
-def test_reproduce_tool_reports_a_named_asr_variant(tmp_path, repo_root):
+def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     runs, out_dir = str(tmp_path / "runs"), str(tmp_path / "out")
+    results_md = str(tmp_path / "RESULTS.md")
+    open(results_md, "w").write("# R\n<!-- begin table1 -->\n<!-- end table1 -->\ntext\n")
     _write_run(runs, "air_asr_13_size", 0, [(200, 0.5), (400, 0.9)])
     _write_run(runs, "air_13", 0, [(200, 0.1), (400, 0.2)])
     tool = [sys.executable, str(repo_root / "tools" / "reproduce.py"), "--report_only",
-            "--runs_dir", runs, "--out_dir", out_dir, "--nofigures", "--seeds", "1"]
-    out = subprocess.run(tool + ["--asr_variant", "size"], capture_output=True, text=True,
+            "--runs_dir", runs, "--out_dir", out_dir, "--nofigures", "--seeds", "1",
+            "--table", "1", "--rows", "13", "--steps", "400", "--last", "1",
+            "--results_md", results_md]
+    out = subprocess.run(tool + ["--variants", "size"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    table = open(os.path.join(out_dir, "table1_13.md")).read()
-    assert "| AIR-ASR-13 (size) (`air_asr_13_size`) | 1 |" in table
-    assert "0.90 ± 0.00" in table and "28.8 ± 1.1" in table  # ours at step 400; paper SE
-    out = subprocess.run(tool + ["--asr_variant", "bogus"], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode != 0 and "air_asr_13_bogus" in out.stderr
+    table = open(os.path.join(out_dir, "table1.md")).read()
+    assert "| AIR-ASR (size) (`air_asr_13_size`) | 1 | 500.0 ± 0.0 | 360.2 ± 19.7 | 0.90 ± 0.00" in table
+    assert table.strip() in open(results_md).read() and open(results_md).read().endswith("text\n")
+    assert os.path.exists(os.path.join(out_dir, "runs", "air_13_s0", "metrics.jsonl"))
+    out = subprocess.run(tool[:-2] + ["--variants", "bogus", "--rows", "14"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "variant 'bogus'" in out.stderr

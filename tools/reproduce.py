@@ -1,32 +1,39 @@
-"""Reproduces a Table 1 row: AIR, AIR-pPrior and AIR-ASR trained side by side.
+"""Reproduces the paper's Tables 1 and 2: trains the runs of some rows and writes the report.
 
-  python tools/reproduce.py --table 1 --rows 13 --minutes 60 --seeds 3
-  python tools/reproduce.py --rows 13 --report_only     # table and figures from existing runs
+  python tools/reproduce.py --table 1 --rows 14 24 --steps 20000 --seeds 3   # train + report
+  python tools/reproduce.py --table 2 --report_only                          # tables from disk
+  python tools/reproduce.py --table 1 --rows 13 --variants size faithful --variant_seeds 1
 
-ASR trains for --minutes per seed; the baselines then train for the same number of steps
-(one seed each, unless --baseline_seeds). Prints the table and writes docs-ready files.
+Runs that reached --steps are skipped, runs cut short resume; --parallel runs train at once
+with --threads threads each. The report (every table, per-run rows, curves and grids per row,
+the small results of every run archived) is rewritten from what is on disk.
 """
 import json
 import os
 
 from absl import app, flags
 
-flags.DEFINE_integer("table", 1, "Paper table (only 1: the number-of-objects runs).")
-flags.DEFINE_list("rows", ["13"], "Rows: 13, 14, 24.")
-flags.DEFINE_float("minutes", 60.0, "Training budget of each ASR seed, minutes.")
-flags.DEFINE_integer("seeds", 3, "ASR seeds.")
-flags.DEFINE_integer("baseline_seeds", 1, "Seeds of AIR and AIR-pPrior.")
-flags.DEFINE_integer("steps", None, "Train every run for exactly this many steps instead.")
-flags.DEFINE_integer("at_step", None, "Compare at this step (default: the largest common one).")
-flags.DEFINE_integer("figure_step", None, "Grids from the checkpoints at this step (default: latest).")
-flags.DEFINE_string("runs_dir", "runs/reproduce", "Where the runs live.")
-flags.DEFINE_string("out_dir", "docs/results", "Where the table and figures go.")
+flags.DEFINE_multi_integer("table", [1, 2], "Paper tables (1: counts, 2: overlap).")
+flags.DEFINE_list("rows", None, "Rows (Table 1: 13, 14, 24; Table 2: mnist_overlap, "
+                  "dsprites_overlap). Default: every row of --table.")
+flags.DEFINE_integer("steps", 20000, "Training iterations of every run (the budget).")
+flags.DEFINE_integer("seeds", 3, "AIR-ASR seeds.")
+flags.DEFINE_integer("baseline_seeds", 1, "AIR and AIR-pPrior seeds.")
+flags.DEFINE_list("variants", [], "Named variants trained and reported beside a row's configs "
+                  "(configs/air_asr_<row>_<variant>.gin where it exists: size, faithful).")
+flags.DEFINE_integer("variant_seeds", None, "Seeds of the variants (default: --seeds).")
+flags.DEFINE_integer("last", 5, "Each run's number: the mean of its last N evaluations.")
+flags.DEFINE_integer("parallel", 2, "Runs trained at once.")
+flags.DEFINE_integer("threads", 1, "TensorFlow threads of each run.")
+flags.DEFINE_float("max_minutes", None, "Stop every invocation after this much wall time "
+                   "(resumable).")
+flags.DEFINE_string("runs_dir", "runs/tables", "Where the runs live.")
+flags.DEFINE_string("out_dir", "docs/results", "Where tables, figures and archived runs go.")
+flags.DEFINE_string("results_md", "docs/RESULTS.md", "Markdown file whose marked sections "
+                    "(<!-- begin table1 --> ... <!-- end table1 -->) get the tables; '' for none.")
 flags.DEFINE_bool("figures", True, "Write learning curves and image grids.")
 flags.DEFINE_bool("report_only", False, "Do not train; report on the existing runs.")
-flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings for every run, the baselines "
-                          "too (a variant: give it its own --runs_dir).")
-flags.DEFINE_string("asr_variant", None, "Train and report configs/air_asr_<row>_<variant>.gin "
-                    "in place of the ASR config (e.g. 'size'); the baselines are unchanged.")
+flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings for every run trained.")
 FLAGS = flags.FLAGS
 
 
@@ -34,43 +41,42 @@ def main(argv):
     del argv
     from asr_tf import reproduce
 
-    if FLAGS.table != 1:
-        raise app.UsageError("only --table 1 is implemented (Table 2 has no count metric)")
-    for row in FLAGS.rows:
-        try:
-            air, pprior, asr = reproduce.row_configs(row, FLAGS.asr_variant)
-        except ValueError as e:
-            raise app.UsageError(str(e))
-        seeds = {asr: list(range(FLAGS.seeds)), air: list(range(FLAGS.baseline_seeds)),
-                 pprior: list(range(FLAGS.baseline_seeds))}
-        if not FLAGS.report_only:
-            for s in seeds[asr]:
-                reproduce.train(asr, reproduce.workdir_for(FLAGS.runs_dir, asr, s), s,
-                                max_steps=FLAGS.steps,
-                                max_minutes=None if FLAGS.steps else FLAGS.minutes,
-                                extra=FLAGS.gin_param)
-            steps = FLAGS.steps or reproduce.read_metrics(
-                reproduce.workdir_for(FLAGS.runs_dir, asr, 0))[-1]["step"]
-            for c in (air, pprior):
-                for s in seeds[c]:
-                    reproduce.train(c, reproduce.workdir_for(FLAGS.runs_dir, c, s), s,
-                                    max_steps=steps, extra=FLAGS.gin_param)
-        step, table, runs = reproduce.summarize(FLAGS.runs_dir, [air, pprior, asr], seeds,
-                                                FLAGS.at_step)
-        os.makedirs(FLAGS.out_dir, exist_ok=True)
-        text = (reproduce.markdown_table(table, step) + "\n\n"
-                + reproduce.per_seed_table(runs, step))
-        print(f"Table 1, row {row}, at step {step} ({reproduce.machine()}):\n{text}")
-        suffix = f"_{FLAGS.at_step}" if FLAGS.at_step else ""
-        with open(os.path.join(FLAGS.out_dir, f"table1_{row}{suffix}.json"), "w") as f:
-            json.dump(dict(step=step, table=table, machine=reproduce.machine()), f, indent=1)
-        with open(os.path.join(FLAGS.out_dir, f"table1_{row}{suffix}.md"), "w") as f:
+    rows = FLAGS.rows or [r for t in FLAGS.table for r in reproduce.TABLES[t]]
+    try:
+        runs = reproduce.plan(FLAGS.runs_dir, rows, FLAGS.seeds, FLAGS.baseline_seeds,
+                              FLAGS.variants, FLAGS.variant_seeds)
+    except ValueError as err:
+        raise app.UsageError(str(err))
+    if not FLAGS.report_only:
+        codes = reproduce.train_runs(runs, FLAGS.steps, FLAGS.parallel, FLAGS.threads,
+                                     FLAGS.max_minutes, FLAGS.gin_param)
+        failed = {w: c for w, c in codes.items() if c}
+        if failed:
+            print(f"runs that failed (see <workdir>.log): {failed}")
+    by_table = {}
+    for row in rows:
+        table = reproduce.table_of(row)
+        mine = [r for r in runs if reproduce.row_of(r.config) == row]
+        by_table.setdefault(table, {})[row] = reproduce.summarize(
+            mine, FLAGS.steps, reproduce.METRICS[table], FLAGS.last)
+        if FLAGS.figures:
+            for name, path in reproduce.write_figures(
+                    mine, row, os.path.join(FLAGS.out_dir, row), FLAGS.steps).items():
+                print(name, path)
+    os.makedirs(FLAGS.out_dir, exist_ok=True)
+    for table, rows_tables in by_table.items():
+        text = (reproduce.markdown_table(table, rows_tables, FLAGS.steps, FLAGS.last) + "\n\n"
+                + reproduce.per_run_table(rows_tables, FLAGS.steps))
+        print(f"Table {table}:\n{text}\n")
+        with open(os.path.join(FLAGS.out_dir, f"table{table}.md"), "w") as f:
             f.write(text + "\n")
-        if not FLAGS.figures:
-            continue
-        for name, path in reproduce.figures(FLAGS.runs_dir, [air, pprior, asr], seeds,
-                                            FLAGS.out_dir, runs, FLAGS.figure_step).items():
-            print(name, path)
+        with open(os.path.join(FLAGS.out_dir, f"table{table}.json"), "w") as f:
+            json.dump({"steps": FLAGS.steps, "last": FLAGS.last, "rows": rows_tables}, f,
+                      indent=1)
+        if FLAGS.results_md:
+            reproduce.replace_section(FLAGS.results_md, f"table{table}", text)
+    archived = reproduce.archive(runs, os.path.join(FLAGS.out_dir, "runs"))
+    print(f"archived {len(archived)} runs' small results under {FLAGS.out_dir}/runs")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ flags.DEFINE_integer("seed", None, "The run's seed (train_eval.seed): initial we
                      "and the order of the training scenes; the scenes and the test set are the "
                      "data set's (run_spec.data_seed).")
 flags.DEFINE_integer("max_steps", None, "Stop at this step (the run stays resumable).")
+flags.DEFINE_float("max_minutes", None, "Stop after this much wall time: evaluate, checkpoint, "
+                   "exit (the run stays resumable).")
 flags.DEFINE_integer("threads", None, "TensorFlow intra-op threads (default: all cores).")
 flags.DEFINE_enum("strategy", None, ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy (default: the binding train_eval.strategy, else none). "
@@ -52,6 +54,8 @@ def main(argv):
     kwargs = {}
     if FLAGS.max_steps is not None:  # this invocation only: not part of the run
         kwargs["max_steps"] = FLAGS.max_steps
+    if FLAGS.max_minutes is not None:
+        kwargs["max_minutes"] = FLAGS.max_minutes
     print(f"workdir: {workdir}")
     try:
         summary = train_lib.train_eval(workdir, **kwargs)
