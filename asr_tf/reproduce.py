@@ -96,6 +96,12 @@ def row_of(config):
     return match.group(2) if match else None
 
 
+def model_of(config):
+    """'air', 'pprior' or 'asr' (variants included) for a row's config."""
+    match = _CONFIG_NAME.fullmatch(config)
+    return {"air": "air", "air_pprior": "pprior", "air_asr": "asr"}[match.group(1)] if match else None
+
+
 def workdir_for(runs_dir, config, seed):
     return os.path.join(runs_dir, f"{config}_s{seed}")
 
@@ -109,11 +115,17 @@ class Run:
 
 
 def plan(runs_dir, rows, asr_seeds=3, baseline_seeds=1, variants=(), variant_seeds=None):
-    """The runs of some rows, ASR seeds first by seed (so that a partial pass gives every
-    row a seed 0), then the baselines. ``variants`` apply to every row that has them."""
+    """The runs of some rows, by seed (every config's seed 0 first, so that a partial pass
+    gives every row a seed 0). ``variants`` ('size', or 'faithful:1' for one seed) apply to
+    every row that has them; their seeds default to ``variant_seeds``, else ``asr_seeds``."""
     from asr_tf import config
 
     available = config.available_configs()
+    seeds_of = {}
+    for item in variants:
+        name, _, n = item.partition(":")
+        seeds_of[name] = int(n) if n else (asr_seeds if variant_seeds is None else variant_seeds)
+    variants = list(seeds_of)
     for variant in variants:
         if not any(f"air_asr_{row}_{variant}" in available for row in rows):
             raise ValueError(f"variant {variant!r}: no config air_asr_<row>_{variant} for the "
@@ -126,10 +138,11 @@ def plan(runs_dir, rows, asr_seeds=3, baseline_seeds=1, variants=(), variant_see
         configs = row_configs(row, have)
         seeds = {c: baseline_seeds for c in configs[:2]}
         seeds[configs[2]] = asr_seeds
-        for c in configs[3:]:
-            seeds[c] = asr_seeds if variant_seeds is None else variant_seeds
+        for variant, c in zip(have, configs[3:]):
+            seeds[c] = seeds_of[variant]
         by_row[row] = seeds
-    for seed in range(max([asr_seeds, baseline_seeds, variant_seeds or 0])):
+    most = max([n for seeds in by_row.values() for n in seeds.values()] + [0])
+    for seed in range(most):
         for row, seeds in by_row.items():
             for c, n in seeds.items():
                 if seed < n:

@@ -81,7 +81,7 @@ def test_table_2_has_no_count_metric(tmp_path):
 
 def test_plan_rows_seeds_and_variants(tmp_path):
     runs = reproduce.plan(str(tmp_path), ["13", "14"], asr_seeds=2, baseline_seeds=1,
-                          variants=["size", "faithful"], variant_seeds=1)
+                          variants=["size:1", "faithful"], variant_seeds=1)
     names = [(r.config, r.seed) for r in runs]
     seed0 = [n for n in names if n[1] == 0]
     assert names[:len(seed0)] == seed0  # every seed 0 first: a partial pass covers every row
@@ -99,6 +99,13 @@ def test_plan_rows_seeds_and_variants(tmp_path):
         reproduce.plan(str(tmp_path), ["14"], variants=["size"])
     assert reproduce.display_name("air_asr_13_size") == "AIR-ASR (size)"
     assert reproduce.row_of("air_pprior_dsprites_overlap") == "dsprites_overlap"
+    assert [reproduce.model_of(c) for c in ("air_24", "air_pprior_24", "air_asr_13_size")] == [
+        "air", "pprior", "asr"]
+    three = reproduce.plan(str(tmp_path), ["13"], asr_seeds=1, baseline_seeds=0,
+                           variants=["size:3", "faithful:1"])
+    assert [(r.config, r.seed) for r in three] == [
+        ("air_asr_13", 0), ("air_asr_13_size", 0), ("air_asr_13_faithful", 0),
+        ("air_asr_13_size", 1), ("air_asr_13_size", 2)]
     assert reproduce.paper_row("air_asr_13_faithful")["se"] == (28.84, 1.11)
 
 
@@ -184,7 +191,7 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     _write_run(runs, "air_13", 0, [(200, 0.1), (400, 0.2)])
     tool = [sys.executable, str(repo_root / "tools" / "reproduce.py"), "--report_only",
             "--runs_dir", runs, "--out_dir", out_dir, "--nofigures", "--seeds", "1",
-            "--table", "1", "--rows", "13", "--steps", "400", "--last", "1",
+            "--table", "1", "--rows", "13", "14", "--steps", "400", "--last", "1",
             "--results_md", results_md]
     out = subprocess.run(tool + ["--variants", "size"], capture_output=True, text=True,
                          timeout=120)
@@ -193,6 +200,7 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     assert "| AIR-ASR (size) (`air_asr_13_size`) | 1 | 500.0 ± 0.0 | 360.2 ± 19.7 | 0.90 ± 0.00" in table
     assert table.strip() in open(results_md).read() and open(results_md).read().endswith("text\n")
     assert os.path.exists(os.path.join(out_dir, "runs", "air_13_s0", "metrics.jsonl"))
-    out = subprocess.run(tool[:-2] + ["--variants", "bogus", "--rows", "14"],
+    assert "Multi-MNIST, 1 or 4 digits" in table  # both rows of `--rows 13 14`
+    out = subprocess.run(tool + ["--variants", "bogus"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "variant 'bogus'" in out.stderr

@@ -1,8 +1,9 @@
 """Reproduces the paper's Tables 1 and 2: trains the runs of some rows and writes the report.
 
   python tools/reproduce.py --table 1 --rows 14 24 --steps 20000 --seeds 3   # train + report
+  (--rows 14,24 too)
   python tools/reproduce.py --table 2 --report_only                          # tables from disk
-  python tools/reproduce.py --table 1 --rows 13 --variants size faithful --variant_seeds 1
+  python tools/reproduce.py --table 1 --rows 13 --variants size,faithful:1
 
 Runs that reached --steps are skipped, runs cut short resume; --parallel runs train at once
 with --threads threads each. The report (every table, per-run rows, curves and grids per row,
@@ -20,8 +21,11 @@ flags.DEFINE_integer("steps", 20000, "Training iterations of every run (the budg
 flags.DEFINE_integer("seeds", 3, "AIR-ASR seeds.")
 flags.DEFINE_integer("baseline_seeds", 1, "AIR and AIR-pPrior seeds.")
 flags.DEFINE_list("variants", [], "Named variants trained and reported beside a row's configs "
-                  "(configs/air_asr_<row>_<variant>.gin where it exists: size, faithful).")
+                  "(configs/air_asr_<row>_<variant>.gin where it exists: size, faithful); "
+                  "'faithful:1' gives one its own number of seeds.")
 flags.DEFINE_integer("variant_seeds", None, "Seeds of the variants (default: --seeds).")
+flags.DEFINE_list("train_models", ["air", "pprior", "asr"], "Train only these models' runs "
+                  "(air, pprior, asr: the ASR configs and their variants); report every run.")
 flags.DEFINE_integer("last", 5, "Each run's number: the mean of its last N evaluations.")
 flags.DEFINE_integer("parallel", 2, "Runs trained at once.")
 flags.DEFINE_integer("threads", 1, "TensorFlow threads of each run.")
@@ -38,17 +42,23 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    del argv
     from asr_tf import reproduce
 
-    rows = FLAGS.rows or [r for t in FLAGS.table for r in reproduce.TABLES[t]]
+    extra_rows = argv[1:]  # `--rows 14 24`: the rows after the first arrive as arguments
+    if extra_rows and not FLAGS.rows:
+        raise app.UsageError(f"unexpected arguments {extra_rows}")
+    rows = (FLAGS.rows or []) + extra_rows or [r for t in FLAGS.table for r in reproduce.TABLES[t]]
     try:
         runs = reproduce.plan(FLAGS.runs_dir, rows, FLAGS.seeds, FLAGS.baseline_seeds,
                               FLAGS.variants, FLAGS.variant_seeds)
     except ValueError as err:
         raise app.UsageError(str(err))
     if not FLAGS.report_only:
-        codes = reproduce.train_runs(runs, FLAGS.steps, FLAGS.parallel, FLAGS.threads,
+        unknown = set(FLAGS.train_models) - {"air", "pprior", "asr"}
+        if unknown:
+            raise app.UsageError(f"--train_models: unknown {sorted(unknown)}")
+        chosen = [r for r in runs if reproduce.model_of(r.config) in FLAGS.train_models]
+        codes = reproduce.train_runs(chosen, FLAGS.steps, FLAGS.parallel, FLAGS.threads,
                                      FLAGS.max_minutes, FLAGS.gin_param)
         failed = {w: c for w, c in codes.items() if c}
         if failed:
