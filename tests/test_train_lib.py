@@ -58,7 +58,7 @@ def test_paper_weights_in_configs():
     for name in ("air_asr_13_size", "air_asr_24_size"):
         config.parse([name])
         assert _constraints() == {"count_min": 10.0, "count_margin": 100.0, "size_equality": 10.0}
-    assert runs.run_spec().name == "mnist_13"
+        assert runs.run_spec().name == "mnist_" + name.split("_")[2]
     for name in ("air_13", "air_pprior_24", "air_mnist_overlap"):
         config.parse([name])
         assert _constraints() == {}
