@@ -212,11 +212,69 @@ def serving_benchmark(export_path: str = None, **unused) -> dict:
     return dict(what="serving", **sb.run(export_path))
 
 
+def tensorboard_benchmark(config: str = "air_asr_14", **unused) -> dict:
+    """Seconds from the start of ``tools/train.py --config <config> --threads 1`` (a fresh run
+    in a temporary folder) until a ``tensorboard --logdir runs/`` started before it (default
+    reload interval, 5 s) serves its first training scalars over HTTP: ``served_s`` maps each
+    of the first four served steps to that time."""
+    import json
+    import os
+    import pathlib
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import urllib.parse
+    import urllib.request
+
+    root = tempfile.mkdtemp(prefix="tb_benchmark_")
+    os.makedirs(os.path.join(root, "runs"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    query = urllib.parse.urlencode({"run": f"{config}/train", "tag": "loss"})
+    url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?{query}"
+    tool = pathlib.Path(__file__).resolve().parents[1] / "tools" / "train.py"
+    procs = [subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", "runs",
+                               "--host", "127.0.0.1", "--port", str(port)], cwd=root,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    served_s = {}
+    try:
+        while True:  # the server is up
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5)
+                break
+            except OSError:
+                time.sleep(0.2)
+        start = time.time()
+        procs.append(subprocess.Popen([sys.executable, str(tool), "--config", config,
+                                       "--threads", "1"], cwd=root,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        while len(served_s) < 4 and procs[1].poll() is None and time.time() - start < 1800:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    points = json.load(response)
+            except (OSError, ValueError):
+                points = []
+            for _, step, _ in points:
+                served_s.setdefault(int(step), round(time.time() - start, 1))
+            time.sleep(0.2)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+    return dict(what="tensorboard", config=config, served_s=served_s,
+                first_scalar_s=min(served_s.values(), default=None))
+
+
 BENCHMARKS = {
     "data": data_benchmark,
     "train": train_benchmark,
     "sampler": sampler_benchmark,
     "serving": serving_benchmark,
+    "tensorboard": tensorboard_benchmark,
 }
 
 

@@ -127,6 +127,13 @@ def migrate_record(text):
             "Objective.monitor = ['overlap', 'out_of_image', 'size_equality', 'area']\n")
 
 
+def default_workdir(configs):
+    """``runs/<config>`` (several configs: their names joined by '+'), relative to the current
+    folder: the same command resumes the same run."""
+    names = [os.path.splitext(os.path.basename(str(c)))[0] for c in configs]
+    return os.path.join("runs", "+".join(names))
+
+
 def write_record(workdir, argv=None, start_step=0):
     """Writes the bindings in force to ``config.gin`` (first invocation) and appends this
     invocation to ``invocations.jsonl``.

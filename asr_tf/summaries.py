@@ -1,121 +1,167 @@
-"""TensorBoard summaries and metrics.jsonl lines that survive a kill: each step logged once.
+"""TensorBoard summaries and metrics.jsonl lines: live, and each step once across kills.
 
-Summaries and metric lines are held until the next checkpoint and committed with it, so a
-run killed between checkpoints redoes those steps without logging anything twice.
+Written through: the loop flushes after every step that logged something (every ``log_every``
+steps, and evaluations), so TensorBoard shows a run from its first ``log_every`` steps on, and
+a checkpoint is saved only after the flush of its step. Each invocation writes event files of
+its own.
+
+A run killed between checkpoints (``kill -9`` at any instant included) has logged steps after
+the checkpoint that the same command resumes from, and then logs them again. So ``RunLog``
+starts by cutting what earlier invocations logged after the restored step: from every event
+file in ``train/`` and ``eval/`` and from ``metrics.jsonl``, together with a record or line
+that the kill tore. A cut file is written beside the original and replaces it (``os.replace``):
+a kill during the cut leaves each file cut or not, and the next start cuts again. Any reader of
+the workdir (TensorBoard, EventAccumulator, ``tools/``) then finds each step once.
+
+A TensorBoard server running through the kill and the resume has already read the killed
+process's steps after the checkpoint. TensorBoard 2.21 with its default data server drops them
+when the resumed run logs the first of those steps again (it keeps a time series ordered by
+step: a point at or before the last one it holds replaces the points from that step on;
+measured, tests/test_train_lib.py). Its Python reader (``--load_fast=false``) purges only at
+a SessionLog.START event, which tf.summary does not write: it shows them until restarted.
+
+Latency, the start of ``tools/train.py`` to the first training scalar that a running
+``tensorboard --logdir runs/`` serves over HTTP (``python tools/benchmark.py --what tensorboard
+--config air_asr_14``; 2026-11-30, 2-core EPYC at load average ~7, ``--threads 1``): 45 s and
+47 s in two runs, step 20 (log_every 20); start-up and XLA compilation take ~40 s, the server
+reloads every 5 s; then a point every log interval (~2.5 s). The tiny test config
+(log_every 1, no XLA, reload every 1 s): 41 s.
 """
 import json
 import os
 import shutil
+import struct
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.util import event_pb2
+
+RUNS = ("train", "eval")  # TensorBoard runs: subfolders of the workdir
 
 
-class SummaryBuffer:
-    """Summaries and metric lines held until the next checkpoint, written exactly once.
+class RunLog:
+    """The run's summaries (TensorBoard runs ``RUNS``) and metrics.jsonl, written through.
 
-    ``flush(step)`` commits them before the checkpoint is saved, in two phases so that a kill
-    at any instant leaves either all or none of them in the run folder:
-      1. event files are written complete into ``.summaries_staging/`` and the new metric
-         lines into a file beside them;
-      2. the marker ``logged_through`` (JSON) records ``step`` and the pending commit;
-      3. the staged files are moved into ``train/``, ``eval/`` and appended to
-         ``metrics.jsonl`` (cut back first to its recorded length, so redoing it is
-         harmless); the marker then records that nothing is pending.
-    On start, a pending commit is finished and anything staged but never recorded is
-    discarded. A run killed before its next checkpoint resumes from the older one and re-runs
-    steps it has already logged (deterministically, the same values): everything at or before
-    ``logged_through`` is dropped instead of being written twice.
+    Args:
+      workdir: the run folder.
+      resumed_at: the step of the checkpoint this invocation starts from (0: none); what
+        earlier invocations logged after it is cut first.
     """
 
-    _STAGING = ".summaries_staging"
-
-    def __init__(self, workdir):
+    def __init__(self, workdir, resumed_at):
         self.workdir = workdir
-        self.marker_path = os.path.join(workdir, "logged_through")
         self.metrics_path = os.path.join(workdir, "metrics.jsonl")
-        self.staging = os.path.join(workdir, self._STAGING)
-        marker = self._read_marker()
-        self.logged_through = int(marker["logged_through"])
-        if marker.get("pending"):
-            self._commit(marker["pending"])
-        if os.path.isdir(self.staging):
-            shutil.rmtree(self.staging)  # staged but never recorded: re-run, re-logged
-        self._write_marker(None)
-        self.items = []
-        self.lines = []
+        _remove_two_phase_commit_files(workdir)
+        for run in RUNS:
+            folder = os.path.join(workdir, run)
+            for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+                path = os.path.join(folder, name)
+                if name == _CUT_TMP:
+                    os.remove(path)  # a cut interrupted by a kill
+                elif "tfevents" in name:
+                    _cut_event_file(path, resumed_at)
+        if os.path.exists(self.metrics_path):
+            _cut_metrics(self.metrics_path, resumed_at)
+        self._writers = {}
+        self._unflushed = False
 
-    def _read_marker(self):
-        if not os.path.exists(self.marker_path):
-            return {"logged_through": 0}
-        text = open(self.marker_path).read().strip()
-        return json.loads(text) if text.startswith("{") else {"logged_through": int(text)}
+    def _writer(self, run):
+        if run not in RUNS:
+            raise ValueError(f"unknown summary run {run!r}: one of {RUNS}")
+        if run not in self._writers:
+            self._writers[run] = tf.summary.create_file_writer(os.path.join(self.workdir, run))
+        return self._writers[run]
 
-    def _write_marker(self, pending):
-        with open(self.marker_path + ".tmp", "w") as f:
-            json.dump({"logged_through": self.logged_through, "pending": pending}, f)
-        os.replace(self.marker_path + ".tmp", self.marker_path)
+    def scalar(self, run, tag, value, step):
+        with self._writer(run).as_default(step=int(step)):
+            tf.summary.scalar(tag, float(value))
+        self._unflushed = True
 
-    def scalar(self, writer, tag, value, step):
-        if step > self.logged_through:
-            self.items.append(("scalar", writer, tag, float(value), int(step)))
-
-    def image(self, writer, tag, array, step):
-        if step > self.logged_through:
-            self.items.append(("image", writer, tag, array, int(step)))
+    def image(self, run, tag, array, step):
+        """``array``: [H, W, C] values in 0..255."""
+        with self._writer(run).as_default(step=int(step)):
+            tf.summary.image(tag, np.asarray(array)[None].astype(np.uint8))
+        self._unflushed = True
 
     def metrics_line(self, record):
-        if record["step"] > self.logged_through:
-            self.lines.append(json.dumps(record))
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
-    def flush(self, step):
-        stage = os.path.join(self.staging, str(int(step)))
-        for name in sorted({item[1] for item in self.items}):
-            writer = tf.summary.create_file_writer(os.path.join(stage, name))
-            for kind, writer_name, tag, value, item_step in self.items:
-                if writer_name != name:
-                    continue
-                with writer.as_default(step=item_step):
-                    if kind == "scalar":
-                        tf.summary.scalar(tag, value)
-                    else:
-                        tf.summary.image(tag, value[None].astype(np.uint8))
+    def flush(self):
+        """Puts what was logged since the last flush into the event files (visible to
+        TensorBoard; survives a kill)."""
+        if self._unflushed:
+            for writer in self._writers.values():
+                writer.flush()
+            self._unflushed = False
+
+    def close(self):
+        for writer in self._writers.values():
             writer.close()
-        if self.lines:
-            os.makedirs(stage, exist_ok=True)
-            with open(os.path.join(stage, "metrics.jsonl"), "w") as f:
-                f.write("\n".join(self.lines) + "\n")
-        self.items, self.lines = [], []
-        self.logged_through = max(self.logged_through, int(step))
-        if not os.path.isdir(stage):
-            self._write_marker(None)
-            return
-        metrics_bytes = (os.path.getsize(self.metrics_path)
-                         if os.path.exists(self.metrics_path) else 0)
-        pending = {"stage": os.path.basename(stage), "metrics_bytes": metrics_bytes}
-        self._write_marker(pending)  # from here on the commit is redone after a kill
-        self._commit(pending)
-        self._write_marker(None)
+        self._writers = {}
 
-    def _commit(self, pending):
-        """Moves one staged flush into place; safe to repeat after a kill part-way."""
-        stage = os.path.join(self.staging, pending["stage"])
-        if not os.path.isdir(stage):
-            return
-        for name in sorted(os.listdir(stage)):
-            path = os.path.join(stage, name)
-            if name == "metrics.jsonl":
-                with open(path) as f:
-                    staged = f.read()
-                with open(self.metrics_path, "a+") as f:
-                    f.truncate(pending["metrics_bytes"])  # an interrupted earlier append
-                    f.write(staged)
-                os.remove(path)
-                continue
-            os.makedirs(os.path.join(self.workdir, name), exist_ok=True)
-            for event_file in os.listdir(path):
-                target = os.path.join(self.workdir, name, event_file)
-                while os.path.exists(target):  # another process's file of the same name
-                    target += ".1"
-                os.replace(os.path.join(path, event_file), target)
-        shutil.rmtree(stage)
+
+_CUT_TMP = ".cut.tmp"  # no "tfevents" in the name: TensorBoard skips it
+
+
+def _records(path):
+    """The complete records of a TFRecord file, and the bytes they take: a kill can tear the
+    last one. The framing: length (uint64), its CRC (4 bytes), the record, its CRC (4 bytes).
+    (tf.data's reader reports a torn record as DataLoss, a torn length not at all.)"""
+    with open(path, "rb") as f:
+        data = f.read()
+    records, pos = [], 0
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, pos)
+        end = pos + 12 + length + 4
+        if end > len(data):
+            break
+        records.append(data[pos + 12:end - 4])
+        pos = end
+    return records, pos
+
+
+def _cut_event_file(path, last_step):
+    """Keeps the events of ``path`` up to ``last_step`` (and none torn); removes a file that
+    keeps no summary."""
+    records, size = _records(path)
+    events = [event_pb2.Event.FromString(r) for r in records]
+    kept = [r for r, e in zip(records, events) if e.step <= last_step]
+    if len(kept) == len(records) and size == os.path.getsize(path):
+        return
+    if not any(e.HasField("summary") for e in events if e.step <= last_step):
+        os.remove(path)
+        return
+    tmp = os.path.join(os.path.dirname(path), _CUT_TMP)
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for record in kept:
+            writer.write(record)
+    os.replace(tmp, path)
+
+
+def _cut_metrics(path, last_step):
+    """Keeps the metrics.jsonl lines up to ``last_step`` (a torn last line goes too)."""
+    with open(path) as f:
+        text = f.read()
+    kept = []
+    for line in text.splitlines(keepends=True):
+        try:
+            if line.endswith("\n") and json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except ValueError:
+            pass  # torn by a kill
+    if "".join(kept) != text:
+        with open(path + ".tmp", "w") as f:
+            f.write("".join(kept))
+        os.replace(path + ".tmp", path)
+
+
+def _remove_two_phase_commit_files(workdir):
+    """Workdirs of the former design (summaries staged and committed at checkpoints, until
+    2026-11-30): what was staged is re-logged by this invocation or cut."""
+    staging = os.path.join(workdir, ".summaries_staging")
+    if os.path.isdir(staging):
+        shutil.rmtree(staging)
+    marker = os.path.join(workdir, "logged_through")
+    if os.path.exists(marker):
+        os.remove(marker)

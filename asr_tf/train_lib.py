@@ -4,7 +4,7 @@ A run lives in one workdir::
 
   config.gin, invocations.jsonl   the run's record (asr_tf/runs.py)
   operative_config.gin            the bindings actually used
-  train/, eval/                   TensorBoard event files (asr_tf/summaries.py)
+  train/, eval/                   TensorBoard event files, live (asr_tf/summaries.py)
   ckpt/                           tf.train.CheckpointManager (model, optimizer, noise generator,
                                   step, best-selection state)
   metrics.jsonl                   one line per evaluation (asr_tf/evaluation.py)
@@ -50,8 +50,10 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
       workdir: run folder (created).
       num_steps: total iterations; None -> floor(num_epochs * N_train / batch_size) (Q41).
       eval_every: iterations between test evaluations (200, spec §8).
-      log_every: iterations averaged per training-summary point (20).
-      checkpoint_every: iterations between checkpoints (summaries are written then).
+      log_every: iterations averaged per training-summary point (20); TensorBoard shows each
+        point when it is logged.
+      checkpoint_every: iterations between checkpoints (a run killed in between resumes from
+        the last one).
       image_every: iterations between image summaries (reconstructions, prior samples).
       num_test: test scenes (None: the data set's num_test, 1000; Q7).
       seed: the run's seed: initial weights, noise and the order of the training scenes. The
@@ -102,7 +104,7 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
              total, batch_size, type(model).__name__)
     log.info("%s", dist.describe())
     evaluator = evaluation.Evaluator(model, spec, num_test, seed)
-    buf = summaries.SummaryBuffer(out)
+    run_log = summaries.RunLog(out, resumed_at=start)  # cuts what was logged after ``start``
     dist.check_same_step(start)
     data = dist.dataset(spec, seed, fresh_scenes, start)
     jit = bool(jit_compile) and dist.jit_allowed
@@ -110,46 +112,52 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     bar = _progress(start, stop_at, progress)
     step, t_start = start, time.time()
     stop_requested = _stop_on_sigterm()
-    while step < stop_at:
-        batch = next(data)
-        training.set_learning_rate(optimizer, step)  # the configured schedule, also on resume
-        logs = dist.local(training.train_step(model, optimizer, generator, batch,
-                                              tf.constant(step, tf.int64), objective,
-                                              dist.strategy, batch_size, jit))
-        step += 1
-        step_var.assign(step)
-        stop = stop_requested() or (max_minutes and time.time() - t_start > 60.0 * max_minutes)
-        if dist.any_worker(stop):  # all workers stop at the same step
-            stop_at = step  # evaluate, checkpoint and leave below
-        window.append({k: float(v) for k, v in logs.items()})
-        best.observe_train_loss(step, window[-1]["loss"])
-        if step % log_every == 0:
-            mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-            dt = time.time() - t_window
-            for k, v in mean.items():
-                buf.scalar("train", k, v, step)
-            buf.scalar("train", "learning_rate", float(optimizer.learning_rate.numpy()), step)
-            buf.scalar("train", "steps_per_sec", len(window) / dt, step)
-            buf.scalar("train", "images_per_sec", len(window) * batch_size / dt, step)
-            window, t_window = [], time.time()
-            bar.set_postfix(loss=f"{mean['loss']:.1f}", acc=last_eval and f"{last_eval['acc']:.3f}")
-        if (step % eval_every == 0 or step == stop_at) and dist.is_chief:
-            result, outputs = evaluator(step)
-            best.observe_eval(step, result)
-            last_eval = result
-            for k, v in result.items():
-                buf.scalar("eval", k, v, step)
-            buf.metrics_line(dict(step=step, wall_time=time.time(), **result))
-            if step % image_every == 0 or step == stop_at:
-                for tag, img in evaluation.eval_images(model, spec, outputs, evaluator.test, step,
-                                                       seed).items():
-                    buf.image("eval", tag, img, step)
-            log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in result.items()))
-        if step % checkpoint_every == 0 or step == stop_at:
-            buf.flush(step)  # first: a kill before the save re-runs these steps unlogged
-            best_var.assign(json.dumps(best.state()))
-            manager.save(checkpoint_number=step)
-        bar.update(1)
+    try:
+        while step < stop_at:
+            batch = next(data)
+            logs = dist.local(training.train_step(model, optimizer, generator, batch,
+                                                  tf.constant(step, tf.int64), objective,
+                                                  dist.strategy, batch_size, jit))
+            step += 1
+            step_var.assign(step)
+            stop = stop_requested() or (max_minutes
+                                        and time.time() - t_start > 60.0 * max_minutes)
+            if dist.any_worker(stop):  # all workers stop at the same step
+                stop_at = step  # evaluate, checkpoint and leave below
+            window.append({k: float(v) for k, v in logs.items()})
+            best.observe_train_loss(step, window[-1]["loss"])
+            if step % log_every == 0:
+                mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                dt = time.time() - t_window
+                for k, v in mean.items():
+                    run_log.scalar("train", k, v, step)
+                rate = training.update_rate(optimizer, step)  # of this step's update
+                run_log.scalar("train", "learning_rate", rate, step)
+                run_log.scalar("train", "steps_per_sec", len(window) / dt, step)
+                run_log.scalar("train", "images_per_sec", len(window) * batch_size / dt, step)
+                window, t_window = [], time.time()
+                bar.set_postfix(loss=f"{mean['loss']:.1f}",
+                                acc=last_eval and f"{last_eval['acc']:.3f}")
+            if (step % eval_every == 0 or step == stop_at) and dist.is_chief:
+                result, outputs = evaluator(step)
+                best.observe_eval(step, result)
+                last_eval = result
+                for k, v in result.items():
+                    run_log.scalar("eval", k, v, step)
+                run_log.metrics_line(dict(step=step, wall_time=time.time(), **result))
+                if step % image_every == 0 or step == stop_at:
+                    for tag, img in evaluation.eval_images(model, spec, outputs, evaluator.test,
+                                                           step, seed).items():
+                        run_log.image("eval", tag, img, step)
+                log.info("step %d: %s", step,
+                         " ".join(f"{k}={v:.4g}" for k, v in result.items()))
+            run_log.flush()  # live in TensorBoard; before the checkpoint of this step
+            if step % checkpoint_every == 0 or step == stop_at:
+                best_var.assign(json.dumps(best.state()))
+                manager.save(checkpoint_number=step)
+            bar.update(1)
+    finally:  # after an exception too: nothing queued is written after the next start's cut
+        run_log.close()
     bar.close()
     runs.write_operative_config(out)
     summary = dict(step=step, total_steps=total, **best.summary())

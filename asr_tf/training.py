@@ -28,28 +28,26 @@ compiled part from a checkpointable ``tf.random.Generator``.
 """
 import gin
 import keras
-import numpy as np
 import tensorflow as tf
 
 from asr_tf import objectives
 from asr_tf.models.base import RECORD_KEYS
 
 
-class RateSchedule:
-    """Piecewise-constant learning rate: ``base`` until step ``steps[0]``, then ``base *
-    factors[0]`` until ``steps[1]``, ... (a plain object: nothing of it is checkpointed)."""
-
-    def __init__(self, base, steps=(), factors=()):
-        self.base, self.steps = float(base), tuple(int(s) for s in steps)
-        self.factors = tuple(float(f) for f in factors)
-        if len(self.steps) != len(self.factors) or list(self.steps) != sorted(set(self.steps)):
-            raise ValueError(f"learning-rate decay steps {self.steps} must increase and match the "
-                             f"factors {self.factors} one to one")
-
-    def __call__(self, step):
-        """The rate for the update that makes training step ``step + 1`` (after ``step`` done)."""
-        k = sum(int(step) >= s for s in self.steps)
-        return self.base * (self.factors[k - 1] if k else 1.0)
+def rate_schedule(learning_rate, decay_steps=(), decay_factors=()):
+    """The piecewise-constant rate as a Keras schedule of the optimizer's ``iterations`` (the
+    updates done before this one): ``learning_rate`` until ``decay_steps[0]``, then
+    ``learning_rate * decay_factors[0]`` until ``decay_steps[1]``, and so on."""
+    steps, factors = tuple(int(s) for s in decay_steps), tuple(float(f) for f in decay_factors)
+    if len(steps) != len(factors) or list(steps) != sorted(set(steps)):
+        raise ValueError(f"learning-rate decay steps {steps} must increase and match the "
+                         f"factors {factors} one to one")
+    rate = float(learning_rate)
+    if not steps:  # PiecewiseConstantDecay needs a boundary
+        return keras.optimizers.schedules.PiecewiseConstantDecay([0], [rate, rate])
+    # rates[i + 1] once iterations > boundaries[i]: from update number decay_steps[i] on
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        [s - 1 for s in steps], [rate] + [rate * f for f in factors])
 
 
 @gin.configurable
@@ -57,24 +55,27 @@ def make_optimizer(model, learning_rate=1e-4, epsilon=1e-8, decay_steps=(), deca
     """Adam(lr 1e-4 as the code, Q11; the paper says 1e-3), beta (0.9, 0.999), eps 1e-8 (TF1).
 
     ``decay_steps`` / ``decay_factors``: an optional schedule (neither the paper nor the code
-    has one), the rate times ``decay_factors[i]`` from step ``decay_steps[i]`` on. The training
-    loop sets the rate from ``optimizer.rate_schedule`` before every update, so the configured
-    rate (and schedule) holds on resume whatever rate the checkpoint holds. Built on the
-    model's variables here: no optimizer slot may be created inside a tf.function.
+    has one), the rate times ``decay_factors[i]`` from step ``decay_steps[i]`` on
+    (``rate_schedule``). The rate is a Keras schedule of the checkpointed ``iterations``, and
+    nothing of the schedule is checkpointed: on resume the configured rate and schedule hold,
+    whatever the earlier invocations used (tests/test_training_step.py). Built on the model's
+    variables here: no optimizer slot may be created inside a tf.function.
     """
-    schedule = RateSchedule(learning_rate, decay_steps, decay_factors)
-    optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=0.9, beta_2=0.999,
+    schedule = rate_schedule(learning_rate, decay_steps, decay_factors)
+    optimizer = keras.optimizers.Adam(learning_rate=schedule, beta_1=0.9, beta_2=0.999,
                                       epsilon=epsilon)
+    # A checkpoint lists the optimizer's variables by position, and those written before the
+    # schedule hold a rate variable second: this unused one keeps the positions, so that they
+    # restore (tests/test_training_step.py).
+    optimizer.add_variable(shape=(), name="former_learning_rate")
     optimizer.build(model.trainable_variables)
     optimizer.rate_schedule = schedule
     return optimizer
 
 
-def set_learning_rate(optimizer, step):
-    """Assigns ``optimizer.rate_schedule(step)`` if it differs (a variable: no retracing)."""
-    rate = optimizer.rate_schedule(step)
-    if float(optimizer.learning_rate.numpy()) != np.float32(rate):
-        optimizer.learning_rate.assign(rate)
+def update_rate(optimizer, step):
+    """The learning rate of the update that made training step ``step`` (1-based)."""
+    return float(optimizer.rate_schedule(step - 1))
 
 
 def process_gradients(grads, per_variable=True, clip_norm=1.0):

@@ -3,8 +3,14 @@ corrupt checkpoints, the run's record, evaluation and figures from a workdir."""
 import glob
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 
 import gin
 import numpy as np
@@ -141,6 +147,22 @@ def test_resume_after_crash_is_exact_and_logs_nothing_twice(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
+def test_resume_with_another_rate_and_schedule(tmp_path):
+    # 3 steps at 1e-3, resumed at 5e-4 times 0.1 from step 4 on (the update that makes step 5):
+    # the logged rate is the configured one (tests/test_training_step.py: the updates too).
+    workdir = str(tmp_path / "w")
+    config.parse(["air_asr_13"], SMALL + ["make_optimizer.learning_rate = 1e-3"])
+    train_lib.train_eval(workdir, max_steps=3)
+    config.parse(["air_asr_13"], SMALL + ["make_optimizer.learning_rate = 5e-4",
+                                          "make_optimizer.decay_steps = (4,)",
+                                          "make_optimizer.decay_factors = (0.1,)"])
+    train_lib.train_eval(workdir, max_steps=6)
+    rates = _tensors(os.path.join(workdir, "train"), "learning_rate")
+    assert [s for s, _ in rates] == [1, 2, 3, 4, 5, 6]
+    assert [v for _, v in rates] == pytest.approx([1e-3] * 3 + [5e-4, 5e-5, 5e-5])
+
+
+@pytest.mark.slow
 def test_bad_checkpoints_name_the_file_and_are_kept(tmp_path):
     config.parse(["air_pprior_13"], SMALL)
     workdir = str(tmp_path / "w")
@@ -195,42 +217,117 @@ def test_train_tool_rejects_unknown_config(repo_root):
 
 
 def _wait_for(predicate, proc, timeout_s):
-    import time
-
     start = time.time()
     while time.time() - start < timeout_s:
         if predicate():
             return True
         if proc.poll() is not None:
             return False
-        time.sleep(0.5)
+        time.sleep(0.2)
     return False
 
 
-@pytest.mark.slow
-def test_kill9_then_sigterm_via_the_train_tool(tmp_path, repo_root):
-    """kill -9 mid-run, the same command resumes from the last checkpoint; SIGTERM stops
-    cleanly (evaluates, checkpoints, exit 0) without losing steps; no step is logged twice."""
-    import signal
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    workdir = str(tmp_path / "w")
+
+def _served_steps(port, run, tag):
+    """The steps of ``tag`` that a TensorBoard server serves (the scalars plugin's HTTP API,
+    TensorBoard 2.21: [[wall_time, step, value], ...]); [] while it has none."""
+    query = urllib.parse.urlencode({"run": run, "tag": tag})
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?{query}",
+                                    timeout=10) as response:
+            return [int(step) for _, step, _ in json.load(response)]
+    except (OSError, ValueError):  # not up yet, or no such run or tag yet (HTTP 400)
+        return []
+
+
+@pytest.mark.slow
+def test_kill9_resume_live_tensorboard_via_the_train_tool(tmp_path, repo_root):
+    """The README's commands: ``tools/train.py --config C`` trains into runs/C, and the same
+    command resumes it after a kill -9; SIGTERM stops cleanly (evaluates, checkpoints, exit 0).
+    A TensorBoard server started over runs/ beside the training serves the training scalars
+    live from the first steps on, and after the kill and the resume, every step exactly once."""
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    workdir = str(runs_dir / "air_asr_13")
+    train_file = lambda: glob.glob(os.path.join(workdir, "train", "*tfevents*"))  # noqa: E731
     cmd = [sys.executable, str(repo_root / "tools" / "train.py"), "--config", "air_asr_13",
-           "--workdir", workdir, "--max_steps", "500"] + [f"--gin_param={b}" for b in SMALL]
-    ckpts = lambda n: os.path.exists(os.path.join(workdir, "ckpt", f"ckpt-{n}.index"))  # noqa: E731
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert _wait_for(lambda: ckpts(6), proc, 400), "no checkpoint at step 6"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert _wait_for(lambda: any(ckpts(n) for n in range(12, 40, 3)), proc, 400)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
-    summary = json.load(open(os.path.join(workdir, "summary.json")))
-    last = summary["step"]
-    assert ckpts(last) and last < 500
-    steps = [s for s, _ in _tensors(os.path.join(workdir, "train"), "loss")]
-    assert steps == list(range(1, last + 1))  # resumed at the checkpoint, nothing logged twice
+           "--max_steps", "500", "--threads", "1"] + [
+        f"--gin_param={b}" for b in SMALL + ["train_eval.checkpoint_every = 10"]]
+    port = _free_port()
+    tensorboard = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(runs_dir), "--host",
+         "127.0.0.1", "--port", str(port), "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [tensorboard]
+    try:
+        start = time.time()
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        served = lambda run="air_asr_13/train": _served_steps(port, run, "loss")  # noqa: E731
+        assert _wait_for(lambda: served(), proc, 400), "no training scalar served"
+        print(f"first training scalar served {time.time() - start:.1f} s after the start")
+        live = served()
+        assert live == list(range(1, len(live) + 1))  # live, in order
+
+        def logged():
+            return max([s for s, _ in _tensors(os.path.join(workdir, "train"), "loss")],
+                       default=0)
+
+        # kill -9 at least 2 steps after a checkpoint (>= 10), well before the next one
+        assert _wait_for(lambda: logged() >= 12 and 2 <= logged() - runs.restored_step(workdir)
+                         <= 6, proc, 400), "no checkpoint"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_at, resumed_from = logged(), runs.restored_step(workdir)
+        assert 10 <= resumed_from < killed_at
+        assert _wait_for(lambda: max(served(), default=0) == killed_at, tensorboard, 60)
+
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)  # the same command
+        procs.append(proc)
+        assert _wait_for(lambda: runs.restored_step(workdir) >= resumed_from + 20, proc, 400)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        last = json.load(open(os.path.join(workdir, "summary.json")))["step"]
+        assert runs.restored_step(workdir) == last < 500
+        starts = [json.loads(line)["start_step"]
+                  for line in open(os.path.join(workdir, "invocations.jsonl"))]
+        assert starts == [0, resumed_from]  # the same command resumed the same workdir
+
+        every_step = list(range(1, last + 1))
+        assert [s for s, _ in _tensors(os.path.join(workdir, "train"), "loss")] == every_step
+        evals = sorted(set(range(3, last + 1, 3)) | {last})
+        assert [s for s, _ in _tensors(os.path.join(workdir, "eval"), "acc")] == evals
+        lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == evals
+        # The server that watched the killed run: each step once, once it has read the rest.
+        _wait_for(lambda: served() == every_step, tensorboard, 60)
+        assert served() == every_step
+        assert sorted(_served_steps(port, "air_asr_13/eval", "acc")) == evals
+        assert len(_served_steps(port, "air_asr_13/eval", "acc")) == len(evals)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def test_train_tool_help_lists_the_configs_and_the_default_workdir(repo_root):
+    out = subprocess.run([sys.executable, str(repo_root / "tools" / "train.py"), "--help"],
+                         capture_output=True, text=True, timeout=120)
+    listed = " ".join(out.stdout.split())  # absl wraps the help text
+    assert "The configs: " + ", ".join(config.available_configs()) + ";" in listed
+    assert "default runs/<config>" in listed
+    assert runs.default_workdir(["configs/air_asr_14.gin"]) == os.path.join("runs", "air_asr_14")
+    assert runs.default_workdir(["air_asr_13", "extra.gin"]) == os.path.join(
+        "runs", "air_asr_13+extra")
 
 
 def test_box_diagnostics_and_se_by_count_hand_worked():
@@ -254,81 +351,105 @@ def test_box_diagnostics_and_se_by_count_hand_worked():
 
 
 def _logged(workdir):
-    steps = [s for s, _ in _tensors(os.path.join(workdir, "train"), "loss")]
+    """(train loss (step, value)s, eval acc steps, metrics.jsonl steps) as readers find them."""
     path = os.path.join(workdir, "metrics.jsonl")
     lines = open(path).read().splitlines() if os.path.exists(path) else []
-    return steps, [json.loads(line)["step"] for line in lines]
+    return (_tensors(os.path.join(workdir, "train"), "loss"),
+            [s for s, _ in _tensors(os.path.join(workdir, "eval"), "acc")],
+            [json.loads(line)["step"] for line in lines])
 
 
-def _buffer_through(buf, first, last):
+def _log_steps(run_log, first, last, value_scale, checkpoint_at=None):
+    """What the loop logs: a loss each step, an evaluation every 3 steps, a flush each step.
+    Returns the files' sizes after the flush of step ``checkpoint_at``."""
+    sizes = None
     for s in range(first, last + 1):
-        buf.scalar("train", "loss", float(s), s)
-    buf.metrics_line({"step": last})
-    buf.flush(last)
+        run_log.scalar("train", "loss", s * value_scale, s)
+        if s % 3 == 0:
+            run_log.scalar("eval", "acc", s * value_scale, s)
+            run_log.metrics_line({"step": s})
+        run_log.flush()
+        if s == checkpoint_at:
+            sizes = {path: os.path.getsize(path) for path in _run_files(run_log.workdir)}
+    return sizes
 
 
-@pytest.mark.parametrize("kill_at", ["staging", "marker", "commit_events", "commit_metrics",
-                                     "commit_cleanup", "final_marker"])
-def test_summary_commit_survives_a_kill_at_every_point(tmp_path, monkeypatch, kill_at):
-    """A kill anywhere inside flush() leaves each step logged once after the resumed run."""
+def _run_files(workdir):
+    return sorted(glob.glob(os.path.join(workdir, "*", "*tfevents*"))
+                  + [os.path.join(workdir, "metrics.jsonl")])
+
+
+def _expected_after_resume(last):
+    return ([(s, float(s) if s <= 3 else 10.0 * s) for s in range(1, last + 1)],
+            list(range(3, last + 1, 3)), list(range(3, last + 1, 3)))
+
+
+def test_resume_after_a_kill_at_any_byte_logs_each_step_once(tmp_path):
+    """A kill -9 leaves every file a prefix of what the killed process wrote (it only appends):
+    for each file and each of its lengths after the step-3 checkpoint (the other files
+    complete), the run resumed from step 3 has every step once, and the resumed values."""
+    killed = str(tmp_path / "killed")
+    run_log = summaries.RunLog(killed, resumed_at=0)
+    at_checkpoint = _log_steps(run_log, 1, 6, 1.0, checkpoint_at=3)
+    run_log.close()
+    full = {path: open(path, "rb").read() for path in _run_files(killed)}
+    assert set(full) == set(at_checkpoint) and len(full) == 3
+    trials = 0
+    for torn, data in full.items():
+        for length in range(at_checkpoint[torn], len(data) + 1):
+            workdir = str(tmp_path / f"trial{trials}")
+            shutil.copytree(killed, workdir)
+            with open(torn.replace(killed, workdir), "wb") as f:
+                f.write(data[:length])
+            run_log = summaries.RunLog(workdir, resumed_at=3)
+            _log_steps(run_log, 4, 7, 10.0)
+            run_log.close()
+            assert _logged(workdir) == _expected_after_resume(7), (torn, length)
+            shutil.rmtree(workdir)
+            trials += 1
+    assert trials > 200  # every byte of the records after step 3
+
+
+def test_kill_during_the_cut_then_resume(tmp_path, monkeypatch):
     workdir = str(tmp_path)
-    _buffer_through(summaries.SummaryBuffer(workdir), 1, 3)
-    buf = summaries.SummaryBuffer(workdir)
-    real_replace, real_rmtree, real_marker = os.replace, summaries.shutil.rmtree, buf._write_marker
+    run_log = summaries.RunLog(workdir, resumed_at=0)
+    _log_steps(run_log, 1, 6, 1.0)
+    run_log.close()
+    real_replace = os.replace
 
-    def crash_if(point):
-        if point == kill_at:
+    def killed_at_second_replace(src, dst):
+        killed_at_second_replace.calls += 1
+        if killed_at_second_replace.calls == 2:
             raise _Crash()
+        real_replace(src, dst)
 
-    def replace(src, dst):
-        if "tfevents" in os.path.basename(src):
-            crash_if("commit_events")
-        return real_replace(src, dst)
-
-    def marker(pending):
-        crash_if("marker" if pending else "final_marker")
-        return real_marker(pending)
-
-    monkeypatch.setattr(buf, "_write_marker", marker)
-    monkeypatch.setattr(summaries.os, "replace", replace)
-    monkeypatch.setattr(summaries.shutil, "rmtree",
-                        lambda p: crash_if("commit_cleanup") or real_rmtree(p))
-    real_open = open
-
-    def opener(path, mode="r", *a, **k):
-        if str(path).endswith("metrics.jsonl") and "a" in mode:
-            f = real_open(path, mode, *a, **k)
-            f.write('{"step": 99, "torn')  # an append cut short by the kill
-            f.close()
-            crash_if("commit_metrics")
-        return real_open(path, mode, *a, **k)
-
-    if kill_at == "staging":
-        monkeypatch.setattr(summaries.tf.summary, "create_file_writer",
-                            lambda *a, **k: crash_if("staging"))
-    monkeypatch.setattr("builtins.open", opener)
+    killed_at_second_replace.calls = 0
+    monkeypatch.setattr(summaries.os, "replace", killed_at_second_replace)
     with pytest.raises(_Crash):
-        _buffer_through(buf, 4, 6)
+        summaries.RunLog(workdir, resumed_at=3)  # one file cut, the next one's copy written
     monkeypatch.undo()
-
-    # The next process: steps up to what the marker says are dropped, the rest re-logged.
-    buf = summaries.SummaryBuffer(workdir)
-    committed = kill_at not in ("staging", "marker")
-    assert buf.logged_through == (6 if committed else 3)
-    assert not os.path.exists(os.path.join(workdir, ".summaries_staging"))
-    _buffer_through(buf, 4, 6)  # resumed from the step-3 checkpoint
-    _buffer_through(buf, 7, 9)
-    assert _logged(workdir) == (list(range(1, 10)), [3, 6, 9])
+    assert glob.glob(os.path.join(workdir, "*", summaries._CUT_TMP))
+    run_log = summaries.RunLog(workdir, resumed_at=3)
+    assert not glob.glob(os.path.join(workdir, "*", summaries._CUT_TMP))
+    _log_steps(run_log, 4, 6, 10.0)
+    run_log.close()
+    assert _logged(workdir) == _expected_after_resume(6)
 
 
-def test_summary_marker_of_older_runs_is_read(tmp_path):
-    with open(tmp_path / "logged_through", "w") as f:
-        f.write("400")
-    buf = summaries.SummaryBuffer(str(tmp_path))
-    assert buf.logged_through == 400
-    buf.scalar("train", "loss", 1.0, 400)
-    buf.scalar("train", "loss", 2.0, 401)
-    buf.flush(401)
-    assert _logged(str(tmp_path)) == ([401], [])
-    assert json.load(open(tmp_path / "logged_through")) == {"logged_through": 401,
-                                                             "pending": None}
+def test_workdir_of_the_two_phase_commit_design_resumes(tmp_path):
+    """Until 2026-11-30 summaries were staged and committed at checkpoints, with a marker."""
+    workdir = str(tmp_path)
+    run_log = summaries.RunLog(workdir, resumed_at=0)
+    _log_steps(run_log, 1, 3, 1.0)
+    run_log.close()
+    staged = tmp_path / ".summaries_staging" / "6" / "train"
+    staged.mkdir(parents=True)
+    (staged / "events.out.tfevents.1.host.1.1.v2").write_bytes(b"")
+    (tmp_path / "logged_through").write_text('{"logged_through": 6, "pending": {"stage": "6"}}')
+    run_log = summaries.RunLog(workdir, resumed_at=3)
+    assert sorted(os.listdir(workdir)) == ["eval", "metrics.jsonl", "train"]
+    _log_steps(run_log, 4, 6, 10.0)
+    run_log.close()
+    assert _logged(workdir) == _expected_after_resume(6)
+    with pytest.raises(ValueError, match="unknown summary run 'test'"):
+        run_log.scalar("test", "loss", 1.0, 7)

@@ -136,31 +136,71 @@ def test_overfits_one_batch(case):
 
 
 def test_rate_schedule_hand_worked_and_bad_input():
-    sched = training.RateSchedule(1e-3, (10, 20), (0.1, 0.01))
-    assert [sched(s) for s in (0, 9, 10, 19, 20, 10**6)] == pytest.approx(
+    sched = training.rate_schedule(1e-3, (10, 20), (0.1, 0.01))
+    assert [float(sched(s)) for s in (0, 9, 10, 19, 20, 10**6)] == pytest.approx(
         [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
-    assert training.RateSchedule(2e-4)(123) == pytest.approx(2e-4)  # no decay
+    assert float(training.rate_schedule(2e-4)(123)) == pytest.approx(2e-4)  # no decay
     for steps, factors in [((10,), ()), ((20, 10), (0.1, 0.1)), ((10, 10), (0.1, 0.1))]:
         with pytest.raises(ValueError, match="decay steps"):
-            training.RateSchedule(1e-3, steps, factors)
+            training.rate_schedule(1e-3, steps, factors)
 
 
-def test_configured_rate_wins_over_the_checkpointed_one(tmp_path):
-    # A run checkpointed at lr 1e-3 and resumed with a decay from step 2: the optimizer's
-    # (checkpointed) rate variable is overwritten before the next update.
-    v = keras.Variable(np.ones(3, np.float32))
+class _OneVariable:
+    def __init__(self):
+        self.v = keras.Variable(np.ones(3, np.float32))
+        self.trainable_variables = [self.v]
 
-    class Holder:
-        trainable_variables = [v]
 
-    first = training.make_optimizer(Holder(), learning_rate=1e-3)
-    for step in range(3):
-        training.set_learning_rate(first, step)
-        first.apply_gradients([(tf.ones(3), v)])
-    path = tf.train.Checkpoint(optimizer=first).save(str(tmp_path / "ckpt"))
-    resumed = training.make_optimizer(Holder(), learning_rate=1e-3, decay_steps=(2,),
-                                      decay_factors=(0.5,))
-    tf.train.Checkpoint(optimizer=resumed).restore(path).assert_existing_objects_matched()
-    assert float(resumed.learning_rate.numpy()) == pytest.approx(1e-3)  # as checkpointed
-    training.set_learning_rate(resumed, int(resumed.iterations.numpy()))
-    assert float(resumed.learning_rate.numpy()) == pytest.approx(5e-4)
+def _moves(optimizer, holder, n):
+    """What ``n`` updates with gradient 1 move the variable by, one by one. Adam with a
+    constant gradient moves each by its rate (the bias-corrected moments are g and g^2)."""
+    moves = []
+    for _ in range(n):
+        before = holder.v.numpy()[0]
+        optimizer.apply_gradients([(tf.ones(3), holder.v)])
+        moves.append(before - holder.v.numpy()[0])
+    return moves
+
+
+def test_configured_rate_and_schedule_hold_on_resume(tmp_path):
+    # 3 updates at 1e-3, a checkpoint; resumed with 4e-3 halved from update 5 on; checkpointed
+    # after 7 updates and resumed with 1e-3 times 0.1 from update 8 on.
+    holder = _OneVariable()
+    first = training.make_optimizer(holder, learning_rate=1e-3)
+    assert _moves(first, holder, 3) == pytest.approx([1e-3] * 3, rel=1e-2)
+    path = tf.train.Checkpoint(optimizer=first, v=holder.v).save(str(tmp_path / "a"))
+
+    holder = _OneVariable()
+    second = training.make_optimizer(holder, learning_rate=4e-3, decay_steps=(5,),
+                                     decay_factors=(0.5,))
+    tf.train.Checkpoint(optimizer=second, v=holder.v).restore(path).assert_consumed()
+    assert int(second.iterations) == 3 and holder.v.numpy()[0] == pytest.approx(1 - 3e-3)
+    assert _moves(second, holder, 4) == pytest.approx([4e-3, 4e-3, 2e-3, 2e-3], rel=1e-2)
+    assert [training.update_rate(second, s) for s in (4, 5, 6, 7)] == pytest.approx(
+        [4e-3, 4e-3, 2e-3, 2e-3])  # the logged rate of the update that made step s
+    path = tf.train.Checkpoint(optimizer=second, v=holder.v).save(str(tmp_path / "b"))
+
+    holder = _OneVariable()
+    third = training.make_optimizer(holder, learning_rate=1e-3, decay_steps=(8,),
+                                    decay_factors=(0.1,))
+    tf.train.Checkpoint(optimizer=third, v=holder.v).restore(path).assert_consumed()
+    assert _moves(third, holder, 2) == pytest.approx([1e-3, 1e-4], rel=1e-2)
+
+
+def test_checkpoints_of_the_rate_variable_optimizer_restore(tmp_path):
+    """Before the schedule (2026-11-30) the rate was an Adam variable, listed second."""
+    holder = _OneVariable()
+    old = keras.optimizers.Adam(learning_rate=1e-3, epsilon=1e-8)
+    old.build(holder.trainable_variables)
+    _moves(old, holder, 2)
+    saved = [v.numpy() for v in old.variables]  # iterations, rate, momentum, velocity
+    assert saved[0] == 2 and saved[1] == pytest.approx(1e-3)
+    path = tf.train.Checkpoint(optimizer=old).save(str(tmp_path / "old"))
+    new = training.make_optimizer(_OneVariable(), learning_rate=5e-4)
+    tf.train.Checkpoint(optimizer=new).restore(path).assert_existing_objects_matched()
+    restored = [v.numpy() for v in new.variables]
+    assert restored[0] == 2
+    np.testing.assert_array_equal(restored[2], saved[2])  # momentum, velocity
+    np.testing.assert_array_equal(restored[3], saved[3])
+    assert saved[2][0] > 0 and saved[3][0] > 0
+    assert float(new.learning_rate) == pytest.approx(5e-4)  # the configured rate

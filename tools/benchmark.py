@@ -3,6 +3,7 @@
   python tools/benchmark.py --what data --dataset mnist_13
   python tools/benchmark.py --what train --config air_asr_14 --batches 50 --warmup_batches 5
   python tools/benchmark.py --what sampler
+  python tools/benchmark.py --what tensorboard --config air_asr_14   # first scalar served
 """
 import json
 import sys
@@ -18,7 +19,8 @@ flags.DEFINE_integer("batches", 200, "measured batches")
 flags.DEFINE_integer("warmup_batches", 20, "batches before measuring")
 flags.DEFINE_integer("seed", 0, "seed")
 flags.DEFINE_bool("fresh_scenes", False, "data mode: never-repeating scenes")
-flags.DEFINE_string("config", "air_asr_14", "train mode: the config whose data and model to time")
+flags.DEFINE_string("config", "air_asr_14", "train mode: the config whose data and model to "
+                    "time; tensorboard mode: the config to train")
 flags.DEFINE_string("kinds", "air,pprior,asr", "train mode: model kinds to time")
 flags.DEFINE_string("jit_modes", "0,1", "train mode: 0 = plain tf.function, 1 = XLA")
 flags.DEFINE_string("export_path", None, "serving mode: a SavedModel version folder")

@@ -1,16 +1,18 @@
 """Trains one run: python tools/train.py --config configs/air_asr_14.gin [--workdir W].
 
-Running the same command again on the same workdir resumes from its latest checkpoint.
-Several processes or devices: --strategy mirrored|multi_worker (docs/DISTRIBUTED.md).
+The run lives in --workdir, by default runs/<config> (runs/air_asr_14): running the same
+command again resumes it from its latest checkpoint. Several processes or devices: --strategy
+mirrored|multi_worker (docs/DISTRIBUTED.md).
 """
-import datetime
-import os
-
 from absl import app, flags
 
-flags.DEFINE_multi_string("config", [], "Config name (air_asr_14) or .gin path; repeatable.")
+from asr_tf import config
+
+flags.DEFINE_multi_string("config", [], "Config name or .gin path; repeatable. The configs: "
+                          + ", ".join(config.available_configs()))
 flags.DEFINE_multi_string("gin_param", [], "Extra gin binding, e.g. 'train_eval.eval_every=500'.")
-flags.DEFINE_string("workdir", None, "Run folder (default runs/<config>-<timestamp>).")
+flags.DEFINE_string("workdir", None, "Run folder (default runs/<config>, relative to the current "
+                    "folder; the same command resumes it).")
 flags.DEFINE_integer("seed", None, "The run's seed (train_eval.seed): initial weights, noise "
                      "and the order of the training scenes; the scenes and the test set are the "
                      "data set's (run_spec.data_seed).")
@@ -28,7 +30,7 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    from asr_tf import config, runs, train_lib
+    from asr_tf import runs, train_lib
 
     if FLAGS.threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
@@ -48,9 +50,7 @@ def main(argv):
         raise app.UsageError(str(err))
     if FLAGS.strategy == "multi_worker" and not FLAGS.workdir:
         raise app.UsageError("--strategy multi_worker needs --workdir (the same on every worker)")
-    workdir = FLAGS.workdir or os.path.join(
-        "runs", f"{os.path.splitext(os.path.basename(files[-1]))[0]}-"
-        f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    workdir = FLAGS.workdir or runs.default_workdir(files)
     kwargs = {}
     if FLAGS.max_steps is not None:  # this invocation only: not part of the run
         kwargs["max_steps"] = FLAGS.max_steps
