@@ -175,10 +175,15 @@ def train_command(run, steps, threads=1, max_minutes=None, extra=()):
 def train_runs(runs, steps, parallel=2, threads=1, max_minutes=None, extra=(), log=print):
     """Trains every run that has not reached ``steps``, ``parallel`` at a time (each with
     ``threads`` threads; its console log beside its workdir). Returns {workdir: exit code}."""
+    from asr_tf import runs as runs_lib
+
     todo = [r for r in runs if reached(r.workdir) < steps]
     for r in runs:
         if r not in todo:
             log(f"done already: {r.workdir} ({reached(r.workdir)} steps)")
+        elif runs_lib.workdir_busy(r.workdir):
+            log(f"skipped: {r.workdir} is being trained by another process")
+            todo.remove(r)
     running, codes = {}, {}
     while todo or running:
         while todo and len(running) < parallel:

@@ -44,6 +44,62 @@ class RecordMismatchError(ValueError):
     """An invocation whose seeds differ from the ones its workdir was started with."""
 
 
+class WorkdirBusyError(RuntimeError):
+    """Another process is training in this workdir."""
+
+
+LOCK_FILE = ".lock"
+_held_locks = {}  # workdir -> open lock file, for the life of this process
+
+
+def lock_workdir(workdir):
+    """Takes the workdir's lock for this process (an advisory ``flock`` on ``<workdir>/.lock``,
+    released when the process exits, killed or not); WorkdirBusyError if another process holds
+    it: two trainings in one workdir would overwrite each other's checkpoints and logs."""
+    import fcntl
+
+    path = os.path.abspath(workdir)
+    if path in _held_locks:
+        return
+    f = open(os.path.join(path, LOCK_FILE), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise WorkdirBusyError(f"{workdir!r} is in use by {holder}: wait for it, or stop it "
+                               "(kill PID: it checkpoints and exits), or use another --workdir")
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    _held_locks[path] = f
+
+
+def unlock_workdir(workdir):
+    """Releases this process's lock on ``workdir`` (train_eval does at its end)."""
+    f = _held_locks.pop(os.path.abspath(workdir), None)
+    if f is not None:
+        f.close()
+
+
+def workdir_busy(workdir):
+    """Whether another process holds ``workdir``'s lock (a trainer there right now)."""
+    import fcntl
+
+    path = os.path.join(workdir, LOCK_FILE)
+    if os.path.abspath(workdir) in _held_locks or not os.path.exists(path):
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
 @gin.configurable
 def run_spec(dataset="mnist_13", dataset_overrides=None, data_seed=0):
     """The data set of a run: ``dataset`` names one of scenes.DATASETS; ``data_seed`` fixes its

@@ -72,6 +72,7 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     os.makedirs(workdir, exist_ok=True)
     dist = distribute.Distributed(strategy, batch_size)
     out = dist.output_dir(workdir)  # what this worker writes
+    runs.lock_workdir(out)  # one trainer per workdir
     runs.write_record(out, start_step=runs.restored_step(workdir))  # refuses other seeds
     log = _file_logger(out)
     keras.utils.set_random_seed(seed)  # initial weights
@@ -164,6 +165,7 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     dist.finish()
+    runs.unlock_workdir(out)
     return summary
 
 

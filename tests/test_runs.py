@@ -90,3 +90,25 @@ def test_record_and_evaluate_tool_reproduce_a_seed_1_run(tmp_path, repo_root):
     starts = [json.loads(line)["start_step"]
               for line in open(os.path.join(workdir, "invocations.jsonl"))]
     assert starts == [0, 6]
+
+
+def test_one_trainer_per_workdir(tmp_path):
+    """A second process cannot take a workdir that a trainer holds; the lock dies with it."""
+    workdir = str(tmp_path / "w")
+    os.makedirs(workdir)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from asr_tf import runs; "
+         f"runs.lock_workdir({workdir!r}); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert runs.workdir_busy(workdir)
+        with pytest.raises(runs.WorkdirBusyError, match=f"in use by pid {holder.pid}"):
+            runs.lock_workdir(workdir)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not runs.workdir_busy(workdir)  # killed: the lock went with it
+    runs.lock_workdir(workdir)
+    runs.lock_workdir(workdir)  # this process again: fine
+    runs.unlock_workdir(workdir)

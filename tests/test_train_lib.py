@@ -34,7 +34,7 @@ def _tensors(logdir, tag):
 
 def test_every_config_parses():
     names = config.available_configs()
-    assert len(names) == 32  # 15 paper runs, their faithful twins, two learning variants
+    assert len(names) == 33  # 15 paper runs, their faithful twins, three learning variants
     assert len([n for n in names if n.endswith("_faithful")]) == 15
     for name in names:
         config.parse([name])
@@ -61,7 +61,7 @@ def test_paper_weights_in_configs():
     assert runs.run_spec().canvas_px == 64
     config.parse(["air_asr_13"])
     assert "size_equality" not in _constraints()  # the paper's row 13: counts only
-    for name in ("air_asr_13_size", "air_asr_24_size"):
+    for name in ("air_asr_13_size", "air_asr_14_size", "air_asr_24_size"):
         config.parse([name])
         assert _constraints() == {"count_min": 10.0, "count_margin": 100.0, "size_equality": 10.0}
         assert runs.run_spec().name == "mnist_" + name.split("_")[2]

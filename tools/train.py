@@ -59,7 +59,7 @@ def main(argv):
     print(f"workdir: {workdir}")
     try:
         summary = train_lib.train_eval(workdir, **kwargs)
-    except (runs.RecordMismatchError, runs.CheckpointError) as err:
+    except (runs.RecordMismatchError, runs.CheckpointError, runs.WorkdirBusyError) as err:
         raise app.UsageError(str(err))
     print(summary)
 
