@@ -60,9 +60,10 @@ def test_summarize_over_the_seeds_that_reached_the_budget(tmp_path):
     assert table["air_pprior_14"]["seeds"] == [] and table["air_pprior_14"]["runs"] == {0: None}
     text = reproduce.markdown_table(1, {"14": table}, 400, last=2)
     line = [l for l in text.splitlines() if "`air_asr_14`" in l][0]
-    assert line.startswith("| Multi-MNIST, 1 or 4 digits | AIR-ASR (`air_asr_14`) | 2 |")
+    assert line.startswith("|  | AIR-ASR (`air_asr_14`) | 2 |")  # the row's name on its first line
+    assert "| Multi-MNIST, 1 or 4 digits | AIR (`air_14`) |" in text
     assert "0.75 ± 0.10 | 0.96 ± 0.01" in line  # ours, then the paper's ACC
-    assert "70.0 ± 0.0 | 41.0 ± 7.1" in line  # ours, then the paper's SE (41.05)
+    assert "70.0 ± 0.0 | 41.1 ± 7.1" in line  # ours, then the paper's SE (41.05, half up)
     pprior = [l for l in text.splitlines() if "`air_pprior_14`" in l][0]
     assert "| 0 | – | 519.1 ± 5.5 |" in pprior  # no seed finished: no number of ours
     runs_text = reproduce.per_run_table({"14": table}, 400)
@@ -87,16 +88,17 @@ def test_plan_rows_seeds_and_variants(tmp_path):
     assert names[:len(seed0)] == seed0  # every seed 0 first: a partial pass covers every row
     assert set(seed0) == {("air_13", 0), ("air_pprior_13", 0), ("air_asr_13", 0),
                           ("air_asr_13_size", 0), ("air_asr_13_faithful", 0), ("air_14", 0),
-                          ("air_pprior_14", 0), ("air_asr_14", 0), ("air_asr_14_faithful", 0)}
+                          ("air_pprior_14", 0), ("air_asr_14", 0), ("air_asr_14_size", 0),
+                          ("air_asr_14_faithful", 0)}
     assert [n for n in names if n[1] == 1] == [("air_asr_13", 1), ("air_asr_14", 1)]
     assert runs[0].workdir == os.path.join(str(tmp_path), "air_13_s0")
     assert reproduce.row_configs("13", ["size"])[-1] == "air_asr_13_size"
-    with pytest.raises(ValueError, match="air_asr_14_size"):
-        reproduce.row_configs("14", ["size"])
+    with pytest.raises(ValueError, match="air_asr_mnist_overlap_size"):
+        reproduce.row_configs("mnist_overlap", ["size"])
     with pytest.raises(ValueError, match="row '99'"):
         reproduce.plan(str(tmp_path), ["99"])
     with pytest.raises(ValueError, match="variant 'size'"):
-        reproduce.plan(str(tmp_path), ["14"], variants=["size"])
+        reproduce.plan(str(tmp_path), ["mnist_overlap"], variants=["size"])
     assert reproduce.display_name("air_asr_13_size") == "AIR-ASR (size)"
     assert reproduce.row_of("air_pprior_dsprites_overlap") == "dsprites_overlap"
     assert [reproduce.model_of(c) for c in ("air_24", "air_pprior_24", "air_asr_13_size")] == [
@@ -198,6 +200,7 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     assert out.returncode == 0, out.stderr[-2000:]
     table = open(os.path.join(out_dir, "table1.md")).read()
     assert "| AIR-ASR (size) (`air_asr_13_size`) | 1 | 500.0 ± 0.0 | 360.2 ± 19.7 | 0.90 ± 0.00" in table
+    assert reproduce._round(0.125, 2) == "0.13" and reproduce._round(28.84, 1) == "28.8"
     assert table.strip() in open(results_md).read() and open(results_md).read().endswith("text\n")
     assert os.path.exists(os.path.join(out_dir, "runs", "air_13_s0", "metrics.jsonl"))
     assert "Multi-MNIST, 1 or 4 digits" in table  # both rows of `--rows 13 14`
