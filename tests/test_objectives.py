@@ -140,8 +140,9 @@ def test_monitored_constraints_are_logged_not_trained():
 
 
 def test_objective_rejects_bad_entries():
-    with pytest.raises(ValueError, match="unknown constraint 'one_row'.*count_margin"):
-        _objective(("one_row", 1.0))
+    # a name no test registers (docs' 'one_row' example is registered by test_constraints)
+    with pytest.raises(ValueError, match="unknown constraint 'all_in_a_circle'.*count_margin"):
+        _objective(("all_in_a_circle", 1.0))
     with pytest.raises(ValueError, match="finite number"):
         _objective(("overlap", float("nan")))
     with pytest.raises(ValueError, match="pairs"):
