@@ -92,6 +92,65 @@ def presence_by_step(z_pres_prob, true_count, count=None, step_mask=None):
     return out
 
 
+def boxes_by_step(scale, shift, present, images, true_count, canvas_px, max_steps_shown=None):
+    """Where the present boxes of each glimpse step are, per true count.
+
+    Args:
+      scale: [N, T] window side as a fraction of the canvas; shift: [N, T, 2] centres in
+        [-1, 1] (x, y); present: [N, T] 1 where the step's object is on the canvas;
+      images: [N, S, S] (or [N, S, S, 1]) the test scenes; true_count: [N]; canvas_px: S.
+    Returns:
+      {true count c: {"present": [T] fraction of scenes with step t present, "side_px": [T]
+      mean side of the present boxes, "ink_covered": [T] mean fraction of a scene's ink
+      (sum of pixel values) inside the union of its present boxes 0..t}}; NaN where no box.
+    """
+    scale, shift = np.asarray(scale, np.float64), np.asarray(shift, np.float64)
+    present = np.asarray(present) > 0.5
+    n, t_max = scale.shape
+    if shift.shape != (n, t_max, 2) or present.shape != (n, t_max):
+        raise ValueError(f"scale {scale.shape}, shift {shift.shape} and present {present.shape} "
+                         "must be [N, T], [N, T, 2], [N, T]")
+    true_count = _as_counts("true_count", true_count)
+    x = np.asarray(images, np.float64).reshape(n, canvas_px, canvas_px)
+    side = scale * canvas_px  # [N, T]
+    centre = (shift + 1.0) * canvas_px / 2.0  # [N, T, 2]
+    grid = np.arange(canvas_px) + 0.5  # pixel centres
+    lo, hi = centre - side[..., None] / 2, centre + side[..., None] / 2  # [N, T, 2]
+    in_x = (grid[None, None, :] >= lo[..., 0:1]) & (grid[None, None, :] <= hi[..., 0:1])  # [N, T, S]
+    in_y = (grid[None, None, :] >= lo[..., 1:2]) & (grid[None, None, :] <= hi[..., 1:2])
+    inside = (in_y[:, :, :, None] & in_x[:, :, None, :]) & present[:, :, None, None]  # [N, T, S, S]
+    union = np.logical_or.accumulate(inside, axis=1)
+    ink = x.reshape(n, -1).sum(-1)  # [N]
+    covered = (union * x[:, None]).reshape(n, t_max, -1).sum(-1) / np.maximum(ink, 1e-12)[:, None]
+    out = {}
+    for c in np.unique(true_count):
+        rows = true_count == c
+        p = present[rows]
+        n_p = p.sum(0)
+        out[int(c)] = {"present": p.mean(0),
+                       "side_px": np.where(n_p > 0, (side[rows] * p).sum(0) / np.maximum(n_p, 1), np.nan),
+                       "ink_covered": covered[rows].mean(0)}
+    return out
+
+
+def format_boxes(boxes):
+    """Markdown table of :func:`boxes_by_step`."""
+    if not boxes:
+        return "(no scenes)\n"
+    t_max = len(next(iter(boxes.values()))["present"])
+    lines = ["Per glimpse step: fraction of scenes with the box present, its mean side (px), and "
+             "the ink inside boxes 0..t:", "",
+             "| true count | " + " | ".join(f"step {t}" for t in range(t_max)) + " |",
+             "|---" * (t_max + 1) + "|"]
+    for c, e in boxes.items():
+        cells = []
+        for t in range(t_max):
+            side = "–" if not np.isfinite(e["side_px"][t]) else f"{e['side_px'][t]:.1f} px"
+            cells.append(f"{e['present'][t]:.2f} / {side} / {e['ink_covered'][t]:.2f}")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def count_report(count, z_pres_prob, true_count, step_mask=None):
     """Histogram and presence per step, plus flat float scalars for logging.
 
@@ -279,13 +338,14 @@ def diagnose_workdir(workdir, checkpoint=None, num_test=None, seed=0, ledger=Tru
     scenes = train_lib.Evaluator(model, spec, num_test, seed).test
     images, true_count = scenes["image"], scenes["count"].numpy()
     gen = tf.random.Generator.from_seed(seed * 1_000_003 + step + 11)
-    counts, probs, nlls, ledgers = [], [], [], []
+    counts, probs, nlls, ledgers, wheres = [], [], [], [], []
     for lo in range(0, int(images.shape[0]), batch):
         x = images[lo:lo + batch]
         noise = model.sample_noise(int(x.shape[0]), gen)
         out = model(x, noise, step=step, training=False)
         counts.append(out["count"].numpy())
         probs.append(out["z_pres_prob"].numpy())
+        wheres.append({k: out[k].numpy() for k in ("scale", "shift", "present")})
         nlls.append(objectives.bernoulli_nll(x, out["recon"]).numpy())
         if ledger and isinstance(model, AIR):
             led = model.glimpse_ledger(x, noise, step)
@@ -293,8 +353,12 @@ def diagnose_workdir(workdir, checkpoint=None, num_test=None, seed=0, ledger=Tru
                                              led["prior_logit"]))
     count = np.concatenate(counts)
     report = count_report(count, np.concatenate(probs), true_count)
-    result = {"step": step, "report": report,
-              "markdown": f"Step {step}, {count.size} test scenes.\n\n" + format_report(report)}
+    where = {k: np.concatenate([w[k] for w in wheres]) for k in wheres[0]}
+    boxes = boxes_by_step(where["scale"], where["shift"], where["present"], images.numpy(),
+                          true_count, spec.canvas_px)
+    result = {"step": step, "report": report, "boxes": boxes,
+              "markdown": f"Step {step}, {count.size} test scenes.\n\n" + format_report(report)
+              + "\n" + format_boxes(boxes)}
     if ledgers:
         led = {k: np.concatenate([l[k] for l in ledgers]) for k in ledgers[0]}
         nll = np.concatenate(nlls)

@@ -205,3 +205,25 @@ def test_presence_prior_schedule_is_bound_in_air_gin_and_reaches_the_model():
         np.testing.assert_allclose(out["prior_logit"].numpy()[:, 0], 0.0, atol=1e-4)
     finally:
         gin.clear_config()
+
+
+def test_boxes_by_step_hand_worked():
+    s = 10
+    images = np.zeros((2, s, s))
+    images[0, 2:4, 2:4] = 1.0  # 4 ink pixels in the top-left
+    images[0, 7, 7] = 2.0  # and weight 2 in the bottom-right
+    images[1, 5, 5] = 1.0
+    # scene 0: box 0 = pixels 2..3 (centre 3 px, side 2 px), box 1 = pixels 7 (centre 7.5, side 1)
+    scale = np.array([[0.2, 0.1, 0.5], [0.4, 0.4, 0.4]])
+    shift = np.array([[[-0.4, -0.4], [0.5, 0.5], [0.0, 0.0]],
+                      [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    present = np.array([[1, 1, 0], [1, 0, 0]])
+    boxes = diagnostics.boxes_by_step(scale, shift, present, images, [2, 1], s)
+    np.testing.assert_allclose(boxes[2]["present"], [1, 1, 0])
+    np.testing.assert_allclose(boxes[2]["side_px"][:2], [2.0, 1.0])
+    assert np.isnan(boxes[2]["side_px"][2])
+    np.testing.assert_allclose(boxes[2]["ink_covered"], [4 / 6, 1.0, 1.0])  # box 2 is absent
+    np.testing.assert_allclose(boxes[1]["ink_covered"], [1.0, 1.0, 1.0])  # 4 px box on (5, 5)
+    assert "1.00 / 2.0 px / 0.67" in diagnostics.format_boxes(boxes)
+    with pytest.raises(ValueError, match="must be"):
+        diagnostics.boxes_by_step(scale, shift[:, :2], present, images, [2, 1], s)
