@@ -321,12 +321,18 @@ def bernoulli_kl(alpha_q, alpha_p):
             + (1.0 - q) * (_log_sigmoid(-aq) - _log_sigmoid(-ap)))
 
 
-def diagnose_workdir(workdir, checkpoint=None, num_test=None, seed=0, ledger=True, batch=250):
+def diagnose_workdir(workdir, checkpoint=None, num_test=None, seed=0, ledger=True, batch=250,
+                     ledger_prior_logit=None):
     """Count diagnostics of a trained run on its test scenes (one stochastic test pass, Q25).
 
-    Returns a dict: ``step``, ``report`` (:func:`count_report` of the pass), ``markdown``, and
-    for plain AIR with ``ledger``: ``ledger_summary`` and ``ledger_check`` (the largest
-    |nll of the pass - ledger nll at the inferred count|, which must be ~0).
+    ``ledger_prior_logit``: price presence in the ledger at this prior log-odds instead of the
+    run's at its step (e.g. -20.03, the floor: which count would the floor prior buy with the
+    glimpses the model proposes now?).
+
+    Returns a dict: ``step``, ``report`` (:func:`count_report` of the pass), ``boxes``
+    (:func:`boxes_by_step`), ``markdown``, and for plain AIR with ``ledger``:
+    ``ledger_summary`` and ``ledger_check`` (the largest |nll of the pass - ledger nll at the
+    inferred count|, which must be ~0).
     """
     import tensorflow as tf
 
@@ -349,8 +355,8 @@ def diagnose_workdir(workdir, checkpoint=None, num_test=None, seed=0, ledger=Tru
         nlls.append(objectives.bernoulli_nll(x, out["recon"]).numpy())
         if ledger and isinstance(model, AIR):
             led = model.glimpse_ledger(x, noise, step)
-            ledgers.append(count_elbo_ledger(x.numpy(), led["rendered"], led["kl_glimpse"],
-                                             led["prior_logit"]))
+            prior = led["prior_logit"] if ledger_prior_logit is None else ledger_prior_logit
+            ledgers.append(count_elbo_ledger(x.numpy(), led["rendered"], led["kl_glimpse"], prior))
     count = np.concatenate(counts)
     report = count_report(count, np.concatenate(probs), true_count)
     where = {k: np.concatenate([w[k] for w in wheres]) for k in wheres[0]}
@@ -364,5 +370,8 @@ def diagnose_workdir(workdir, checkpoint=None, num_test=None, seed=0, ledger=Tru
         nll = np.concatenate(nlls)
         result["ledger_check"] = float(np.abs(led["nll"][np.arange(count.size), count] - nll).max())
         result["ledger_summary"] = ledger_summary(led, count, true_count)
-        result["markdown"] += "\n" + format_ledger_summary(result["ledger_summary"])
+        priced = ("the run's prior at this step" if ledger_prior_logit is None
+                  else f"prior log-odds {ledger_prior_logit:g}")
+        result["markdown"] += (f"\nLedger, presence priced at {priced}.\n\n"
+                               + format_ledger_summary(result["ledger_summary"]))
     return result

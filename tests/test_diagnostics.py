@@ -227,3 +227,38 @@ def test_boxes_by_step_hand_worked():
     assert "1.00 / 2.0 px / 0.67" in diagnostics.format_boxes(boxes)
     with pytest.raises(ValueError, match="must be"):
         diagnostics.boxes_by_step(scale, shift[:, :2], present, images, [2, 1], s)
+
+
+@pytest.mark.slow
+def test_diagnose_counts_tool_on_a_tiny_air_run(tmp_path, repo_root):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from asr_tf import train_lib
+
+    small = ["build_model.lstm_units = 16", "train_eval.batch_size = 8", "train_eval.num_test = 16",
+             "train_eval.eval_every = 3", "train_eval.checkpoint_every = 3",
+             "train_eval.image_every = 3", "train_eval.jit_compile = False",
+             "train_eval.progress = False", "PresencePriorSchedule.steps_per_decade = 328"]
+    try:
+        config.parse(["air_13"], small)
+        workdir = str(tmp_path / "w")
+        train_lib.train_eval(workdir, max_steps=3)
+    finally:
+        gin.clear_config()
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([sys.executable, str(repo_root / "tools" / "diagnose_counts.py"),
+                          "--workdir", workdir, "--num_test", "16", "--ledger_prior_logit", "-20"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| true count | scenes | inferred 0 |" in out.stdout
+    assert "presence priced at prior log-odds -20" in out.stdout
+    result = json.load(open(os.path.join(workdir, "count_diagnostics_3_prior-20.json")))
+    assert result["step"] == 3
+    assert result["ledger_check"] < 1e-2  # the ledger reproduces the pass's nll
+    fractions = [sum(v for v in result["report"]["histogram"][c][0]) for c in result["report"]["histogram"]]
+    np.testing.assert_allclose(fractions, 1.0)
+    # the run's binding reached the restored model: 3 steps of a 328-step decade
+    assert "PresencePriorSchedule.steps_per_decade = 328" in open(os.path.join(workdir, "config.gin")).read()

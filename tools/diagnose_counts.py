@@ -16,6 +16,8 @@ flags.DEFINE_string("checkpoint", None, "A checkpoint path (default: the latest)
 flags.DEFINE_integer("num_test", None, "Test scenes (default: the dataset's, 1000).")
 flags.DEFINE_integer("seed", 0, "Seed of the test scenes and the test-pass noise.")
 flags.DEFINE_bool("ledger", True, "AIR: price every count with the model's own glimpses.")
+flags.DEFINE_float("ledger_prior_logit", None,
+                   "Price presence at this prior log-odds (default: the run's at its step).")
 flags.DEFINE_string("out", None, "JSON output path (default: <workdir>/count_diagnostics_<step>.json).")
 FLAGS = flags.FLAGS
 
@@ -40,12 +42,14 @@ def main(argv):
 
     result = diagnostics.diagnose_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                                           num_test=FLAGS.num_test, seed=FLAGS.seed,
-                                          ledger=FLAGS.ledger)
+                                          ledger=FLAGS.ledger,
+                                          ledger_prior_logit=FLAGS.ledger_prior_logit)
     print(result["markdown"])
     if "ledger_check" in result:
         print(f"ledger check (|nll of the pass - ledger nll at the inferred count|, max): "
               f"{result['ledger_check']:.2e}")
-    out = FLAGS.out or os.path.join(FLAGS.workdir, f"count_diagnostics_{result['step']}.json")
+    tag = "" if FLAGS.ledger_prior_logit is None else f"_prior{FLAGS.ledger_prior_logit:g}"
+    out = FLAGS.out or os.path.join(FLAGS.workdir, f"count_diagnostics_{result['step']}{tag}.json")
     with open(out, "w") as f:
         json.dump(_jsonable({k: v for k, v in result.items() if k != "markdown"}), f, indent=1)
     print(out)
