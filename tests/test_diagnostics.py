@@ -262,3 +262,16 @@ def test_diagnose_counts_tool_on_a_tiny_air_run(tmp_path, repo_root):
     np.testing.assert_allclose(fractions, 1.0)
     # the run's binding reached the restored model: 3 steps of a 328-step decade
     assert "PresencePriorSchedule.steps_per_decade = 328" in open(os.path.join(workdir, "config.gin")).read()
+
+
+@pytest.mark.parametrize("row", ["13", "14", "24"])
+def test_floor20k_variants_reach_the_floor_within_the_budget(row):
+    try:
+        config.parse([f"air_{row}_floor20k"])
+        schedule = PresencePriorSchedule()  # gin-configured, as build_model takes it
+        assert gin.query_parameter("build_model.kind") == "air"
+        assert (schedule.start_odds, schedule.floor_odds) == (1e4, 1e-9)  # the original's
+        assert 19_900 < schedule.floor_step <= 20_000  # 13 decades x 1538 = 19,994 steps
+        assert float(schedule.logit(12000)) == pytest.approx(math.log(1e4 * 0.1 ** (12000 / 1538)), abs=1e-3)
+    finally:
+        gin.clear_config()

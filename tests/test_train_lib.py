@@ -36,7 +36,8 @@ def _tensors(logdir, tag):
 
 def test_every_config_parses():
     names = config.available_configs()
-    assert len(names) == 31  # 15 paper runs, their faithful twins, one learning variant
+    # 15 paper runs, their faithful twins, one ASR learning variant, three AIR schedule variants
+    assert len(names) == 34
     assert len([n for n in names if n.endswith("_faithful")]) == 15
     for name in names:
         config.parse([name])
