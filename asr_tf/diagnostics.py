@@ -102,7 +102,8 @@ def boxes_by_step(scale, shift, present, images, true_count, canvas_px, max_step
     Returns:
       {true count c: {"present": [T] fraction of scenes with step t present, "side_px": [T]
       mean side of the present boxes, "ink_covered": [T] mean fraction of a scene's ink
-      (sum of pixel values) inside the union of its present boxes 0..t}}; NaN where no box.
+      (sum of pixel values) inside the union of its present boxes 0..t (a pixel is inside a
+      box when its centre is)}}; NaN where no box.
     """
     scale, shift = np.asarray(scale, np.float64), np.asarray(shift, np.float64)
     present = np.asarray(present) > 0.5
