@@ -10,6 +10,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from asr_tf import diagnostics
 from asr_tf import metrics as metrics_lib
 from asr_tf import runs
 from asr_tf import training
@@ -60,6 +61,9 @@ class Evaluator:
         result.update(box_diagnostics(out, self.spec.canvas_px))
         result.update(se_by_count(self.test["image"].numpy(), out["recon"],
                                    self.test["count"].numpy()))
+        # count histogram per true count and presence per glimpse step (count_frac_*, pres_*)
+        result.update(diagnostics.count_report(out["count"], out["z_pres_prob"],
+                                               self.test["count"].numpy())["scalars"])
         return result, out
 
 

@@ -150,8 +150,8 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
                     for tag, img in evaluation.eval_images(model, spec, outputs, evaluator.test,
                                                            step, seed).items():
                         run_log.image("eval", tag, img, step)
-                log.info("step %d: %s", step,
-                         " ".join(f"{k}={v:.4g}" for k, v in result.items()))
+                log.info("step %d: %s", step, " ".join(  # the count histogram: TensorBoard only
+                    f"{k}={v:.4g}" for k, v in result.items() if not k.startswith(("count_frac_", "pres_"))))
             run_log.flush()  # live in TensorBoard; before the checkpoint of this step
             if step % checkpoint_every == 0 or step == stop_at:
                 best_var.assign(json.dumps(best.state()))

@@ -34,7 +34,8 @@ def _tensors(logdir, tag):
 
 def test_every_config_parses():
     names = config.available_configs()
-    assert len(names) == 33  # 15 paper runs, their faithful twins, three learning variants
+    # 15 paper runs, their faithful twins, three ASR size variants, three AIR schedule variants
+    assert len(names) == 36
     assert len([n for n in names if n.endswith("_faithful")]) == 15
     for name in names:
         config.parse([name])

@@ -2,7 +2,7 @@
 gin-decorated directly: that crashes with Keras 3)."""
 import gin
 
-from asr_tf.models.air import AIR
+from asr_tf.models.air import AIR, PresencePriorSchedule
 from asr_tf.models.pprior import PPriorAIR
 from asr_tf.quirks import Quirks
 
@@ -12,7 +12,8 @@ MODEL_KINDS = ("air", "pprior")
 @gin.configurable
 def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpses=6,
                 z_what_dim=50, lstm_units=256, glimpse_px=28, z_pres_temperature=None,
-                stop_threshold=None, add_prior=False, scale_bias_init=0.0, quirks=None):
+                stop_threshold=None, add_prior=False, scale_bias_init=0.0, quirks=None,
+                zpres_prior=None):
     """Builds AIR ('air') or AIR-pPrior/ASR ('pprior') for a dataset.
 
     Args:
@@ -28,6 +29,8 @@ def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpse
         The original: 0 (boxes start at half the canvas). A learning remedy, not a quirk:
         negative values start every box small (-1.0: the scale prior's mean, 27% of S).
       quirks: a Quirks (default: gin-configured Quirks()).
+      zpres_prior: AIR only: the annealed z_pres prior, a PresencePriorSchedule (default: the
+        gin-configured PresencePriorSchedule(); configs/air.gin binds the original's values).
     """
     quirks = quirks or Quirks()
     counts = tuple(int(c) for c in counts)
@@ -36,6 +39,7 @@ def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpse
                    z_pres_temperature=1.0 if z_pres_temperature is None else z_pres_temperature,
                    stop_threshold=0.99 if stop_threshold is None else stop_threshold,
                    add_prior_counts=counts if add_prior else None,
+                   zpres_prior=zpres_prior or PresencePriorSchedule(),
                    scale_bias_init=scale_bias_init, quirks=quirks)
     if kind == "pprior":
         return PPriorAIR(canvas_px, max_glimpses, z_what_dim, lstm_units, glimpse_px,

@@ -3,10 +3,13 @@
 One 256-unit LSTM that sees only the image at every step (no feedback of z,
 Q33); scale and shift are independent given h; fixed priors scale N(-1, 0.05),
 shift N(0, 1), what N(0, I); decoder logit noise 0.3 at train and test (Q32);
-z_pres prior log-odds annealed with the global step, plus the +-100 per-step
-biases of ``-ap`` that fix the count (Q34).
+z_pres prior log-odds annealed with the global step (``PresencePriorSchedule``, gin),
+plus the +-100 per-step biases of ``-ap`` that fix the count (Q34).
 """
+import dataclasses
 import math
+
+import gin
 
 import keras
 import numpy as np
@@ -22,14 +25,51 @@ from asr_tf.nn.vae import GlimpseVAE
 tfd = tfp.distributions
 
 
-def annealed_prior_logit(step, init=1e4, factor=0.1, every=3000.0, floor=1e-9):
-    """AIR's z_pres prior log-odds at global step k: ln(max(init * factor^(k/every), floor) + 1e-9).
+ANNEAL_EPS = 1e-9  # the original adds it to the odds before the log
 
-    Smooth in k: 9.2103 at k=0, 0 at k=12,000, floored at ln(2e-9) from k ~ 39,000.
+
+def annealed_prior_logit(step, start_odds=1e4, steps_per_decade=3000.0, floor_odds=1e-9):
+    """AIR's z_pres prior log-odds at global step k (spec §5):
+    ln(max(start_odds * 0.1^(k / steps_per_decade), floor_odds) + 1e-9).
+
+    Smooth in k. The original's values: 9.2103 at k=0, 0 at k=12,000, floored at
+    ln(2e-9) = -20.03 from k ~ 39,000.
     """
     step = tf.cast(step, tf.float32)
-    value = tf.maximum(init * tf.pow(factor, step / every), floor)
-    return tf.math.log(value + 1e-9)
+    odds = tf.maximum(start_odds * tf.pow(0.1, step / steps_per_decade), floor_odds)
+    return tf.math.log(odds + ANNEAL_EPS)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class PresencePriorSchedule:
+    """The annealed z_pres prior of plain AIR: its odds fall tenfold every ``steps_per_decade``
+    iterations from ``start_odds`` until they reach ``floor_odds`` (spec §5; the original's
+    ``annealing_schedules`` entry: init 1e4, factor 0.1, iters 3000, min 1e-9, log).
+
+    Attributes:
+      start_odds: prior odds of presence at step 0 (1e4: log-odds 9.21).
+      steps_per_decade: iterations per tenfold fall of the odds (3000).
+      floor_odds: the lowest odds (1e-9: log-odds ln(2e-9) = -20.03, from step 39,000).
+    """
+    start_odds: float = 1e4
+    steps_per_decade: float = 3000.0
+    floor_odds: float = 1e-9
+
+    def __post_init__(self):
+        for name in ("start_odds", "steps_per_decade", "floor_odds"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"PresencePriorSchedule.{name}={value!r} must be a finite number > 0")
+
+    @property
+    def floor_step(self):
+        """The first step at which the odds sit on the floor (0 if they start there)."""
+        return max(0.0, self.steps_per_decade * math.log10(self.start_odds / self.floor_odds))
+
+    def logit(self, step):
+        """The prior log-odds at global step ``step`` (scalar float32 tensor)."""
+        return annealed_prior_logit(step, self.start_odds, self.steps_per_decade, self.floor_odds)
 
 
 def count_prior_bias(counts, max_steps):
@@ -87,14 +127,14 @@ class AIRNet(keras.Model):
 
 
 class AIR(GlimpseModel):
-    """Plain AIR. ``add_prior_counts`` (the ``-ap`` flag) fixes the count with +-100 biases."""
+    """Plain AIR. ``add_prior_counts`` (the ``-ap`` flag) fixes the count with +-100 biases;
+    ``zpres_prior`` (a PresencePriorSchedule, default the original's) anneals the prior."""
 
     GEN_PIXEL_NOISE = ("eps_pix", "normal")
 
     def __init__(self, canvas_px, max_steps=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
                  z_pres_temperature=1.0, stop_threshold=0.99, decoder_noise=0.3,
-                 add_prior_counts=None, prior_init=1e4, prior_factor=0.1,
-                 prior_every_steps=3000.0, prior_floor=1e-9, scale_bias_init=0.0, quirks=None,
+                 add_prior_counts=None, zpres_prior=None, scale_bias_init=0.0, quirks=None,
                  name="air", **kwargs):
         super().__init__(canvas_px, max_steps, glimpse_px, z_what_dim, z_pres_temperature,
                          stop_threshold, decoder_noise, quirks, name=name, **kwargs)
@@ -106,8 +146,7 @@ class AIR(GlimpseModel):
         self.prior_bias = tf.constant(
             count_prior_bias(add_prior_counts, max_steps) if self.add_prior
             else np.zeros(max_steps, np.float32))  # [T]
-        self.anneal = dict(init=prior_init, factor=prior_factor, every=prior_every_steps,
-                           floor=prior_floor)
+        self.zpres_prior = zpres_prior or PresencePriorSchedule(1e4, 3000.0, 1e-9)  # spec §5
 
     def _image_context(self, images_flat):
         return self.net.project_image(images_flat)
@@ -116,36 +155,90 @@ class AIR(GlimpseModel):
         zeros = tf.zeros([batch, self.net.units])
         return {"state": (zeros, zeros)}
 
-    def _step(self, t, carry, images, image_proj, noise, step, training):
+    def _propose(self, state, images, image_proj, noise, training):
+        """One step's proposal: LSTM, where, what, rendered glimpse and z_pres logit.
+
+        In AIR none of it depends on earlier z_pres (the LSTM sees only the image, Q33), so the
+        proposal of step t is the same whatever the count: :meth:`glimpse_ledger` relies on it.
+        Returns a dict: ``state``, ``q_scale`` [B, 1], ``q_shift`` [B, 2] (Normals),
+        ``q_what``, ``scale`` [B], ``shift`` [B, 2], ``z_what`` [B, z], ``rendered`` [B, S, S],
+        ``alpha_q`` [B].
+        """
         sample = training or not self.quirks.deterministic_eval
-        batch = tf.shape(images)[0]
-        h, state = self.net(image_proj, carry["state"])
+        h, state = self.net(image_proj, state)
         q_scale, q_shift = self.net.where_posterior(h)
         zeta = q_scale.loc + q_scale.scale * noise["eps_scale"] if sample else q_scale.loc  # [B, 1]
         xi = q_shift.loc + q_shift.scale * noise["eps_shift"] if sample else q_shift.loc  # [B, 2]
         scale, shift = tf.sigmoid(zeta[:, 0]), tf.tanh(xi)
         q_what, z_what, rendered = self._glimpse_and_render(images, scale, shift, noise["eps_what"],
                                                        noise.get("eps_pix"), training)
-        alpha_q = self.net.z_pres_logit(h)  # [B]
-        alpha_p = tf.fill([batch], annealed_prior_logit(step, **self.anneal) + self.prior_bias[t])
+        return {"state": state, "q_scale": q_scale, "q_shift": q_shift, "q_what": q_what,
+                "scale": scale, "shift": shift, "z_what": z_what, "rendered": rendered,
+                "alpha_q": self.net.z_pres_logit(h)}
+
+    @staticmethod
+    def _glimpse_kls(prop, mask):
+        """(kl_scale, kl_shift, kl_what), each [B], zero where ``mask`` [B] is 0."""
+        what = prop["q_what"].distribution
+        return (masked_normal_kl(prop["q_scale"].loc, prop["q_scale"].scale, SCALE_PRIOR_LOC,
+                                 math.sqrt(SCALE_PRIOR_VAR), mask),
+                masked_normal_kl(prop["q_shift"].loc, prop["q_shift"].scale, 0.0, 1.0, mask),
+                masked_normal_kl(what.loc, what.scale, 0.0, 1.0, mask))
+
+    def _step(self, t, carry, images, image_proj, noise, step, training):
+        batch = tf.shape(images)[0]
+        prop = self._propose(carry["state"], images, image_proj, noise, training)
+        alpha_q = prop["alpha_q"]  # [B]
+        alpha_p = tf.fill([batch], self.zpres_prior.logit(step) + self.prior_bias[t])
         y, z = self._z_pres(alpha_q, noise["u_pres"], training)
-        new, present, active_before = self._advance(carry, z, rendered)
+        new, present, active_before = self._advance(carry, z, prop["rendered"])
         kl_pres = masked_concrete_kl(y, alpha_q, alpha_p, self.z_pres_temperature, active_before)
         if self.add_prior:  # Q34: after stopping, a KL against a -100 prior
             kl_pres += masked_concrete_kl(y, alpha_q, tf.fill([batch], -FIXED_LOGIT),
                                           self.z_pres_temperature, 1.0 - active_before)
-        what = q_what.distribution
+        kl_scale, kl_shift, kl_what = self._glimpse_kls(prop, present)
         record = {
             "z_pres": z, "z_pres_prob": tf.sigmoid(alpha_q), "z_pres_logit": alpha_q,
-            "prior_logit": alpha_p, "kl_pres": kl_pres,
-            "kl_scale": masked_normal_kl(q_scale.loc, q_scale.scale, SCALE_PRIOR_LOC,
-                                         math.sqrt(SCALE_PRIOR_VAR), present),
-            "kl_shift": masked_normal_kl(q_shift.loc, q_shift.scale, 0.0, 1.0, present),
-            "kl_what": masked_normal_kl(what.loc, what.scale, 0.0, 1.0, present),
-            "present": present, "scale": scale, "shift": shift, "z_what": z_what,
+            "prior_logit": alpha_p, "kl_pres": kl_pres, "kl_scale": kl_scale,
+            "kl_shift": kl_shift, "kl_what": kl_what, "present": present,
+            "scale": prop["scale"], "shift": prop["shift"], "z_what": prop["z_what"],
         }
-        new["state"] = state
+        new["state"] = prop["state"]
         return new, record
+
+    def glimpse_ledger(self, images, noise, step=0):
+        """Every step's proposal as the test pass would make it, whether or not it is used.
+
+        AIR's proposals do not depend on z_pres, so the test pass with count k uses exactly
+        the first k of these; ``asr_tf.diagnostics.count_elbo_ledger`` prices every k.
+
+        Args:
+          images: [B, S, S, 1]; noise: dict from :meth:`sample_noise` (test-pass noise);
+          step: global step (for the prior log-odds).
+        Returns:
+          dict of numpy arrays: ``rendered`` [B, T, S, S] (each glimpse on the canvas, z=1),
+          ``kl_glimpse`` [B, T] (KL of scale + shift + what, nats), ``z_pres_logit`` [B, T],
+          ``prior_logit`` [T] (the annealed prior plus any -ap bias).
+        """
+        s = self.canvas_px
+        if images.shape.rank != 4 or images.shape[1] != s or images.shape[2] != s:
+            raise ValueError(f"images must be [B, {s}, {s}, 1], got {images.shape}")
+        images2d = images[..., 0]
+        batch = tf.shape(images)[0]
+        image_proj = self._image_context(tf.reshape(images2d, [batch, s * s]))
+        state = self._init_carry(batch)["state"]
+        ones = tf.ones([batch])
+        rendered, kls, logits = [], [], []
+        for t in range(self.max_steps):
+            noise_t = {k: v[t] for k, v in noise.items()}
+            prop = self._propose(state, images2d, image_proj, noise_t, training=False)
+            state = prop["state"]
+            rendered.append(prop["rendered"])
+            kls.append(tf.add_n(self._glimpse_kls(prop, ones)))
+            logits.append(prop["alpha_q"])
+        prior = self.zpres_prior.logit(step) + self.prior_bias  # [T]
+        return {"rendered": tf.stack(rendered, 1).numpy(), "kl_glimpse": tf.stack(kls, 1).numpy(),
+                "z_pres_logit": tf.stack(logits, 1).numpy(), "prior_logit": prior.numpy()}
 
     def generate(self, noise, count):
         """Draws exactly ``count`` objects per scene from the fixed priors (spec §5).

@@ -1,0 +1,380 @@
+"""Count diagnostics: how a glimpse model counts on the test scenes (pure numpy functions).
+
+Inputs are the evaluation outputs of one test pass (``Evaluator``): the inferred ``count``
+[N], the posterior presence probability ``z_pres_prob`` [N, T] of every executed step, and
+the true ``true_count`` [N].
+
+* :func:`count_histogram`: for each true count, the fraction of scenes with each inferred count.
+* :func:`presence_by_step`: for each true count, the mean presence probability p_t of each
+  glimpse step t, over the scenes that reached step t (their count >= t, so p_t decided whether
+  object t+1 exists), and over all scenes.
+* :func:`count_report` bundles both with flat scalars for logging; :func:`format_report`
+  renders it as markdown tables.
+* :func:`count_elbo_ledger` prices every count k = 0..T for plain AIR, whose proposals do not
+  depend on z_pres (``AIR.glimpse_ledger``): the nELBO of the test pass had it stopped after
+  k glimpses, with the presence prior charged as a Bernoulli, and the count it would choose.
+"""
+import numpy as np
+
+BCE_EPS = 1e-10  # as objectives.BCE_EPS (the original's epsilon in the reconstruction BCE)
+
+
+def _as_counts(name, values):
+    values = np.asarray(values)
+    if values.ndim != 1:
+        raise ValueError(f"{name} must be a vector [N], got shape {values.shape}")
+    if values.size and (np.any(values < 0) or np.any(values != np.round(values))):
+        raise ValueError(f"{name} must hold non-negative integers")
+    return values.astype(np.int64)
+
+
+def count_histogram(count, true_count, max_count):
+    """Fraction of scenes with each inferred count, per true count.
+
+    Args:
+      count: [N] inferred counts; true_count: [N] true counts; max_count: the largest count
+        to tabulate (T); larger inferred counts are an error.
+    Returns:
+      {true count c: (fractions [max_count + 1] over inferred counts 0..max_count, scenes n_c)}.
+    """
+    count, true_count = _as_counts("count", count), _as_counts("true_count", true_count)
+    if count.shape != true_count.shape:
+        raise ValueError(f"count {count.shape} and true_count {true_count.shape} differ in shape")
+    if count.size and count.max() > max_count:
+        raise ValueError(f"an inferred count {count.max()} exceeds max_count={max_count}")
+    out = {}
+    for c in np.unique(true_count):
+        sel = count[true_count == c]
+        out[int(c)] = (np.bincount(sel, minlength=max_count + 1) / sel.size, int(sel.size))
+    return out
+
+
+def presence_by_step(z_pres_prob, true_count, count=None, step_mask=None):
+    """Mean presence probability per glimpse step, per true count.
+
+    Args:
+      z_pres_prob: [N, T] sigmoid of the posterior z_pres logit at each step.
+      true_count: [N].
+      count: [N] inferred counts; if given, ``reached`` averages step t over the scenes with
+        count >= t (those for which step t decided about object t+1).
+      step_mask: [T] 1 for the steps the test pass executed (records after it are zeros);
+        default: every step.
+    Returns:
+      {true count c: {"all": [T], "reached": [T] or None, "reached_n": [T] or None}}; NaN at
+      steps not executed or reached by no scene.
+    """
+    p = np.asarray(z_pres_prob, np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"z_pres_prob must be [N, T], got shape {p.shape}")
+    true_count = _as_counts("true_count", true_count)
+    if true_count.shape[0] != p.shape[0]:
+        raise ValueError(f"true_count has {true_count.shape[0]} scenes, z_pres_prob {p.shape[0]}")
+    t_max = p.shape[1]
+    executed = np.ones(t_max, bool) if step_mask is None else np.asarray(step_mask) > 0.5
+    if executed.shape != (t_max,):
+        raise ValueError(f"step_mask must be [{t_max}], got shape {executed.shape}")
+    if count is not None:
+        count = _as_counts("count", count)
+        if count.shape != true_count.shape:
+            raise ValueError(f"count {count.shape} and true_count {true_count.shape} differ")
+    out = {}
+    for c in np.unique(true_count):
+        rows = true_count == c
+        mean_all = np.where(executed, p[rows].mean(0), np.nan)
+        entry = {"all": mean_all, "reached": None, "reached_n": None}
+        if count is not None:
+            reached = count[rows][:, None] >= np.arange(t_max)[None, :]  # [n_c, T]
+            n = reached.sum(0)
+            total = np.where(reached, p[rows], 0.0).sum(0)
+            entry["reached"] = np.where(executed & (n > 0), total / np.maximum(n, 1), np.nan)
+            entry["reached_n"] = n
+        out[int(c)] = entry
+    return out
+
+
+def boxes_by_step(scale, shift, present, images, true_count, canvas_px, max_steps_shown=None):
+    """Where the present boxes of each glimpse step are, per true count.
+
+    Args:
+      scale: [N, T] window side as a fraction of the canvas; shift: [N, T, 2] centres in
+        [-1, 1] (x, y); present: [N, T] 1 where the step's object is on the canvas;
+      images: [N, S, S] (or [N, S, S, 1]) the test scenes; true_count: [N]; canvas_px: S.
+    Returns:
+      {true count c: {"present": [T] fraction of scenes with step t present, "side_px": [T]
+      mean side of the present boxes, "ink_covered": [T] mean fraction of a scene's ink
+      (sum of pixel values) inside the union of its present boxes 0..t (a pixel is inside a
+      box when its centre is)}}; NaN where no box.
+    """
+    scale, shift = np.asarray(scale, np.float64), np.asarray(shift, np.float64)
+    present = np.asarray(present) > 0.5
+    n, t_max = scale.shape
+    if shift.shape != (n, t_max, 2) or present.shape != (n, t_max):
+        raise ValueError(f"scale {scale.shape}, shift {shift.shape} and present {present.shape} "
+                         "must be [N, T], [N, T, 2], [N, T]")
+    true_count = _as_counts("true_count", true_count)
+    x = np.asarray(images, np.float64).reshape(n, canvas_px, canvas_px)
+    side = scale * canvas_px  # [N, T]
+    centre = (shift + 1.0) * canvas_px / 2.0  # [N, T, 2]
+    grid = np.arange(canvas_px) + 0.5  # pixel centres
+    lo, hi = centre - side[..., None] / 2, centre + side[..., None] / 2  # [N, T, 2]
+    in_x = (grid[None, None, :] >= lo[..., 0:1]) & (grid[None, None, :] <= hi[..., 0:1])  # [N, T, S]
+    in_y = (grid[None, None, :] >= lo[..., 1:2]) & (grid[None, None, :] <= hi[..., 1:2])
+    inside = (in_y[:, :, :, None] & in_x[:, :, None, :]) & present[:, :, None, None]  # [N, T, S, S]
+    union = np.logical_or.accumulate(inside, axis=1)
+    ink = x.reshape(n, -1).sum(-1)  # [N]
+    covered = (union * x[:, None]).reshape(n, t_max, -1).sum(-1) / np.maximum(ink, 1e-12)[:, None]
+    out = {}
+    for c in np.unique(true_count):
+        rows = true_count == c
+        p = present[rows]
+        n_p = p.sum(0)
+        out[int(c)] = {"present": p.mean(0),
+                       "side_px": np.where(n_p > 0, (side[rows] * p).sum(0) / np.maximum(n_p, 1), np.nan),
+                       "ink_covered": covered[rows].mean(0)}
+    return out
+
+
+def format_boxes(boxes):
+    """Markdown table of :func:`boxes_by_step`."""
+    if not boxes:
+        return "(no scenes)\n"
+    t_max = len(next(iter(boxes.values()))["present"])
+    lines = ["Per glimpse step: fraction of scenes with the box present, its mean side (px), and "
+             "the ink inside boxes 0..t:", "",
+             "| true count | " + " | ".join(f"step {t}" for t in range(t_max)) + " |",
+             "|---" * (t_max + 1) + "|"]
+    for c, e in boxes.items():
+        cells = []
+        for t in range(t_max):
+            side = "–" if not np.isfinite(e["side_px"][t]) else f"{e['side_px'][t]:.1f} px"
+            cells.append(f"{e['present'][t]:.2f} / {side} / {e['ink_covered'][t]:.2f}")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def count_report(count, z_pres_prob, true_count, step_mask=None):
+    """Histogram and presence per step, plus flat float scalars for logging.
+
+    Scalars: ``count_frac_<c>obj_<k>`` (fraction of true-count-c scenes inferred as k),
+    ``pres_<c>obj_step<t>`` (mean p_t over the scenes that reached step t; NaN skipped).
+    """
+    p = np.asarray(z_pres_prob)
+    t_max = p.shape[1] if p.ndim == 2 else 0
+    hist = count_histogram(count, true_count, t_max)
+    pres = presence_by_step(p, true_count, count, step_mask)
+    scalars = {}
+    for c, (frac, _) in hist.items():
+        for k, f in enumerate(frac):
+            scalars[f"count_frac_{c}obj_{k}"] = float(f)
+        for t, v in enumerate(pres[c]["reached"]):
+            if np.isfinite(v):
+                scalars[f"pres_{c}obj_step{t}"] = float(v)
+    return {"histogram": hist, "presence": pres, "scalars": scalars}
+
+
+def format_report(report):
+    """Markdown tables of a :func:`count_report`."""
+    hist, pres = report["histogram"], report["presence"]
+    if not hist:
+        return "(no scenes)\n"
+    t_max = len(next(iter(hist.values()))[0]) - 1
+    lines = ["| true count | scenes | " + " | ".join(f"inferred {k}" for k in range(t_max + 1)) + " |",
+             "|---" * (t_max + 3) + "|"]
+    for c, (frac, n) in hist.items():
+        lines.append(f"| {c} | {n} | " + " | ".join(f"{f:.3f}" for f in frac) + " |")
+    lines += ["", "Mean presence probability p_t over the scenes that reached step t "
+              "(their count >= t; scenes in brackets):", "",
+              "| true count | " + " | ".join(f"step {t}" for t in range(t_max)) + " |",
+              "|---" * (t_max + 1) + "|"]
+    for c, entry in pres.items():
+        cells = []
+        for t in range(t_max):
+            v = entry["reached"][t] if entry["reached"] is not None else entry["all"][t]
+            n = entry["reached_n"][t] if entry["reached_n"] is not None else None
+            cell = "–" if not np.isfinite(v) else f"{v:.3f}"
+            cells.append(cell + (f" ({n})" if n is not None else ""))
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _bernoulli_nll(images, recon):
+    """[N] -sum_pixels [x ln(r + e) + (1 - x) ln(1 - r + e)] (as objectives.bernoulli_nll)."""
+    r = np.clip(recon, 0.0, 1.0)
+    nll = -(images * np.log(r + BCE_EPS) + (1.0 - images) * np.log(1.0 - r + BCE_EPS))
+    return nll.reshape(nll.shape[0], -1).sum(-1)
+
+
+def _log_sigmoid(x):
+    return -np.logaddexp(0.0, -np.asarray(x, np.float64))
+
+
+def count_elbo_ledger(images, rendered, kl_glimpse, prior_logit):
+    """What each count k = 0..T would cost a plain-AIR test pass, given its proposals.
+
+    The scene is explained by the first k proposed glimpses (hard z = 1, canvas clipped to
+    [0, 1]); the presence prior is charged as the Bernoulli it relaxes: -ln sigmoid(a_t) for
+    each present step t < k and -ln(1 - sigmoid(a_k)) for the stopping step (none at k = T),
+    i.e. the KL of a posterior certain of count k.
+
+    Args:
+      images: [N, S, S] (or [N, S, S, 1]) in [0, 1].
+      rendered: [N, T, S, S] each step's glimpse on the canvas (``AIR.glimpse_ledger``).
+      kl_glimpse: [N, T] KL of scale + shift + what of each step, nats.
+      prior_logit: [T] (or [N, T]) prior log-odds a_t of presence.
+    Returns:
+      dict of numpy arrays: ``nll`` [N, T+1], ``kl_glimpse`` [N, T+1] (cumulative),
+      ``presence_cost`` [N, T+1], ``nelbo`` [N, T+1] (their sum), ``best_count`` [N]
+      (argmin over k), ``gain`` [N, T] (nll with t glimpses minus nll with t+1: the
+      reconstruction value of adding glimpse t).
+    """
+    rendered = np.asarray(rendered, np.float64)
+    if rendered.ndim != 4:
+        raise ValueError(f"rendered must be [N, T, S, S], got shape {rendered.shape}")
+    n, t_max = rendered.shape[:2]
+    x = np.asarray(images, np.float64).reshape(n, *rendered.shape[2:])
+    kl = np.asarray(kl_glimpse, np.float64)
+    if kl.shape != (n, t_max):
+        raise ValueError(f"kl_glimpse must be [{n}, {t_max}], got shape {kl.shape}")
+    a = np.broadcast_to(np.asarray(prior_logit, np.float64), (n, t_max))
+    canvas = np.concatenate([np.zeros_like(rendered[:, :1]), np.cumsum(rendered, 1)], 1)
+    nll = np.stack([_bernoulli_nll(x, canvas[:, k]) for k in range(t_max + 1)], 1)  # [N, T+1]
+    kl_cum = np.concatenate([np.zeros((n, 1)), np.cumsum(kl, 1)], 1)
+    present_cost = np.concatenate([np.zeros((n, 1)), np.cumsum(-_log_sigmoid(a), 1)], 1)
+    stop_cost = np.concatenate([-_log_sigmoid(-a), np.zeros((n, 1))], 1)  # no stop after T
+    presence = present_cost + stop_cost
+    nelbo = nll + kl_cum + presence
+    return {"nll": nll, "kl_glimpse": kl_cum, "presence_cost": presence, "nelbo": nelbo,
+            "best_count": np.argmin(nelbo, 1), "gain": nll[:, :-1] - nll[:, 1:]}
+
+
+def ledger_summary(ledger, count, true_count):
+    """Per true count: how the ELBO-preferred count (``best_count``) compares with the inferred.
+
+    Returns {true count c: dict ``scenes``, ``best_hist`` [T+1] (fractions of scenes whose
+    cheapest count is k), ``agree`` (fraction with best_count == inferred count),
+    ``best_is_true`` (fraction with best_count == c), ``mean_gain`` [T] (mean reconstruction
+    value of glimpse t, nats), ``mean_nelbo`` [T+1] (mean nELBO had every scene used k)}.
+    """
+    count, true_count = _as_counts("count", count), _as_counts("true_count", true_count)
+    best = np.asarray(ledger["best_count"])
+    t_max = ledger["gain"].shape[1]
+    hist = count_histogram(best, true_count, t_max)
+    out = {}
+    for c, (frac, n) in hist.items():
+        rows = true_count == c
+        out[c] = {"scenes": n, "best_hist": frac, "agree": float(np.mean(best[rows] == count[rows])),
+                  "best_is_true": float(np.mean(best[rows] == c)),
+                  "mean_gain": ledger["gain"][rows].mean(0), "mean_nelbo": ledger["nelbo"][rows].mean(0)}
+    return out
+
+
+def format_ledger_summary(summary):
+    """Markdown tables of a :func:`ledger_summary`."""
+    if not summary:
+        return "(no scenes)\n"
+    t_max = len(next(iter(summary.values()))["mean_gain"])
+    lines = ["Count with the lowest nELBO given the model's own proposals (fraction of scenes):", "",
+             "| true count | scenes | " + " | ".join(f"k={k}" for k in range(t_max + 1))
+             + " | = inferred | = true |", "|---" * (t_max + 5) + "|"]
+    for c, e in summary.items():
+        lines.append(f"| {c} | {e['scenes']} | " + " | ".join(f"{f:.3f}" for f in e["best_hist"])
+                     + f" | {e['agree']:.3f} | {e['best_is_true']:.3f} |")
+    lines += ["", "Mean nELBO (nats) had every scene stopped after k glimpses:", "",
+              "| true count | " + " | ".join(f"k={k}" for k in range(t_max + 1)) + " |",
+              "|---" * (t_max + 2) + "|"]
+    for c, e in summary.items():
+        lines.append(f"| {c} | " + " | ".join(f"{v:.1f}" for v in e["mean_nelbo"]) + " |")
+    lines += ["", "Mean reconstruction value of glimpse t (nll with t glimpses minus with t+1, nats):",
+              "", "| true count | " + " | ".join(f"glimpse {t}" for t in range(t_max)) + " |",
+              "|---" * (t_max + 1) + "|"]
+    for c, e in summary.items():
+        lines.append(f"| {c} | " + " | ".join(f"{v:.1f}" for v in e["mean_gain"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def expected_concrete_kl(alpha_q, alpha_p, temperature=1.0, num_points=20001):
+    """E_q[ln q(y) - ln p(y)] of the Binary-Concrete z_pres KL (spec §3.3) by quadrature over
+    the logistic noise: the KL the one-sample estimate averages to, in nats.
+
+    Args:
+      alpha_q, alpha_p: posterior and prior logits (broadcastable arrays).
+      temperature: the shared temperature lambda.
+    Returns:
+      numpy array of the broadcast shape.
+    """
+    u = (np.arange(num_points) + 0.5) / num_points  # midpoints of (0, 1)
+    noise = np.log(u) - np.log1p(-u)  # standard logistic
+    aq, ap = np.broadcast_arrays(np.asarray(alpha_q, np.float64), np.asarray(alpha_p, np.float64))
+    y = (aq[..., None] + noise) / temperature  # [..., M]
+
+    def log_density(alpha):  # tfd.Logistic(alpha / lam, 1 / lam).log_prob(y)
+        z = (y - alpha[..., None] / temperature) * temperature
+        return -z - 2.0 * np.logaddexp(0.0, -z) + np.log(temperature)
+
+    return (log_density(aq) - log_density(ap)).mean(-1)
+
+
+def bernoulli_kl(alpha_q, alpha_p):
+    """KL(Bernoulli(sigmoid(alpha_q)) || Bernoulli(sigmoid(alpha_p))) in nats."""
+    aq, ap = np.asarray(alpha_q, np.float64), np.asarray(alpha_p, np.float64)
+    q = 1.0 / (1.0 + np.exp(-aq))
+    return (q * (_log_sigmoid(aq) - _log_sigmoid(ap))
+            + (1.0 - q) * (_log_sigmoid(-aq) - _log_sigmoid(-ap)))
+
+
+def diagnose_workdir(workdir, checkpoint=None, num_test=None, seed=None, ledger=True, batch=250,
+                     ledger_prior_logit=None):
+    """Count diagnostics of a trained run on its test scenes (one stochastic test pass, Q25).
+
+    ``ledger_prior_logit``: price presence in the ledger at this prior log-odds instead of the
+    run's at its step (e.g. -20.03, the floor: which count would the floor prior buy with the
+    glimpses the model proposes now?).
+
+    Returns a dict: ``step``, ``report`` (:func:`count_report` of the pass), ``boxes``
+    (:func:`boxes_by_step`), ``markdown``, and for plain AIR with ``ledger``:
+    ``ledger_summary`` and ``ledger_check`` (the largest |nll of the pass - ledger nll at the
+    inferred count|, which must be ~0).
+    """
+    import tensorflow as tf
+
+    from asr_tf import evaluation, objectives, runs
+    from asr_tf.models.air import AIR
+
+    model, spec = runs.load_trained(workdir, checkpoint)
+    num_test = runs.recorded("num_test") if num_test is None else num_test
+    seed = runs.recorded("seed") if seed is None else seed
+    step = runs.restored_step(workdir, checkpoint)
+    scenes = evaluation.Evaluator(model, spec, num_test, seed).test
+    images, true_count = scenes["image"], scenes["count"].numpy()
+    gen = tf.random.Generator.from_seed(seed * 1_000_003 + step + 11)
+    counts, probs, nlls, ledgers, wheres = [], [], [], [], []
+    for lo in range(0, int(images.shape[0]), batch):
+        x = images[lo:lo + batch]
+        noise = model.sample_noise(int(x.shape[0]), gen)
+        out = model(x, noise, step=step, training=False)
+        counts.append(out["count"].numpy())
+        probs.append(out["z_pres_prob"].numpy())
+        wheres.append({k: out[k].numpy() for k in ("scale", "shift", "present")})
+        nlls.append(objectives.bernoulli_nll(x, out["recon"]).numpy())
+        if ledger and isinstance(model, AIR):
+            led = model.glimpse_ledger(x, noise, step)
+            prior = led["prior_logit"] if ledger_prior_logit is None else ledger_prior_logit
+            ledgers.append(count_elbo_ledger(x.numpy(), led["rendered"], led["kl_glimpse"], prior))
+    count = np.concatenate(counts)
+    report = count_report(count, np.concatenate(probs), true_count)
+    where = {k: np.concatenate([w[k] for w in wheres]) for k in wheres[0]}
+    boxes = boxes_by_step(where["scale"], where["shift"], where["present"], images.numpy(),
+                          true_count, spec.canvas_px)
+    result = {"step": step, "report": report, "boxes": boxes,
+              "markdown": f"Step {step}, {count.size} test scenes.\n\n" + format_report(report)
+              + "\n" + format_boxes(boxes)}
+    if ledgers:
+        led = {k: np.concatenate([l[k] for l in ledgers]) for k in ledgers[0]}
+        nll = np.concatenate(nlls)
+        result["ledger_check"] = float(np.abs(led["nll"][np.arange(count.size), count] - nll).max())
+        result["ledger_summary"] = ledger_summary(led, count, true_count)
+        priced = ("the run's prior at this step" if ledger_prior_logit is None
+                  else f"prior log-odds {ledger_prior_logit:g}")
+        result["markdown"] += (f"\nLedger, presence priced at {priced}.\n\n"
+                               + format_ledger_summary(result["ledger_summary"]))
+    return result
