@@ -30,8 +30,8 @@ def test_analytic_count_matches_compiled_graph(kind):
         return tape.gradient(loss, model.trainable_variables)
 
     hlo = tf.function(grads, jit_compile=True).experimental_get_compiler_ir(images, noise)(stage="hlo")
-    counted = flops.hlo_dot_flops(hlo)  # the loop body (fwd and bwd) appears once
-    analytic = flops.train_step_flops(model, 8, steps=1)
+    counted = flops.hlo_dot_flops(hlo)  # training unrolls all T steps (fwd and bwd)
+    analytic = flops.train_step_flops(model, 8, steps=model.max_steps)
     assert counted == pytest.approx(analytic, rel=0.03)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from asr_tf.models.base import GlimpseModel, masked_concrete_kl, masked_normal_kl
+from asr_tf.models.base import GlimpseModel, flat, masked_concrete_kl, masked_normal_kl, unflat
 from asr_tf.models.pprior import FIXED_LOGIT, SCALE_PRIOR_LOC, SCALE_PRIOR_VAR
 from asr_tf.nn import rnn
 from asr_tf.nn import transformer
@@ -116,36 +116,53 @@ class AIR(GlimpseModel):
         zeros = tf.zeros([batch, self.net.units])
         return {"state": (zeros, zeros)}
 
-    def _step(self, t, carry, images, image_proj, noise, step, training):
+    def _trace_shapes(self):
+        return {"q_scale_loc": [1], "q_scale_scale": [1], "q_shift_loc": [2],
+                "q_shift_scale": [2], "z_pres_logit": [], "y": [], "z_pres": [], "scale": [],
+                "shift": [2]}
+
+    def _step(self, t, carry, images, image_proj, noise, training):
+        """The LSTM over the image, the where and z_pres heads (nothing is fed back, Q33)."""
         sample = training or not self.quirks.deterministic_eval
-        batch = tf.shape(images)[0]
         h, state = self.net(image_proj, carry["state"])
         q_scale, q_shift = self.net.where_posterior(h)
         zeta = q_scale.loc + q_scale.scale * noise["eps_scale"] if sample else q_scale.loc  # [B, 1]
         xi = q_shift.loc + q_shift.scale * noise["eps_shift"] if sample else q_shift.loc  # [B, 2]
-        scale, shift = tf.sigmoid(zeta[:, 0]), tf.tanh(xi)
-        q_what, z_what, rendered = self._glimpse_and_render(images, scale, shift, noise["eps_what"],
-                                                       noise.get("eps_pix"), training)
         alpha_q = self.net.z_pres_logit(h)  # [B]
-        alpha_p = tf.fill([batch], annealed_prior_logit(step, **self.anneal) + self.prior_bias[t])
         y, z = self._z_pres(alpha_q, noise["u_pres"], training)
-        new, present, active_before = self._advance(carry, z, rendered)
-        kl_pres = masked_concrete_kl(y, alpha_q, alpha_p, self.z_pres_temperature, active_before)
+        return dict(carry, state=state), {
+            "q_scale_loc": q_scale.loc, "q_scale_scale": q_scale.scale,
+            "q_shift_loc": q_shift.loc, "q_shift_scale": q_shift.scale, "z_pres_logit": alpha_q,
+            "y": y, "z_pres": z, "scale": tf.sigmoid(zeta[:, 0]), "shift": tf.tanh(xi)}
+
+    def _readout(self, images, tr, noise, step, training):
+        """Glimpse encoder (z_what is not fed back in AIR) and the KLs, for all steps at once."""
+        t_max = self.max_steps
+        f = {k: flat(v) for k, v in tr.items()}
+        tiled = flat(tf.broadcast_to(images[None], tf.concat([[t_max], tf.shape(images)], 0)))
+        what, z_what = self._encode_glimpse(tiled, f["scale"], f["shift"],
+                                            flat(noise["eps_what"]), training)  # [T*B, z]
+        logit = annealed_prior_logit(step, **self.anneal) + self.prior_bias  # [T]
+        alpha_p = tf.broadcast_to(logit[:, None], tf.shape(tr["y"]))  # [T, B]
+        kl_pres = masked_concrete_kl(f["y"], f["z_pres_logit"], flat(alpha_p),
+                                     self.z_pres_temperature, f["active_before"])
         if self.add_prior:  # Q34: after stopping, a KL against a -100 prior
-            kl_pres += masked_concrete_kl(y, alpha_q, tf.fill([batch], -FIXED_LOGIT),
-                                          self.z_pres_temperature, 1.0 - active_before)
-        what = q_what.distribution
-        record = {
-            "z_pres": z, "z_pres_prob": tf.sigmoid(alpha_q), "z_pres_logit": alpha_q,
-            "prior_logit": alpha_p, "kl_pres": kl_pres,
-            "kl_scale": masked_normal_kl(q_scale.loc, q_scale.scale, SCALE_PRIOR_LOC,
-                                         math.sqrt(SCALE_PRIOR_VAR), present),
-            "kl_shift": masked_normal_kl(q_shift.loc, q_shift.scale, 0.0, 1.0, present),
-            "kl_what": masked_normal_kl(what.loc, what.scale, 0.0, 1.0, present),
-            "present": present, "scale": scale, "shift": shift, "z_what": z_what,
+            kl_pres += masked_concrete_kl(f["y"], f["z_pres_logit"],
+                                          tf.fill(tf.shape(f["y"]), -FIXED_LOGIT),
+                                          self.z_pres_temperature, 1.0 - f["active_before"])
+        present = f["present"]
+        return {
+            "z_pres": tr["z_pres"], "z_pres_prob": tf.sigmoid(tr["z_pres_logit"]),
+            "z_pres_logit": tr["z_pres_logit"], "prior_logit": alpha_p,
+            "kl_pres": unflat(kl_pres, t_max),
+            "kl_scale": unflat(masked_normal_kl(f["q_scale_loc"], f["q_scale_scale"],
+                                                SCALE_PRIOR_LOC, math.sqrt(SCALE_PRIOR_VAR),
+                                                present), t_max),
+            "kl_shift": unflat(masked_normal_kl(f["q_shift_loc"], f["q_shift_scale"], 0.0, 1.0,
+                                                present), t_max),
+            "kl_what": unflat(masked_normal_kl(what.loc, what.scale, 0.0, 1.0, present), t_max),
+            "scale": tr["scale"], "shift": tr["shift"], "z_what": unflat(z_what, t_max),
         }
-        new["state"] = state
-        return new, record
 
     def generate(self, noise, count):
         """Draws exactly ``count`` objects per scene from the fixed priors (spec §5).

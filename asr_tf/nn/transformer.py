@@ -174,3 +174,33 @@ def render_glimpse(glimpse, scale, shift, canvas_px, edge="hard"):
     inv = 1.0 / scale
     return sample_separable(glimpse, inv, inv, -shift[:, 0] * inv, -shift[:, 1] * inv,
                             (canvas_px, canvas_px), edge)
+
+
+def render_glimpses_summed(glimpses, weights, scale, shift, canvas_px, edge="hard"):
+    """Renders T weighted glimpses per canvas and sums them: the canvas of a glimpse loop,
+    ``sum_t weights[t] * render_glimpse(glimpses[t], scale[t], shift[t])``.
+
+    The sum over t is carried by the second product: per canvas, the T row-interpolated
+    glimpses are laid side by side along the contraction, [S, T*G] x [T*G, S], so no
+    [T, B, S, S] stack of single renderings is formed (nor its gradient).
+
+    Args:
+      glimpses: [T, B, G, G] windows.
+      weights: [T, B] factor of each rendering (e.g. present * z_pres).
+      scale: [T, B]; shift: [T, B, 2], as in :func:`render_glimpse`.
+      canvas_px: int S.
+      edge: 'hard' (Q30) or 'zero_pad'.
+    Returns:
+      [B, S, S] canvases.
+    """
+    g = glimpses.shape[-1]
+    steps = tf.shape(glimpses)[0]
+    inv = tf.reshape(1.0 / scale, [-1])  # [T*B]
+    shift = tf.reshape(shift, [-1, 2])  # [T*B, 2]
+    w_y = interpolation_matrix(_source_pixels(canvas_px, g, inv, -shift[:, 1] * inv), g, edge)
+    w_x = interpolation_matrix(_source_pixels(canvas_px, g, inv, -shift[:, 0] * inv), g, edge)
+    weighted = tf.reshape(weights[..., None, None] * glimpses, [-1, g, g])  # [T*B, G, G]
+    rows = tf.matmul(w_y, weighted)  # [T*B, S, G]
+    per_step = tf.stack([steps, -1, canvas_px, g])
+    return tf.einsum("tbsg,tbrg->bsr", tf.reshape(rows, per_step),
+                     tf.reshape(w_x, per_step))  # [B, S, S]

@@ -73,9 +73,13 @@ class GlimpseVAE(keras.Model):
         self.encoder = GlimpseEncoder(z_dim=z_dim, glimpse_px=glimpse_px)
         self.decoder = GlimpseDecoder(z_dim=z_dim, glimpse_px=glimpse_px)
 
-    def call(self, glimpse_flat, eps):
-        """Returns (q(z_what), z_what sample [N, z], p(glimpse | z_what))."""
+    def encode(self, glimpse_flat, eps):
+        """Returns (q(z_what), z_what sample [N, z]) for the noise ``eps`` [N, z]."""
         q = self.encoder(glimpse_flat)
         normal = q.distribution
-        z = normal.loc + normal.scale * eps  # [N, z]
+        return q, normal.loc + normal.scale * eps  # [N, z]
+
+    def call(self, glimpse_flat, eps):
+        """Returns (q(z_what), z_what sample [N, z], p(glimpse | z_what))."""
+        q, z = self.encode(glimpse_flat, eps)
         return q, z, self.decoder(z)
