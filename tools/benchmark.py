@@ -3,6 +3,10 @@
   python tools/benchmark.py --what data --dataset mnist_13
   python tools/benchmark.py --what train --config air_asr_14 --batches 50 --warmup_batches 5
   python tools/benchmark.py --what sampler
+  python tools/benchmark.py --what serving --export_path models/air_asr_14/1 --dataset mnist_14
+  # side by side with another checkout (two step processes, alternating blocks of 10 steps):
+  python tools/benchmark.py --what train --kinds asr --jit_modes 1 --compare_with ../base417 \
+      --batches 100 --warmup_batches 10
 """
 import json
 import os
@@ -15,7 +19,8 @@ from absl import app, flags  # noqa: E402
 from asr_tf import benchmarks  # noqa: E402
 
 flags.DEFINE_string("what", "data", f"benchmark mode, one of {sorted(benchmarks.BENCHMARKS)}")
-flags.DEFINE_string("dataset", "mnist_13", "dataset name (data mode)")
+flags.DEFINE_string("dataset", "mnist_13", "dataset name (data mode; serving mode: its test "
+                    "scenes are the requests, give the model's own, e.g. mnist_14)")
 flags.DEFINE_integer("batch_size", 64, "batch size")
 flags.DEFINE_integer("batches", 200, "measured batches")
 flags.DEFINE_integer("warmup_batches", 20, "batches before measuring")
@@ -25,6 +30,13 @@ flags.DEFINE_string("config", "air_asr_14", "train mode: the config whose data a
 flags.DEFINE_string("kinds", "air,pprior,asr", "train mode: model kinds to time")
 flags.DEFINE_string("jit_modes", "0,1", "train mode: 0 = plain tf.function, 1 = XLA")
 flags.DEFINE_string("export_path", None, "serving mode: a SavedModel version folder")
+flags.DEFINE_integer("clients", 8, "serving mode: concurrent gRPC clients")
+flags.DEFINE_integer("requests_per_client", 100, "serving mode: requests per client and load")
+flags.DEFINE_string("serving_batch_sizes", "1,16", "serving mode: images per request")
+flags.DEFINE_integer("load_rounds", 2, "serving mode: loads per batch size (memory steady?)")
+flags.DEFINE_string("compare_with", None, "train mode: another checkout (e.g. a git worktree "
+                    "of the baseline commit) whose training step runs beside this one's, in "
+                    "alternating blocks")
 FLAGS = flags.FLAGS
 
 
@@ -33,9 +45,15 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     options = {name: FLAGS[name].value for name in
                ("dataset", "batch_size", "batches", "warmup_batches", "seed", "fresh_scenes",
-                "config", "kinds", "jit_modes", "export_path")}
+                "config", "kinds", "jit_modes", "export_path", "clients", "requests_per_client",
+                "serving_batch_sizes", "load_rounds")}
     try:
-        result = benchmarks.run(FLAGS.what, **options)
+        if FLAGS.compare_with:
+            if FLAGS.what != "train":
+                raise ValueError("--compare_with compares training steps: use it with --what train")
+            result = benchmarks.compare_steps(FLAGS.compare_with, **options)
+        else:
+            result = benchmarks.run(FLAGS.what, **options)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
