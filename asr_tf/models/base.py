@@ -204,7 +204,7 @@ class GlimpseModel(keras.Model):
     def _render_canvas(self, records, step_mask, eps_pix):
         """The canvas [B, S, S]: sum over steps of present * z_pres * the rendered glimpse.
 
-        Decodes all T steps as one [T*B] batch and renders them summed
+        Decodes all T steps as one [B*T] batch and renders them summed
         (``transformer.render_glimpses_summed``). Steps not executed (present = 0 for every
         item there) are rendered at a unit scale, which keeps the zero records of the while
         loop (scale 0) away from 1 / scale.
@@ -213,11 +213,16 @@ class GlimpseModel(keras.Model):
         ran = step_mask[:, None] > 0  # [T, 1]
         scale = tf.where(ran, records["scale"], tf.ones_like(records["scale"]))  # [T, B]
         shift = tf.where(ran[..., None], records["shift"], tf.zeros_like(records["shift"]))
-        glimpses = unflat(self._decode(flat(records["z_what"]),
-                                       None if eps_pix is None else flat(eps_pix)), t_max)
         weight = records["present"] * records["z_pres"]  # [T, B]
-        return transformer.render_glimpses_summed(glimpses, weight, scale, shift, self.canvas_px,
-                                                  self.quirks.sampler_edge)
+        batch_major = lambda v: tf.transpose(v, [1, 0] + list(range(2, v.shape.rank)))  # noqa: E731
+        z_what = batch_major(records["z_what"])  # [B, T, z]
+        glimpses = self._decode(tf.reshape(z_what, [-1, self.z_what_dim]),
+                                None if eps_pix is None else
+                                tf.reshape(batch_major(eps_pix), [-1, self.glimpse_px ** 2]))
+        glimpses = tf.reshape(glimpses, [-1, t_max, self.glimpse_px, self.glimpse_px])
+        return transformer.render_glimpses_summed(glimpses, batch_major(weight),
+                                                  batch_major(scale), batch_major(shift),
+                                                  self.canvas_px, self.quirks.sampler_edge)
 
     # ------------------------------------------------------------------ loop
     def _step_traces(self, t, carry, images2d, image_ctx, noise_t, training):
