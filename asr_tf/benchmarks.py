@@ -313,13 +313,14 @@ def _git_commit(tree):
     return proc.stdout.strip() or None
 
 
-def step_worker(tree, config, kind, jit, batch_size, seed):
+def step_worker(tree, config, kind, jit, batch_size, seed, bindings=()):
     """A child process of :func:`compare_steps`: the training step of the code at ``tree``.
 
     Imports ``asr_tf`` from ``tree`` (this module's own package is dropped first), builds the
     model, optimizer and 16 batches held in memory as ``train_benchmark`` does, prints a JSON
     line once ready, then serves timing requests: a line ``N`` on stdin runs N steps and
     prints their seconds (and glimpse steps executed, and analytic GFLOPs) as one JSON line.
+    ``bindings``: extra gin bindings (e.g. ``build_model.matmul_dtype = 'bfloat16'``).
     Uses the API both trees share (417ff77 on): config.parse, train_lib.run_spec /
     build_components, training.make_optimizer / train_step, pipeline.make_dataset,
     flops.train_step_flops.
@@ -339,10 +340,10 @@ def step_worker(tree, config, kind, jit, batch_size, seed):
     training = importlib.import_module("asr_tf.training")
     flops = importlib.import_module("asr_tf.flops")
     pipeline = importlib.import_module("asr_tf.data.pipeline")
-    bindings = {"air": ["build_model.kind = 'air'"], "pprior": ["build_model.kind = 'pprior'"],
-                "asr": []}[kind]
+    kind_bindings = {"air": ["build_model.kind = 'air'"],
+                     "pprior": ["build_model.kind = 'pprior'"], "asr": []}[kind]
     zero = ["PenaltyWeights.gamma_ne = 0.0", "PenaltyWeights.gamma_m = 0.0"] if kind != "asr" else []
-    config_lib.parse([config], bindings + zero)
+    config_lib.parse([config], kind_bindings + zero + list(bindings))
     spec = train_lib.run_spec()
     keras.utils.set_random_seed(seed)
     model, weights, _ = train_lib.build_components(spec)
@@ -374,12 +375,15 @@ def step_worker(tree, config, kind, jit, batch_size, seed):
               flush=True)
 
 
-def compare_steps(baseline_dir: str, config: str = "air_asr_14", kinds: str = "asr",
+def compare_steps(baseline_dir: str = None, config: str = "air_asr_14", kinds: str = "asr",
                   jit_modes: str = "1", batch_size: int = 64, batches: int = 100,
-                  warmup_batches: int = 10, seed: int = 0, block: int = 10, **unused) -> dict:
-    """The training step of a baseline checkout and of this tree, side by side.
+                  warmup_batches: int = 10, seed: int = 0, block: int = 10, with_bindings=(),
+                  **unused) -> dict:
+    """The training step of a baseline and of this tree, side by side.
 
-    Two worker processes (:func:`step_worker`), one per tree, hold their step ready; they run
+    Two worker processes (:func:`step_worker`) hold their step ready: the baseline (the
+    checkout ``baseline_dir``, or this tree when None) and this tree with the extra gin
+    bindings ``with_bindings`` (e.g. ``build_model.matmul_dtype = 'bfloat16'``). They run
     blocks of ``block`` steps in turn (baseline, this, this, baseline, ...), on the same 16
     batches held in memory, so that drifts in the machine's speed hit both alike, and a
     float32 2048^2 matmul (the machine's rate) is timed between the blocks.
@@ -400,14 +404,18 @@ def compare_steps(baseline_dir: str, config: str = "air_asr_14", kinds: str = "a
     import numpy as np
 
     this_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    trees = {"baseline": os.path.abspath(baseline_dir), "this": this_dir}
+    trees = {"baseline": os.path.abspath(baseline_dir or this_dir), "this": this_dir}
     if not os.path.isdir(os.path.join(trees["baseline"], "asr_tf")):
         raise ValueError(f"--compare_with {baseline_dir}: no asr_tf package there")
+    if trees["baseline"] == this_dir and not with_bindings:
+        raise ValueError("nothing to compare: give --compare_with DIR and/or --with_binding")
+    bindings = {"baseline": [], "this": list(with_bindings)}
     yardstick, yardstick_flops = yardstick_matmul()
     result = {"what": "train_compare", "config": config, "batch_size": batch_size,
               "block": block, "baseline": {"path": trees["baseline"],
                                            "commit": _git_commit(trees["baseline"])},
-              "this": {"path": trees["this"], "commit": _git_commit(trees["this"])}}
+              "this": {"path": trees["this"], "commit": _git_commit(trees["this"]),
+                       "bindings": bindings["this"]}}
     for kind in kinds.split(","):
         for jit in [bool(int(j)) for j in jit_modes.split(",")]:
             workers = {}
@@ -415,7 +423,8 @@ def compare_steps(baseline_dir: str, config: str = "air_asr_14", kinds: str = "a
                 for name, tree in trees.items():  # one at a time: compiling is heavy
                     code = (f"import sys; sys.path.insert(0, {this_dir!r}); "
                             f"from asr_tf.benchmarks import step_worker; step_worker({tree!r}, "
-                            f"{config!r}, {kind!r}, {jit}, {batch_size}, {seed})")
+                            f"{config!r}, {kind!r}, {jit}, {batch_size}, {seed}, "
+                            f"{bindings[name]!r})")
                     workers[name] = subprocess.Popen([sys.executable, "-c", code],
                                                      stdin=subprocess.PIPE,
                                                      stdout=subprocess.PIPE, text=True)

@@ -41,7 +41,9 @@ def run(export_path, batch_sizes=(1, 64), iterations=None, warmup=3, signature="
         has stopped, so latency depends on the images (reported as ``max_count``).
     Returns:
       dict: ``export_path``, ``signature``, ``canvas_px``, ``cpu_count``, ``tf_version``,
-      ``load_s`` and per batch size ``batch_<N>``: ``p50_ms``, ``p99_ms``, ``mean_ms``,
+      ``load_s`` and per batch size ``batch_<N>``: ``p50_ms``, ``p99_ms``, ``min_ms``,
+      ``mean_ms``, ``cpu_ms`` (CPU time of this process per call, all threads: on a shared
+      machine the wall-clock figures include waiting for a core, this does not),
       ``images_per_s`` (N / mean latency), ``iterations`` and ``max_count`` (the largest
       inferred count in the batch: the loop ran min(max_count + 1, T) steps).
     """
@@ -67,14 +69,17 @@ def run(export_path, batch_sizes=(1, 64), iterations=None, warmup=3, signature="
         for _ in range(max(1, warmup)):
             out = _block(fn(**args))
         times = []
+        cpu_start = time.process_time()
         for _ in range(iters):
             t0 = time.perf_counter()
             _block(fn(**args))
             times.append(time.perf_counter() - t0)
+        cpu_ms = (time.process_time() - cpu_start) / iters * 1e3
         mean = float(np.mean(times))
         result[f"batch_{n}"] = {"p50_ms": round(_percentile_ms(times, 50), 2),
                                 "p99_ms": round(_percentile_ms(times, 99), 2),
-                                "mean_ms": round(mean * 1e3, 2),
+                                "min_ms": round(float(np.min(times)) * 1e3, 2),
+                                "mean_ms": round(mean * 1e3, 2), "cpu_ms": round(cpu_ms, 2),
                                 "images_per_s": round(n / mean, 1), "iterations": iters,
                                 "max_count": int(np.max(out["count"])) if "count" in out else None}
     return result

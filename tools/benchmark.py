@@ -7,6 +7,9 @@
   # side by side with another checkout (two step processes, alternating blocks of 10 steps):
   python tools/benchmark.py --what train --kinds asr --jit_modes 1 --compare_with ../base417 \
       --batches 100 --warmup_batches 10
+  # this tree with and without a binding, side by side:
+  python tools/benchmark.py --what train --kinds asr --jit_modes 0,1 \
+      --with_binding "build_model.matmul_dtype = 'bfloat16'"
 """
 import json
 import os
@@ -37,6 +40,9 @@ flags.DEFINE_integer("load_rounds", 2, "serving mode: loads per batch size (memo
 flags.DEFINE_string("compare_with", None, "train mode: another checkout (e.g. a git worktree "
                     "of the baseline commit) whose training step runs beside this one's, in "
                     "alternating blocks")
+flags.DEFINE_multi_string("with_binding", [], "train mode, side by side: a gin binding for "
+                          "this tree's step only (e.g. \"build_model.matmul_dtype = "
+                          "'bfloat16'\"); the baseline is --compare_with or this tree without it")
 FLAGS = flags.FLAGS
 
 
@@ -48,10 +54,12 @@ def main(argv):
                 "config", "kinds", "jit_modes", "export_path", "clients", "requests_per_client",
                 "serving_batch_sizes", "load_rounds")}
     try:
-        if FLAGS.compare_with:
+        if FLAGS.compare_with or FLAGS.with_binding:
             if FLAGS.what != "train":
-                raise ValueError("--compare_with compares training steps: use it with --what train")
-            result = benchmarks.compare_steps(FLAGS.compare_with, **options)
+                raise ValueError("--compare_with / --with_binding compare training steps: use "
+                                 "them with --what train")
+            result = benchmarks.compare_steps(FLAGS.compare_with,
+                                              with_bindings=FLAGS.with_binding, **options)
         else:
             result = benchmarks.run(FLAGS.what, **options)
     except ValueError as err:

@@ -60,10 +60,10 @@ class AIRNet(keras.Model):
     """The AIR LSTM over the image only, with independent scale/shift/z_pres heads."""
 
     def __init__(self, image_dim, units=256, head_units=64, orthogonal_recurrent=False,
-                 scale_bias_init=0.0, name="air_rnn", **kwargs):
+                 scale_bias_init=0.0, matmul_dtype="float32", name="air_rnn", **kwargs):
         super().__init__(name=name, **kwargs)
         self.units = units
-        self.lstm = rnn.LSTMCore(units, (image_dim,), orthogonal_recurrent)
+        self.lstm = rnn.LSTMCore(units, (image_dim,), orthogonal_recurrent, matmul_dtype)
         self.scale_loc = rnn.mlp_head(head_units, 1, units, "scale_loc", out_bias=scale_bias_init)
         self.scale_log_var = rnn.mlp_head(head_units, 1, units, "scale_log_var")
         self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
@@ -94,14 +94,15 @@ class AIR(GlimpseModel):
     def __init__(self, canvas_px, max_steps=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
                  z_pres_temperature=1.0, stop_threshold=0.99, decoder_noise=0.3,
                  add_prior_counts=None, prior_init=1e4, prior_factor=0.1,
-                 prior_every_steps=3000.0, prior_floor=1e-9, scale_bias_init=0.0, quirks=None,
-                 name="air", **kwargs):
+                 prior_every_steps=3000.0, prior_floor=1e-9, scale_bias_init=0.0,
+                 matmul_dtype="float32", quirks=None, name="air", **kwargs):
         super().__init__(canvas_px, max_steps, glimpse_px, z_what_dim, z_pres_temperature,
                          stop_threshold, decoder_noise, quirks, name=name, **kwargs)
+        self.matmul_dtype = matmul_dtype  # asr_tf.nn.precision
         self.net = AIRNet(canvas_px * canvas_px, lstm_units,
                           orthogonal_recurrent=self.quirks.lstm_orthogonal_recurrent,
-                          scale_bias_init=scale_bias_init)
-        self.vae = GlimpseVAE(z_what_dim, glimpse_px)
+                          scale_bias_init=scale_bias_init, matmul_dtype=matmul_dtype)
+        self.vae = GlimpseVAE(z_what_dim, glimpse_px, matmul_dtype)
         self.add_prior = add_prior_counts is not None
         self.prior_bias = tf.constant(
             count_prior_bias(add_prior_counts, max_steps) if self.add_prior
