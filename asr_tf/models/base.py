@@ -85,6 +85,11 @@ def unflat(x, steps):
     return tf.reshape(x, tf.concat([[steps, -1], tf.shape(x)[1:]], 0))
 
 
+def batch_major(x):
+    """[T, B, ...] -> [B, T, ...]."""
+    return tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))
+
+
 class GlimpseModel(keras.Model):
     """Base class: the stopping loop, canvas, masks and records.
 
@@ -214,7 +219,6 @@ class GlimpseModel(keras.Model):
         scale = tf.where(ran, records["scale"], tf.ones_like(records["scale"]))  # [T, B]
         shift = tf.where(ran[..., None], records["shift"], tf.zeros_like(records["shift"]))
         weight = records["present"] * records["z_pres"]  # [T, B]
-        batch_major = lambda v: tf.transpose(v, [1, 0] + list(range(2, v.shape.rank)))  # noqa: E731
         z_what = batch_major(records["z_what"])  # [B, T, z]
         glimpses = self._decode(tf.reshape(z_what, [-1, self.z_what_dim]),
                                 None if eps_pix is None else
@@ -308,8 +312,7 @@ class GlimpseModel(keras.Model):
             ran = step_mask > 0
             records = {k: tf.where(tf.reshape(ran, [t_max] + [1] * (v.shape.rank - 1)), v,
                                    tf.zeros_like(v)) for k, v in records.items()}
-        out = {k: tf.transpose(records[k], [1, 0] + list(range(2, records[k].shape.rank)))
-               for k in RECORD_KEYS}  # each [B, T, ...]
+        out = {k: batch_major(records[k]) for k in RECORD_KEYS}  # each [B, T, ...]
         out.update(canvas=canvas, recon=tf.clip_by_value(canvas, 0.0, 1.0),
                    count=tf.cast(carry["count"], tf.int32), step_mask=step_mask,
                    steps_executed=t_exec)
