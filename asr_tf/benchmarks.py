@@ -62,6 +62,20 @@ def matmul_gflops(m=64, k=1024, n=1024, seconds=2.0):
     return 2.0 * m * k * n * reps / (time.perf_counter() - start) / 1e9
 
 
+YARDSTICK_N = 2048  # the machine's matmul rate: one float32 [n, n] x [n, n] product
+
+
+def yardstick_matmul(n=YARDSTICK_N):
+    """A callable running one float32 [n, n] x [n, n] matmul (TensorFlow's own kernel, as a
+    user would call it) to the host, and its FLOPs. Timed between the step's blocks, it
+    measures the machine's matmul rate under the same load as the step."""
+    import tensorflow as tf
+
+    a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+    f = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    return (lambda: f(a, b).numpy()), 2.0 * n ** 3
+
+
 def _time_alternating(fns, warmup, steps, block=10):
     """Times several step functions in alternating blocks of ``block`` steps (so that a drift
     in machine speed hits all of them alike). Returns one list of step times per function."""
@@ -90,8 +104,11 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
     (every scene synthesised) and by batches drawn into memory beforehand (no pipeline at
     all): does the step wait on data? All three see the same scene distribution, so they
     execute about as many glimpse steps. Also the analytic FLOPs of the glimpse steps the
-    loop actually executed, the achieved GFLOP/s, its ratio to a plain matmul measured in the
-    same run, and the time of one evaluation over the test scenes.
+    loop needs (``steps_executed``: training computes all T steps, unrolled, so this counts
+    only the useful part of the work), the achieved GFLOP/s, its ratio to a plain [64, 1024]
+    x [1024, 1024] matmul measured before (``fraction_of_matmul``) and to the machine's rate,
+    a float32 2048^2 matmul timed in the same alternating blocks as the steps
+    (``fraction_of_matmul_2048``), and the time of one evaluation over the test scenes.
     """
     import gin
     import keras
@@ -105,6 +122,7 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
     results = {"what": "train", "config": config, "batch_size": batch_size}
     peak = matmul_gflops()
     results["matmul_gflops"] = round(peak, 1)
+    yardstick, yardstick_flops = yardstick_matmul()
     for kind in kinds.split(","):
         bindings = {"air": ["build_model.kind = 'air'"], "pprior": ["build_model.kind = 'pprior'"],
                     "asr": []}[kind]
@@ -133,12 +151,14 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
                 executed[source].append(float(logs["steps_executed"]))
 
             cycle = iter(range(10**9))
-            real, first, memory = _time_alternating(
+            real, first, memory, stick = _time_alternating(
                 [lambda: step(next(data), "pipeline"),
                  lambda: step(next(first_epoch), "first_epoch"),
-                 lambda: step(in_memory[next(cycle) % len(in_memory)], "memory")],
+                 lambda: step(in_memory[next(cycle) % len(in_memory)], "memory"),
+                 yardstick],
                 warmup_batches, batches)
             real_s, first_s, memory_s = (float(np.median(t)) for t in (real, first, memory))
+            stick_gflops = yardstick_flops / float(np.median(stick)) / 1e9
             glimpses = {k: float(np.mean(v[warmup_batches:])) for k, v in executed.items()}
             step_flops = np.mean([flops.train_step_flops(model, batch_size, t)
                                   for t in executed["pipeline"][warmup_batches:]])
@@ -155,6 +175,9 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
                 "gflop_per_step": round(step_flops / 1e9, 3),
                 "gflops": round(step_flops / real_s / 1e9, 1),
                 "fraction_of_matmul": round(step_flops / real_s / 1e9 / peak, 3),
+                f"matmul_{YARDSTICK_N}_gflops": round(stick_gflops, 1),
+                f"fraction_of_matmul_{YARDSTICK_N}": round(step_flops / real_s / 1e9
+                                                           / stick_gflops, 3),
             }
         if kind == "asr":
             evaluator = evaluation.Evaluator(model, spec, seed=seed)
@@ -203,13 +226,83 @@ def sampler_benchmark(batch_size: int = 64, batches: int = 200, warmup_batches: 
     return results
 
 
-def serving_benchmark(export_path: str = None, **unused) -> dict:
-    """Latency p50/p99 and images/s of a SavedModel's serving_default at batch 1 and 64."""
+SERVER_RSS_BOUND_MB = 32  # allowed growth of the server's memory after its first load
+
+
+def serving_benchmark(export_path: str = None, dataset: str = "mnist_14", clients: int = 8,
+                      requests_per_client: int = 100, serving_batch_sizes: str = "1,16",
+                      load_rounds: int = 2, seed: int = 0, **unused) -> dict:
+    """A SavedModel's ``serving_default``: in-process latency, then gRPC under load.
+
+    In-process (``serving_benchmark.run``): p50/p99 per batch size on test scenes of
+    ``dataset``. Under load: the PredictionService of ``asr_tf.serving`` (the servicer the
+    tests use) in its own process on 127.0.0.1; ``clients`` concurrent clients send
+    ``requests_per_client`` requests each, per batch size, ``load_rounds`` times over, with
+    every kind of malformed request in the middle (``serving_benchmark.load``); each
+    well-formed response's counts are checked against the in-process model. The server's
+    resident memory is read after a warm-up and after each load; from the end of the first
+    round of loads to the end of the last it may grow by at most SERVER_RSS_BOUND_MB.
+    """
     if not export_path:
         raise ValueError("--export_path is required for --what serving (a <export_dir>/<version> folder)")
-    from asr_tf import serving_benchmark as sb
+    import json
+    import os
+    import subprocess
+    import sys
 
-    return dict(what="serving", **sb.run(export_path))
+    import numpy as np
+    import tensorflow as tf
+
+    from asr_tf import serving
+    from asr_tf import serving_benchmark as sb
+    from asr_tf.data import pipeline, scenes
+
+    spec = scenes.get_spec(dataset)
+    test = next(iter(pipeline.make_dataset(spec, split="test", batch_size=spec.num_test,
+                                           seed=seed, repeat=False, drop_remainder=False)))
+    images = test["image"].numpy()  # [M, S, S, 1]
+    sizes = [int(n) for n in serving_batch_sizes.split(",")]
+    result = {"what": "serving", "dataset": dataset,
+              "in_process": sb.run(export_path, batch_sizes=sizes, images=images, seed=seed)}
+    loaded = tf.saved_model.load(export_path)
+    infer = loaded.signatures["serving_default"]
+    expected = np.concatenate([infer(images=tf.constant(images[i:i + 250]))["count"].numpy()
+                               for i in range(0, len(images), 250)])
+    del loaded, infer
+    name = os.path.basename(os.path.dirname(os.path.abspath(export_path)))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    server = subprocess.Popen([sys.executable, "-m", "asr_tf.serving", export_path, name,
+                               str(clients)], cwd=repo, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(server.stdout.readline())
+        address = f"127.0.0.1:{info['port']}"
+        for n in sizes:  # warm-up: every batch size once, and a malformed request
+            sb.load(address, name, images, clients=2, requests_per_client=3, batch_size=n,
+                    malformed_rounds=1, expected_count=expected)
+        rss = [serving.rss_bytes(info["pid"])]
+        result["server_rss_mb_after_warmup"] = round(rss[0] / 2**20, 1)
+        for r in range(load_rounds):
+            for n in sizes:
+                out = sb.load(address, name, images, clients=clients,
+                              requests_per_client=requests_per_client, batch_size=n,
+                              expected_count=expected)
+                rss.append(serving.rss_bytes(info["pid"]))
+                out["server_rss_mb_after"] = round(rss[-1] / 2**20, 1)
+                result[f"load_round{r + 1}_batch_{n}"] = out
+        # growth from the end of the first load to the end of the last (the first load's
+        # allocations are the server's working set; later loads must not add to it)
+        growth = (rss[-1] - rss[len(sizes)]) / 2**20
+        result["server_rss_growth_mb"] = round(growth, 1)
+        result["server_rss_bound_mb"] = SERVER_RSS_BOUND_MB
+        result["server_rss_within_bound"] = bool(growth <= SERVER_RSS_BOUND_MB)
+    finally:
+        server.stdin.close()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return result
 
 
 def tensorboard_benchmark(config: str = "air_asr_14", **unused) -> dict:
@@ -276,6 +369,191 @@ BENCHMARKS = {
     "serving": serving_benchmark,
     "tensorboard": tensorboard_benchmark,
 }
+
+
+def _git_commit(tree):
+    import subprocess
+
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True,
+                          text=True)
+    return proc.stdout.strip() or None
+
+
+def step_worker(tree, config, kind, jit, batch_size, seed, bindings=()):
+    """A child process of :func:`compare_steps`: the training step of the code at ``tree``.
+
+    Imports ``asr_tf`` from ``tree`` (this module's own package is dropped first), builds the
+    model, optimizer and 16 batches held in memory as ``train_benchmark`` does, prints a JSON
+    line once ready, then serves timing requests: a line ``N`` on stdin runs N steps and
+    prints their seconds (and glimpse steps executed, and analytic GFLOPs) as one JSON line.
+    ``bindings``: extra gin bindings (e.g. ``build_model.matmul_dtype = 'bfloat16'``).
+    Works with the code of either side of the one-loss refactor: with ``asr_tf.runs`` (this
+    tree: runs.run_spec / build_components, objectives.Objective, the strategy-wide
+    training.train_step) or without it (417ff77 and its branches: train_lib.run_spec /
+    build_components, PenaltyWeights, train_step(..., weights, jit)); both have
+    config.parse, training.make_optimizer, pipeline.make_dataset, flops.train_step_flops.
+    """
+    import importlib
+    import json
+    import os
+    import sys
+
+    for name in [m for m in sys.modules if m == "asr_tf" or m.startswith("asr_tf.")]:
+        del sys.modules[name]
+    sys.path.insert(0, tree)
+    import keras
+    import tensorflow as tf
+
+    config_lib = importlib.import_module("asr_tf.config")
+    training = importlib.import_module("asr_tf.training")
+    flops = importlib.import_module("asr_tf.flops")
+    pipeline = importlib.import_module("asr_tf.data.pipeline")
+    # not importlib.util.find_spec: the editable install's finder would find a missing module
+    # in the installed checkout
+    refactored = os.path.exists(os.path.join(tree, "asr_tf", "runs.py"))
+    components = importlib.import_module("asr_tf.runs" if refactored else "asr_tf.train_lib")
+    kind_bindings = {"air": ["build_model.kind = 'air'"],
+                     "pprior": ["build_model.kind = 'pprior'"], "asr": []}[kind]
+    zero = [] if kind == "asr" else (
+        ["Objective.constraints = []"] if refactored
+        else ["PenaltyWeights.gamma_ne = 0.0", "PenaltyWeights.gamma_m = 0.0"])
+    config_lib.parse([config], kind_bindings + zero + list(bindings))
+    spec = components.run_spec()
+    keras.utils.set_random_seed(seed)
+    model, loss_spec, _ = components.build_components(spec)  # Objective, or PenaltyWeights
+    optimizer = training.make_optimizer(model)
+    generator = tf.random.Generator.from_seed(seed)
+    data = iter(pipeline.make_dataset(spec, "train", batch_size=batch_size, seed=seed,
+                                      cache_scenes=False))
+    batches = [next(data) for _ in range(16)]
+    count = [0]
+
+    def step():
+        batch = batches[count[0] % len(batches)]
+        count[0] += 1
+        if refactored:
+            logs = training.train_step(model, optimizer, generator, batch,
+                                       tf.constant(0, tf.int64), loss_spec,
+                                       tf.distribute.get_strategy(), batch_size, jit)
+        else:
+            logs = training.train_step(model, optimizer, generator, batch,
+                                       tf.constant(0, tf.int64), loss_spec, jit)
+        return float(logs["steps_executed"])
+
+    step()  # traces and compiles
+    print(json.dumps({"ready": tree, "asr_tf": importlib.import_module("asr_tf").__file__}),
+          flush=True)
+    for line in sys.stdin:
+        seconds, executed = [], []
+        for _ in range(int(line)):
+            start = time.perf_counter()
+            executed.append(step())
+            seconds.append(time.perf_counter() - start)
+        gflop = [flops.train_step_flops(model, batch_size, t) / 1e9 for t in executed]
+        print(json.dumps({"seconds": seconds, "steps_executed": executed, "gflop": gflop}),
+              flush=True)
+
+
+def compare_steps(baseline_dir: str = None, config: str = "air_asr_14", kinds: str = "asr",
+                  jit_modes: str = "1", batch_size: int = 64, batches: int = 100,
+                  warmup_batches: int = 10, seed: int = 0, block: int = 10, with_bindings=(),
+                  **unused) -> dict:
+    """The training step of a baseline and of this tree, side by side.
+
+    Two worker processes (:func:`step_worker`) hold their step ready: the baseline (the
+    checkout ``baseline_dir``, or this tree when None) and this tree with the extra gin
+    bindings ``with_bindings`` (e.g. ``build_model.matmul_dtype = 'bfloat16'``). They run
+    blocks of ``block`` steps in turn (baseline, this, this, baseline, ...), on the same 16
+    batches held in memory, so that drifts in the machine's speed hit both alike, and a
+    float32 2048^2 matmul (the machine's rate) is timed between the blocks.
+
+    Returns:
+      dict: ``baseline`` / ``this`` (path, commit) and per kind and jit mode: ms per step of
+      each (median over ``batches`` steps), ``speedup`` (baseline ms / this ms), the speed-up
+      of each pair of neighbouring blocks (median and range), glimpse steps executed, GFLOP
+      per step (analytic, the executed glimpse steps), GFLOP/s and their fraction of the
+      2048^2 matmul's rate.
+    """
+    import json
+    import os
+    import statistics
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    this_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = {"baseline": os.path.abspath(baseline_dir or this_dir), "this": this_dir}
+    if not os.path.isdir(os.path.join(trees["baseline"], "asr_tf")):
+        raise ValueError(f"--compare_with {baseline_dir}: no asr_tf package there")
+    if trees["baseline"] == this_dir and not with_bindings:
+        raise ValueError("nothing to compare: give --compare_with DIR and/or --with_binding")
+    bindings = {"baseline": [], "this": list(with_bindings)}
+    yardstick, yardstick_flops = yardstick_matmul()
+    result = {"what": "train_compare", "config": config, "batch_size": batch_size,
+              "block": block, "baseline": {"path": trees["baseline"],
+                                           "commit": _git_commit(trees["baseline"])},
+              "this": {"path": trees["this"], "commit": _git_commit(trees["this"]),
+                       "bindings": bindings["this"]}}
+    for kind in kinds.split(","):
+        for jit in [bool(int(j)) for j in jit_modes.split(",")]:
+            workers = {}
+            try:
+                for name, tree in trees.items():  # one at a time: compiling is heavy
+                    code = (f"import sys; sys.path.insert(0, {this_dir!r}); "
+                            f"from asr_tf.benchmarks import step_worker; step_worker({tree!r}, "
+                            f"{config!r}, {kind!r}, {jit}, {batch_size}, {seed}, "
+                            f"{bindings[name]!r})")
+                    workers[name] = subprocess.Popen([sys.executable, "-c", code],
+                                                     stdin=subprocess.PIPE,
+                                                     stdout=subprocess.PIPE, text=True)
+                    ready = workers[name].stdout.readline()
+                    if not ready.startswith("{"):
+                        raise RuntimeError(f"step worker for {tree} failed to start")
+
+                def run_block(name, n):
+                    workers[name].stdin.write(f"{n}\n")
+                    workers[name].stdin.flush()
+                    return json.loads(workers[name].stdout.readline())
+
+                for name in trees:
+                    run_block(name, warmup_batches)
+                blocks = {name: [] for name in trees}
+                stick = []
+                for k in range(-(-batches // block)):
+                    order = ("baseline", "this") if k % 2 == 0 else ("this", "baseline")
+                    for name in order:
+                        blocks[name].append(run_block(name, block))
+                    start = time.perf_counter()
+                    yardstick()
+                    stick.append(time.perf_counter() - start)
+            finally:
+                for w in workers.values():
+                    w.stdin.close()
+                    w.wait(timeout=120)
+            row = {}
+            for name in trees:
+                seconds = [t for b in blocks[name] for t in b["seconds"]]
+                gflop = float(np.mean([g for b in blocks[name] for g in b["gflop"]]))
+                ms = float(np.median(seconds)) * 1e3
+                row[name] = {"ms_per_step": round(ms, 1),
+                             "glimpse_steps_executed": round(float(np.mean(
+                                 [t for b in blocks[name] for t in b["steps_executed"]])), 2),
+                             "gflop_per_step": round(gflop, 3),
+                             "gflops": round(gflop / ms * 1e3, 1)}
+            pairs = [float(np.median(b["seconds"]) / np.median(t["seconds"]))
+                     for b, t in zip(blocks["baseline"], blocks["this"])]
+            stick_gflops = yardstick_flops / float(np.median(stick)) / 1e9
+            for name in trees:
+                row[name][f"fraction_of_matmul_{YARDSTICK_N}"] = round(
+                    row[name]["gflops"] / stick_gflops, 3)
+            row.update({"speedup": round(row["baseline"]["ms_per_step"]
+                                         / row["this"]["ms_per_step"], 3),
+                        "speedup_by_block_median": round(statistics.median(pairs), 3),
+                        "speedup_by_block_range": [round(min(pairs), 3), round(max(pairs), 3)],
+                        f"matmul_{YARDSTICK_N}_gflops": round(stick_gflops, 1)})
+            result[f"{kind}{'_jit' if jit else ''}"] = row
+    return result
 
 
 def run(what: str, **options) -> dict:

@@ -31,8 +31,9 @@ z_what are zero where z_pres is 0. A box is (x, y, w, h) in pixels, top-left cor
 x = (shift_x + 1) * S/2 - scale * S/2, w = h = scale * S (as ``metrics.xywh_from_where``).
 
 Input checks run inside the graph (TF Serving's C++ session checks the dtype of a request, not
-its shape): wrong rank, wrong canvas size or values outside [0, 1] (or NaN) raise
-InvalidArgumentError "images must be float32 [N, S, S, 1] with values in [0, 1] ...".
+its shape): wrong rank, wrong canvas size, an empty batch (N = 0) or values outside [0, 1] (or
+NaN) raise InvalidArgumentError "images must be float32 [N, S, S, 1], N >= 1, with values in
+[0, 1] ...".
 """
 import contextlib
 import dataclasses
@@ -58,7 +59,8 @@ _VERSION_RE = re.compile(r"^\d+$")
 # --------------------------------------------------------------------------- helpers
 def images_contract(canvas_px):
     """The message every input-check failure carries."""
-    return f"images must be float32 [N, {canvas_px}, {canvas_px}, 1] with values in [0, 1]"
+    return (f"images must be float32 [N, {canvas_px}, {canvas_px}, 1], N >= 1, with values "
+            "in [0, 1]")
 
 
 def _check_images(images, canvas_px):
@@ -72,8 +74,8 @@ def _check_images(images, canvas_px):
     shape = tf.raw_ops.Shape(input=images, out_type=tf.int32)
     shape4 = tf.concat([shape, tf.constant([-1, -1, -1, -1], tf.int32)], 0)[:4]
     shape_ok = tf.reduce_all(tf.stack([
-        tf.equal(rank, 4), tf.equal(shape4[1], canvas_px), tf.equal(shape4[2], canvas_px),
-        tf.equal(shape4[3], 1)]))
+        tf.equal(rank, 4), tf.greater(shape4[0], 0), tf.equal(shape4[1], canvas_px),
+        tf.equal(shape4[2], canvas_px), tf.equal(shape4[3], 1)]))
     check_shape = tf.debugging.Assert(shape_ok, [msg + "; got shape", shape], summarize=8)
     with tf.control_dependencies([check_shape]):
         in_range = tf.reduce_all(tf.logical_and(images >= 0.0, images <= 1.0))  # NaN fails too

@@ -18,9 +18,9 @@ def _dims(text):
 def hlo_dot_flops(hlo_text):
     """Sums 2 * prod(output) * prod(contracted lhs dims) over every ``dot`` in HLO text.
 
-    Every computation in the module is counted once: the glimpse loop's body (forward and
-    backward) appears once, so a train step's count equals the analytic count of
-    :func:`train_step_flops` with ``steps=1`` (tests/test_flops.py).
+    Every computation in the module is counted once. A training step unrolls all T glimpse
+    steps (no loop), so its count equals the analytic count of :func:`train_step_flops` with
+    ``steps=T`` (tests/test_flops.py); in a ``while`` loop's body a step would count once.
     """
     total = 0
     for line in hlo_text.splitlines():

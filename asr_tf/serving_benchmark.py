@@ -1,13 +1,20 @@
-"""Serving latency of an exported SavedModel (issue 6): p50/p99 and images/s per batch size.
+"""Serving latency of an exported SavedModel: in-process, and under load over gRPC.
 
-In-process: ``tf.saved_model.load`` and calls of one signature (default ``serving_default``)
-on random images in [0, 1]; the model's own code (asr_tf, TFP) is not used. This is the
-compute part of a request; a model server adds (de)serialisation and the network on top.
+``run``: in-process, ``tf.saved_model.load`` and calls of one signature (default
+``serving_default``); the model's own code (asr_tf, TFP) is not used. This is the compute
+part of a request; a model server adds (de)serialisation and the network on top.
+
+``load``: concurrent gRPC clients against a PredictionService (``asr_tf.serving``, the
+servicer the tests use, or a model server): requests/s, latency p50/p99, errors, and
+malformed requests sent in the middle of the load, each of which must get INVALID_ARGUMENT
+while every other request succeeds.
 
   from asr_tf import serving_benchmark
   serving_benchmark.run("models/air_asr_14/1")
+  serving_benchmark.load("127.0.0.1:8500", "air_asr_14", images)
 """
 import os
+import threading
 import time
 
 import numpy as np
@@ -34,7 +41,9 @@ def run(export_path, batch_sizes=(1, 64), iterations=None, warmup=3, signature="
         has stopped, so latency depends on the images (reported as ``max_count``).
     Returns:
       dict: ``export_path``, ``signature``, ``canvas_px``, ``cpu_count``, ``tf_version``,
-      ``load_s`` and per batch size ``batch_<N>``: ``p50_ms``, ``p99_ms``, ``mean_ms``,
+      ``load_s`` and per batch size ``batch_<N>``: ``p50_ms``, ``p99_ms``, ``min_ms``,
+      ``mean_ms``, ``cpu_ms`` (CPU time of this process per call, all threads: on a shared
+      machine the wall-clock figures include waiting for a core, this does not),
       ``images_per_s`` (N / mean latency), ``iterations`` and ``max_count`` (the largest
       inferred count in the batch: the loop ran min(max_count + 1, T) steps).
     """
@@ -60,14 +69,17 @@ def run(export_path, batch_sizes=(1, 64), iterations=None, warmup=3, signature="
         for _ in range(max(1, warmup)):
             out = _block(fn(**args))
         times = []
+        cpu_start = time.process_time()
         for _ in range(iters):
             t0 = time.perf_counter()
             _block(fn(**args))
             times.append(time.perf_counter() - t0)
+        cpu_ms = (time.process_time() - cpu_start) / iters * 1e3
         mean = float(np.mean(times))
         result[f"batch_{n}"] = {"p50_ms": round(_percentile_ms(times, 50), 2),
                                 "p99_ms": round(_percentile_ms(times, 99), 2),
-                                "mean_ms": round(mean * 1e3, 2),
+                                "min_ms": round(float(np.min(times)) * 1e3, 2),
+                                "mean_ms": round(mean * 1e3, 2), "cpu_ms": round(cpu_ms, 2),
                                 "images_per_s": round(n / mean, 1), "iterations": iters,
                                 "max_count": int(np.max(out["count"])) if "count" in out else None}
     return result
@@ -76,3 +88,150 @@ def run(export_path, batch_sizes=(1, 64), iterations=None, warmup=3, signature="
 def _block(outputs):
     """Forces the results to host memory (the call is asynchronous on some devices)."""
     return {k: v.numpy() for k, v in outputs.items()}
+
+
+# Malformed requests of the load test: name -> images [N, S, S, 1] (each must be refused with
+# INVALID_ARGUMENT, by the signature's dtype or by the graph's input checks).
+MALFORMED = ("wrong_shape", "wrong_rank", "wrong_dtype", "nan", "above_one", "below_zero",
+             "empty_batch")
+
+
+def malformed_images(kind, canvas_px):
+    """The images of a malformed request ``kind`` (one of MALFORMED)."""
+    s = canvas_px
+    ok = np.full([1, s, s, 1], 0.5, np.float32)
+    if kind == "wrong_shape":
+        return np.zeros([1, s - 10, s - 10, 1], np.float32)
+    if kind == "wrong_rank":
+        return np.zeros([s, s, 1], np.float32)
+    if kind == "wrong_dtype":
+        return ok.astype(np.float64)
+    if kind == "nan":
+        ok[0, s // 2, s // 2, 0] = np.nan
+        return ok
+    if kind == "above_one":
+        ok[0, 0, 0, 0] = 1.5
+        return ok
+    if kind == "below_zero":
+        ok[0, -1, -1, 0] = -0.25
+        return ok
+    if kind == "empty_batch":
+        return np.zeros([0, s, s, 1], np.float32)
+    raise ValueError(f"unknown malformed request {kind!r}; allowed: {', '.join(MALFORMED)}")
+
+
+def _request(model_name, images, signature="serving_default"):
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(images))
+    return request
+
+
+def load(address, model_name, images, clients=8, requests_per_client=50, batch_size=1,
+         malformed_rounds=2, expected_count=None, timeout_s=120.0):
+    """Concurrent Predict calls against ``address``, with malformed requests in between.
+
+    ``clients`` threads, each with its own channel, send ``requests_per_client`` requests of
+    ``batch_size`` images (consecutive rows of ``images``, cycled) one after another. One more
+    thread sends every kind of MALFORMED ``malformed_rounds`` times, spread evenly over the
+    load (the k-th of n once k / (n + 1) of the well-formed requests are answered).
+
+    Args:
+      address: ``host:port`` of a PredictionService.
+      model_name: the served model's name.
+      images: [M, S, S, 1] float32 in [0, 1] (e.g. test scenes).
+      expected_count: optional [M] int, the model's ``count`` for each row of ``images``
+        (e.g. from an in-process call); a response that differs counts as an error.
+    Returns:
+      dict: ``requests``, ``errors`` (failed or wrong well-formed requests; first messages
+      in ``error_messages``), ``seconds``, ``requests_per_s``, ``images_per_s``, ``p50_ms``,
+      ``p99_ms``, ``max_ms``, and ``malformed``: per kind the number sent and the status
+      codes received (all must be INVALID_ARGUMENT), ``malformed_ok`` whether they were.
+    """
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    images = np.asarray(images, np.float32)
+    m, canvas = images.shape[0], images.shape[1]
+    batches = []  # (request, rows) per distinct batch
+    for start in range(0, max(m, batch_size * clients), batch_size):
+        rows = np.arange(start, start + batch_size) % m
+        batches.append((_request(model_name, images[rows]), rows))
+    latencies = [[] for _ in range(clients)]
+    errors, messages, completed = [0], [], [0]
+    lock = threading.Lock()
+    begin = threading.Barrier(clients + 2)
+    done = threading.Event()
+
+    def client(c):
+        channel = grpc.insecure_channel(address)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        begin.wait()
+        for i in range(requests_per_client):
+            request, rows = batches[(c + i * clients) % len(batches)]
+            t0 = time.perf_counter()
+            try:
+                response = stub.Predict(request, timeout=timeout_s)
+                count = tf.make_ndarray(response.outputs["count"])
+                wrong = count.shape != (len(rows),) or (
+                    expected_count is not None and np.any(count != expected_count[rows]))
+                problem = f"wrong count {count} for rows {rows}" if wrong else None
+            except grpc.RpcError as err:
+                problem = f"{err.code().name}: {err.details()}"
+            latencies[c].append(time.perf_counter() - t0)
+            with lock:
+                completed[0] += 1
+                if problem:
+                    errors[0] += 1
+                    messages.append(problem)
+        channel.close()
+
+    malformed = {kind: {"sent": 0, "codes": {}} for kind in MALFORMED}
+
+    def bad_client():
+        channel = grpc.insecure_channel(address)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        requests = [(kind, _request(model_name, malformed_images(kind, canvas)))
+                    for kind in MALFORMED] * malformed_rounds
+        begin.wait()
+        total = clients * requests_per_client
+        for k, (kind, request) in enumerate(requests):
+            # the k-th goes out once k / (n + 1) of the well-formed requests are done
+            while completed[0] < total * (k + 1) / (len(requests) + 1) and not done.wait(0.002):
+                pass
+            try:
+                stub.Predict(request, timeout=timeout_s)
+                code = "OK"
+            except grpc.RpcError as err:
+                code = err.code().name
+            entry = malformed[kind]
+            entry["sent"] += 1
+            entry["codes"][code] = entry["codes"].get(code, 0) + 1
+        channel.close()
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    threads.append(threading.Thread(target=bad_client))
+    for t in threads:
+        t.start()
+    begin.wait()
+    start = time.perf_counter()
+    for t in threads[:-1]:
+        t.join()
+    seconds = time.perf_counter() - start
+    done.set()
+    threads[-1].join()
+    flat = np.concatenate([np.asarray(v) for v in latencies]) * 1e3
+    total = clients * requests_per_client
+    return {"address": address, "clients": clients, "requests_per_client": requests_per_client,
+            "batch_size": batch_size, "requests": total, "errors": errors[0],
+            "error_messages": messages[:5], "seconds": round(seconds, 3),
+            "requests_per_s": round(total / seconds, 1),
+            "images_per_s": round(total * batch_size / seconds, 1),
+            "p50_ms": round(float(np.percentile(flat, 50)), 2),
+            "p99_ms": round(float(np.percentile(flat, 99)), 2),
+            "max_ms": round(float(flat.max()), 2), "malformed": malformed,
+            "malformed_ok": all(e["codes"] == {"INVALID_ARGUMENT": e["sent"]}
+                                for e in malformed.values())}

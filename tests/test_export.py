@@ -5,7 +5,6 @@ Tolerances against the in-process model (``export.deterministic_reference``, eag
 call + ``metrics.xywh_from_where``): count and z_pres exact; float outputs atol 1e-4
 (observed differences ~1e-5: graph vs eager kernels).
 """
-import concurrent.futures
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ import tensorflow as tf
 
 from asr_tf import export
 from asr_tf import metrics
+from asr_tf import serving
 from asr_tf.models import build_model
 
 S, T, Z = 50, 6, 50
@@ -226,94 +226,19 @@ def test_saved_model_cli_show_and_run(pprior, tmp_path):
 
 # ----------------------------------------------------------------------------- gRPC
 
-class SavedModelPredictionServicer:
-    """A minimal TF Serving ``PredictionService.Predict`` over a TF1 session, as the model
-    server runs it: the request dtype is checked against the SignatureDef, the shape is not
-    (the C++ session does not check fed shapes; each signature input is remapped to an
-    unknown-shape placeholder), so the graph's own checks answer bad shapes.
-    """
-
-    def __init__(self, path, model_name):
-        from tensorflow.core.protobuf import saved_model_pb2
-
-        self.model_name = model_name
-        saved = saved_model_pb2.SavedModel()
-        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-            saved.ParseFromString(f.read())
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            input_map = {}
-            for sig in saved.meta_graphs[0].signature_def.values():
-                for info in sig.inputs.values():
-                    input_map[info.name] = tf.compat.v1.placeholder(
-                        tf.dtypes.as_dtype(info.dtype), shape=None)
-            self.session = tf.compat.v1.Session(graph=self.graph)
-            meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path,
-                                                        input_map=input_map)
-        self.signatures = {k: v for k, v in meta.signature_def.items()
-                           if v.method_name == "tensorflow/serving/predict"}
-        self.input_map = input_map
-
-    def Predict(self, request, context):  # noqa: N802 (gRPC method name)
-        import grpc
-        from tensorflow_serving.apis import predict_pb2
-
-        codes = {c.value[0]: c for c in grpc.StatusCode}
-        if request.model_spec.name and request.model_spec.name != self.model_name:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"Servable not found: {request.model_spec.name}")
-        name = request.model_spec.signature_name or "serving_default"
-        sig = self.signatures.get(name)
-        if sig is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"Serving signature name: \"{name}\" not found in signature def")
-        if set(request.inputs) != set(sig.inputs):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"inputs {sorted(request.inputs)} != expected {sorted(sig.inputs)}")
-        feed = {}
-        for key, proto in request.inputs.items():
-            want = sig.inputs[key]
-            if proto.dtype != want.dtype:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"Expects arg {key} to be {tf.dtypes.as_dtype(want.dtype).name} but "
-                              f"{tf.dtypes.as_dtype(proto.dtype).name} is provided")
-            feed[self.input_map[want.name]] = tf.make_ndarray(proto)
-        keys = list(request.output_filter) or list(sig.outputs)
-        try:
-            values = self.session.run({k: sig.outputs[k].name for k in keys}, feed)
-        except tf.errors.OpError as err:
-            context.abort(codes.get(err.error_code, grpc.StatusCode.INTERNAL),
-                          err.message.split("\n\t")[0])
-        except Exception as err:  # keep serving whatever happens
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = self.model_name
-        response.model_spec.signature_name = name
-        for k, v in values.items():
-            response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
-        return response
-
-
 @pytest.fixture(scope="module")
 def grpc_server(pprior):
     import grpc  # requirements.txt installs both: a missing one fails, it is never skipped
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    servicer = SavedModelPredictionServicer(pprior.path, "pprior_model")
-
-    class Service(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def Predict(self, request, context):  # noqa: N802
-            return servicer.Predict(request, context)
-
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Service(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port, servicer = serving.start_server(pprior.path, "pprior_model", max_workers=4)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    stub.address = f"127.0.0.1:{port}"
+    yield stub
     channel.close()
     server.stop(grace=None)
-    servicer.session.close()
+    servicer.close()
 
 
 def _request(signature="serving_default", **inputs):
@@ -344,6 +269,8 @@ def test_grpc_predict_and_bad_requests(grpc_server, pprior):
          "[N, 50, 50, 1]"),
         (_request(images=np.full([1, S, S, 1], 2.0, np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
          "values in [0, 1]"),
+        (_request(images=np.zeros([0, S, S, 1], np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
+         "N >= 1"),
         (_request(images=pprior.images.astype(np.float64)), grpc.StatusCode.INVALID_ARGUMENT,
          "float"),
         (_request(pictures=pprior.images), grpc.StatusCode.INVALID_ARGUMENT, "images"),
@@ -362,6 +289,28 @@ def test_grpc_predict_and_bad_requests(grpc_server, pprior):
 
     gen = predict(_request("generate", num_scenes=np.int32(3), seed=np.int64(7)))
     assert gen["images"].shape == (3, S, S, 1) and gen["count"].dtype == np.int32
+
+
+def test_grpc_malformed_requests_under_load_get_invalid_argument(grpc_server, pprior):
+    """Concurrent clients with every kind of malformed request in between: each malformed one
+    gets INVALID_ARGUMENT, every well-formed one the right counts."""
+    from asr_tf import serving_benchmark
+
+    result = serving_benchmark.load(grpc_server.address, "pprior_model", pprior.images,
+                                    clients=4, requests_per_client=6, batch_size=2,
+                                    malformed_rounds=1, expected_count=pprior.ref["count"])
+    assert result["requests"] == 24
+    assert result["errors"] == 0, result["error_messages"]
+    assert set(result["malformed"]) == set(serving_benchmark.MALFORMED)
+    for kind, entry in result["malformed"].items():
+        assert entry == {"sent": 1, "codes": {"INVALID_ARGUMENT": 1}}, kind
+    assert result["malformed_ok"]
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    # the contract fails loudly when the reference disagrees: a wrong expectation is an error
+    wrong = serving_benchmark.load(grpc_server.address, "pprior_model", pprior.images[:1],
+                                   clients=1, requests_per_client=1, malformed_rounds=0,
+                                   expected_count=pprior.ref["count"][:1] + 1)
+    assert wrong["errors"] == 1 and "wrong count" in wrong["error_messages"][0]
 
 
 # ----------------------------------------------------------------------------- plain TF load

@@ -30,8 +30,8 @@ def test_analytic_count_matches_compiled_graph(kind):
         return tape.gradient(loss, model.trainable_variables)
 
     hlo = tf.function(grads, jit_compile=True).experimental_get_compiler_ir(images, noise)(stage="hlo")
-    counted = flops.hlo_dot_flops(hlo)  # the loop body (fwd and bwd) appears once
-    analytic = flops.train_step_flops(model, 8, steps=1)
+    counted = flops.hlo_dot_flops(hlo)  # training unrolls all T steps (fwd and bwd)
+    analytic = flops.train_step_flops(model, 8, steps=model.max_steps)
     assert counted == pytest.approx(analytic, rel=0.03)
 
 
@@ -66,3 +66,29 @@ def test_sampler_benchmark_times_both_samplers():
     result = benchmarks.run("sampler", batch_size=4, batches=2, warmup_batches=1)
     for name in ("separable", "separable_jit", "gather", "gather_jit"):
         assert result[f"{name}_ms"] > 0
+
+
+@pytest.mark.slow
+def test_side_by_side_steps_report_consistent_figures():
+    """Two step processes (here: this tree without and with a no-op binding), alternating."""
+    from asr_tf import benchmarks
+
+    with pytest.raises(ValueError, match="nothing to compare"):
+        benchmarks.compare_steps(None)
+    result = benchmarks.compare_steps(None, config="air_asr_14", kinds="asr", jit_modes="0",
+                                      batch_size=4, batches=4, warmup_batches=1, block=2,
+                                      with_bindings=["build_model.matmul_dtype = 'float32'"])
+    assert result["this"]["bindings"] == ["build_model.matmul_dtype = 'float32'"]
+    assert result["baseline"]["path"] == result["this"]["path"]
+    row = result["asr"]
+    for side in ("baseline", "this"):
+        r = row[side]
+        assert r["ms_per_step"] > 0 and 1.0 <= r["glimpse_steps_executed"] <= 6.0
+        assert r["gflops"] == pytest.approx(r["gflop_per_step"] / r["ms_per_step"] * 1e3,
+                                            rel=0.05, abs=0.05)
+        assert r["fraction_of_matmul_2048"] == pytest.approx(
+            r["gflops"] / row["matmul_2048_gflops"], rel=0.05, abs=0.005)
+    assert row["speedup"] == pytest.approx(
+        row["baseline"]["ms_per_step"] / row["this"]["ms_per_step"], rel=0.01)
+    low, high = row["speedup_by_block_range"]
+    assert low <= row["speedup_by_block_median"] <= high

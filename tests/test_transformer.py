@@ -62,6 +62,15 @@ def test_inverse_theta_is_the_inverse():
 
 # ----------------------------------------------------------------- hard edges (Q30)
 
+def test_transposed_interpolation_matrix_is_the_transpose():
+    pos = _f32([[-0.5, 0.0, 1.25, 2.999, 3.2], [0.5, 1.5, 2.5, -2.0, 4.0]])
+    for edge in ("hard", "zero_pad"):
+        w = T.interpolation_matrix(pos, 4, edge).numpy()
+        w_t = T.interpolation_matrix(pos, 4, edge, transposed=True).numpy()
+        assert w.shape == (2, 5, 4) and w_t.shape == (2, 4, 5)
+        np.testing.assert_array_equal(w_t, np.transpose(w, [0, 2, 1]))
+
+
 def test_hard_interpolation_rows_outside_and_at_last_index():
     w = 4
     pos = _f32([[-1.5, -0.5, 0.0, 1.5, 2.999, 3.0, 3.5, 7.0]])
@@ -221,3 +230,39 @@ def test_render_then_extract_returns_glimpse_interior(edge):
     # the canvas is empty outside the box: e.g. far corners
     c = canvas.numpy()
     assert np.all(c[:, :3, :3] == 0.0) and np.all(c[:, -3:, -3:] == 0.0)
+
+
+# ----------------------------------------------------------------- summed rendering
+
+@pytest.mark.parametrize("edge", ["hard", "zero_pad"])
+def test_render_glimpses_summed_equals_sum_of_renderings(edge):
+    rng = np.random.default_rng(3)
+    n, steps, g, s = 5, 4, 28, 50
+    glimpses = _f32(rng.uniform(size=(n, steps, g, g)))
+    weights = _f32(rng.uniform(size=(n, steps)) * (rng.uniform(size=(n, steps)) > 0.3))
+    scale = _f32(rng.uniform(0.15, 0.9, (n, steps)))
+    shift = _f32(rng.uniform(-1.2, 1.2, (n, steps, 2)))  # some boxes partly off the canvas
+
+    def summed(glimpses, weights, scale, shift):
+        return T.render_glimpses_summed(glimpses, weights, scale, shift, s, edge)
+
+    def one_by_one(glimpses, weights, scale, shift):
+        return tf.add_n([weights[:, t, None, None]
+                         * T.render_glimpse(glimpses[:, t], scale[:, t], shift[:, t], s, edge)
+                         for t in range(steps)])
+
+    args = (glimpses, weights, scale, shift)
+    got, want = summed(*args), one_by_one(*args)
+    assert got.shape == (n, s, s)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+    assert np.mean(want.numpy() > 0) > 0.2  # something was rendered
+    # the same gradients with respect to every input
+    probe = _f32(rng.normal(size=(n, s, s)))
+    grads = []
+    for fn in (summed, one_by_one):
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            value = tf.reduce_sum(fn(*args) * probe)
+        grads.append(tape.gradient(value, args))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)

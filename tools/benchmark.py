@@ -4,6 +4,13 @@
   python tools/benchmark.py --what train --config air_asr_14 --batches 50 --warmup_batches 5
   python tools/benchmark.py --what sampler
   python tools/benchmark.py --what tensorboard --config air_asr_14   # first scalar served
+  python tools/benchmark.py --what serving --export_path models/air_asr_14/1 --dataset mnist_14
+  # side by side with another checkout (two step processes, alternating blocks of 10 steps):
+  python tools/benchmark.py --what train --kinds asr --jit_modes 1 --compare_with ../base417 \
+      --batches 100 --warmup_batches 10
+  # this tree with and without a binding, side by side:
+  python tools/benchmark.py --what train --kinds asr --jit_modes 0,1 \
+      --with_binding "build_model.matmul_dtype = 'bfloat16'"
 """
 import json
 import sys
@@ -13,7 +20,8 @@ from absl import app, flags
 from asr_tf import benchmarks
 
 flags.DEFINE_string("what", "data", f"benchmark mode, one of {sorted(benchmarks.BENCHMARKS)}")
-flags.DEFINE_string("dataset", "mnist_13", "dataset name (data mode)")
+flags.DEFINE_string("dataset", "mnist_13", "dataset name (data mode; serving mode: its test "
+                    "scenes are the requests, give the model's own, e.g. mnist_14)")
 flags.DEFINE_integer("batch_size", 64, "batch size")
 flags.DEFINE_integer("batches", 200, "measured batches")
 flags.DEFINE_integer("warmup_batches", 20, "batches before measuring")
@@ -24,6 +32,16 @@ flags.DEFINE_string("config", "air_asr_14", "train mode: the config whose data a
 flags.DEFINE_string("kinds", "air,pprior,asr", "train mode: model kinds to time")
 flags.DEFINE_string("jit_modes", "0,1", "train mode: 0 = plain tf.function, 1 = XLA")
 flags.DEFINE_string("export_path", None, "serving mode: a SavedModel version folder")
+flags.DEFINE_integer("clients", 8, "serving mode: concurrent gRPC clients")
+flags.DEFINE_integer("requests_per_client", 100, "serving mode: requests per client and load")
+flags.DEFINE_string("serving_batch_sizes", "1,16", "serving mode: images per request")
+flags.DEFINE_integer("load_rounds", 2, "serving mode: loads per batch size (memory steady?)")
+flags.DEFINE_string("compare_with", None, "train mode: another checkout (e.g. a git worktree "
+                    "of the baseline commit) whose training step runs beside this one's, in "
+                    "alternating blocks")
+flags.DEFINE_multi_string("with_binding", [], "train mode, side by side: a gin binding for "
+                          "this tree's step only (e.g. \"build_model.matmul_dtype = "
+                          "'bfloat16'\"); the baseline is --compare_with or this tree without it")
 FLAGS = flags.FLAGS
 
 
@@ -32,9 +50,17 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     options = {name: FLAGS[name].value for name in
                ("dataset", "batch_size", "batches", "warmup_batches", "seed", "fresh_scenes",
-                "config", "kinds", "jit_modes", "export_path")}
+                "config", "kinds", "jit_modes", "export_path", "clients", "requests_per_client",
+                "serving_batch_sizes", "load_rounds")}
     try:
-        result = benchmarks.run(FLAGS.what, **options)
+        if FLAGS.compare_with or FLAGS.with_binding:
+            if FLAGS.what != "train":
+                raise ValueError("--compare_with / --with_binding compare training steps: use "
+                                 "them with --what train")
+            result = benchmarks.compare_steps(FLAGS.compare_with,
+                                              with_bindings=FLAGS.with_binding, **options)
+        else:
+            result = benchmarks.run(FLAGS.what, **options)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ import gin
 
 from asr_tf.models.air import AIR, PresencePriorSchedule
 from asr_tf.models.pprior import PPriorAIR
+from asr_tf.nn import precision
 from asr_tf.quirks import Quirks
 
 MODEL_KINDS = ("air", "pprior")
@@ -12,8 +13,8 @@ MODEL_KINDS = ("air", "pprior")
 @gin.configurable
 def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpses=6,
                 z_what_dim=50, lstm_units=256, glimpse_px=28, z_pres_temperature=None,
-                stop_threshold=None, add_prior=False, scale_bias_init=0.0, quirks=None,
-                zpres_prior=None):
+                stop_threshold=None, add_prior=False, scale_bias_init=0.0, matmul_dtype="float32",
+                quirks=None, zpres_prior=None):
     """Builds AIR ('air') or AIR-pPrior/ASR ('pprior') for a dataset.
 
     Args:
@@ -28,11 +29,15 @@ def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpse
       scale_bias_init: initial bias of the scale posterior's location head (pre-sigmoid).
         The original: 0 (boxes start at half the canvas). A learning remedy, not a quirk:
         negative values start every box small (-1.0: the scale prior's mean, 27% of S).
+      matmul_dtype: 'float32' (default) or 'bfloat16': the big matrix products in bfloat16,
+        everything else in float32, on CPUs with native bfloat16 (asr_tf/nn/precision.py;
+        not the default: slower on this project's machines, docs/PERFORMANCE.md).
       quirks: a Quirks (default: gin-configured Quirks()).
       zpres_prior: AIR only: the annealed z_pres prior, a PresencePriorSchedule (default: the
         gin-configured PresencePriorSchedule(); configs/air.gin binds the original's values).
     """
     quirks = quirks or Quirks()
+    matmul_dtype = precision.resolve(matmul_dtype)
     counts = tuple(int(c) for c in counts)
     if kind == "air":
         return AIR(canvas_px, max_glimpses, z_what_dim, lstm_units, glimpse_px,
@@ -40,12 +45,12 @@ def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpse
                    stop_threshold=0.99 if stop_threshold is None else stop_threshold,
                    add_prior_counts=counts if add_prior else None,
                    zpres_prior=zpres_prior or PresencePriorSchedule(),
-                   scale_bias_init=scale_bias_init, quirks=quirks)
+                   scale_bias_init=scale_bias_init, matmul_dtype=matmul_dtype, quirks=quirks)
     if kind == "pprior":
         return PPriorAIR(canvas_px, max_glimpses, z_what_dim, lstm_units, glimpse_px,
                          z_pres_temperature=0.1 if z_pres_temperature is None else z_pres_temperature,
                          stop_threshold=0.9 if stop_threshold is None else stop_threshold,
                          fix_steps=counts[0] if len(counts) == 1 else None,
                          size_range_px=size_range_px, scale_bias_init=scale_bias_init,
-                         quirks=quirks)
+                         matmul_dtype=matmul_dtype, quirks=quirks)
     raise ValueError(f"model kind {kind!r} is not one of {MODEL_KINDS}")

@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from asr_tf.models.base import GlimpseModel, masked_concrete_kl, masked_normal_kl
+from asr_tf.models.base import (GlimpseModel, batch_major, flat, masked_concrete_kl,
+                                masked_normal_kl, unflat)
 from asr_tf.models.pprior import FIXED_LOGIT, SCALE_PRIOR_LOC, SCALE_PRIOR_VAR
 from asr_tf.nn import rnn
 from asr_tf.nn import transformer
@@ -100,10 +101,10 @@ class AIRNet(keras.Model):
     """The AIR LSTM over the image only, with independent scale/shift/z_pres heads."""
 
     def __init__(self, image_dim, units=256, head_units=64, orthogonal_recurrent=False,
-                 scale_bias_init=0.0, name="air_rnn", **kwargs):
+                 scale_bias_init=0.0, matmul_dtype="float32", name="air_rnn", **kwargs):
         super().__init__(name=name, **kwargs)
         self.units = units
-        self.lstm = rnn.LSTMCore(units, (image_dim,), orthogonal_recurrent)
+        self.lstm = rnn.LSTMCore(units, (image_dim,), orthogonal_recurrent, matmul_dtype)
         self.scale_loc = rnn.mlp_head(head_units, 1, units, "scale_loc", out_bias=scale_bias_init)
         self.scale_log_var = rnn.mlp_head(head_units, 1, units, "scale_log_var")
         self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
@@ -134,14 +135,15 @@ class AIR(GlimpseModel):
 
     def __init__(self, canvas_px, max_steps=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
                  z_pres_temperature=1.0, stop_threshold=0.99, decoder_noise=0.3,
-                 add_prior_counts=None, zpres_prior=None, scale_bias_init=0.0, quirks=None,
-                 name="air", **kwargs):
+                 add_prior_counts=None, zpres_prior=None, scale_bias_init=0.0,
+                 matmul_dtype="float32", quirks=None, name="air", **kwargs):
         super().__init__(canvas_px, max_steps, glimpse_px, z_what_dim, z_pres_temperature,
                          stop_threshold, decoder_noise, quirks, name=name, **kwargs)
+        self.matmul_dtype = matmul_dtype  # asr_tf.nn.precision
         self.net = AIRNet(canvas_px * canvas_px, lstm_units,
                           orthogonal_recurrent=self.quirks.lstm_orthogonal_recurrent,
-                          scale_bias_init=scale_bias_init)
-        self.vae = GlimpseVAE(z_what_dim, glimpse_px)
+                          scale_bias_init=scale_bias_init, matmul_dtype=matmul_dtype)
+        self.vae = GlimpseVAE(z_what_dim, glimpse_px, matmul_dtype)
         self.add_prior = add_prior_counts is not None
         self.prior_bias = tf.constant(
             count_prior_bias(add_prior_counts, max_steps) if self.add_prior
@@ -155,62 +157,63 @@ class AIR(GlimpseModel):
         zeros = tf.zeros([batch, self.net.units])
         return {"state": (zeros, zeros)}
 
-    def _propose(self, state, images, image_proj, noise, training):
-        """One step's proposal: LSTM, where, what, rendered glimpse and z_pres logit.
+    def _trace_shapes(self):
+        return {"q_scale_loc": [1], "q_scale_scale": [1], "q_shift_loc": [2],
+                "q_shift_scale": [2], "z_pres_logit": [], "y": [], "z_pres": [], "scale": [],
+                "shift": [2]}
 
-        In AIR none of it depends on earlier z_pres (the LSTM sees only the image, Q33), so the
-        proposal of step t is the same whatever the count: :meth:`glimpse_ledger` relies on it.
-        Returns a dict: ``state``, ``q_scale`` [B, 1], ``q_shift`` [B, 2] (Normals),
-        ``q_what``, ``scale`` [B], ``shift`` [B, 2], ``z_what`` [B, z], ``rendered`` [B, S, S],
-        ``alpha_q`` [B].
-        """
+    def _step(self, t, carry, images, image_proj, noise, training):
+        """The LSTM over the image, the where and z_pres heads (nothing is fed back, Q33)."""
         sample = training or not self.quirks.deterministic_eval
-        h, state = self.net(image_proj, state)
+        h, state = self.net(image_proj, carry["state"])
         q_scale, q_shift = self.net.where_posterior(h)
         zeta = q_scale.loc + q_scale.scale * noise["eps_scale"] if sample else q_scale.loc  # [B, 1]
         xi = q_shift.loc + q_shift.scale * noise["eps_shift"] if sample else q_shift.loc  # [B, 2]
-        scale, shift = tf.sigmoid(zeta[:, 0]), tf.tanh(xi)
-        q_what, z_what, rendered = self._glimpse_and_render(images, scale, shift, noise["eps_what"],
-                                                       noise.get("eps_pix"), training)
-        return {"state": state, "q_scale": q_scale, "q_shift": q_shift, "q_what": q_what,
-                "scale": scale, "shift": shift, "z_what": z_what, "rendered": rendered,
-                "alpha_q": self.net.z_pres_logit(h)}
-
-    @staticmethod
-    def _glimpse_kls(prop, mask):
-        """(kl_scale, kl_shift, kl_what), each [B], zero where ``mask`` [B] is 0."""
-        what = prop["q_what"].distribution
-        return (masked_normal_kl(prop["q_scale"].loc, prop["q_scale"].scale, SCALE_PRIOR_LOC,
-                                 math.sqrt(SCALE_PRIOR_VAR), mask),
-                masked_normal_kl(prop["q_shift"].loc, prop["q_shift"].scale, 0.0, 1.0, mask),
-                masked_normal_kl(what.loc, what.scale, 0.0, 1.0, mask))
-
-    def _step(self, t, carry, images, image_proj, noise, step, training):
-        batch = tf.shape(images)[0]
-        prop = self._propose(carry["state"], images, image_proj, noise, training)
-        alpha_q = prop["alpha_q"]  # [B]
-        alpha_p = tf.fill([batch], self.zpres_prior.logit(step) + self.prior_bias[t])
+        alpha_q = self.net.z_pres_logit(h)  # [B]
         y, z = self._z_pres(alpha_q, noise["u_pres"], training)
-        new, present, active_before = self._advance(carry, z, prop["rendered"])
-        kl_pres = masked_concrete_kl(y, alpha_q, alpha_p, self.z_pres_temperature, active_before)
+        return dict(carry, state=state), {
+            "q_scale_loc": q_scale.loc, "q_scale_scale": q_scale.scale,
+            "q_shift_loc": q_shift.loc, "q_shift_scale": q_shift.scale, "z_pres_logit": alpha_q,
+            "y": y, "z_pres": z, "scale": tf.sigmoid(zeta[:, 0]), "shift": tf.tanh(xi)}
+
+    def _readout(self, images, tr, noise, step, training):
+        """Glimpse encoder (z_what is not fed back in AIR) and the KLs, for all steps at once."""
+        t_max = self.max_steps
+        f = {k: flat(v) for k, v in tr.items()}
+        tiled = flat(tf.broadcast_to(images[None], tf.concat([[t_max], tf.shape(images)], 0)))
+        what, z_what = self._encode_glimpse(tiled, f["scale"], f["shift"],
+                                            flat(noise["eps_what"]), training)  # [T*B, z]
+        logit = self.zpres_prior.logit(step) + self.prior_bias  # [T]
+        alpha_p = tf.broadcast_to(logit[:, None], tf.shape(tr["y"]))  # [T, B]
+        kl_pres = masked_concrete_kl(f["y"], f["z_pres_logit"], flat(alpha_p),
+                                     self.z_pres_temperature, f["active_before"])
         if self.add_prior:  # Q34: after stopping, a KL against a -100 prior
-            kl_pres += masked_concrete_kl(y, alpha_q, tf.fill([batch], -FIXED_LOGIT),
-                                          self.z_pres_temperature, 1.0 - active_before)
-        kl_scale, kl_shift, kl_what = self._glimpse_kls(prop, present)
-        record = {
-            "z_pres": z, "z_pres_prob": tf.sigmoid(alpha_q), "z_pres_logit": alpha_q,
-            "prior_logit": alpha_p, "kl_pres": kl_pres, "kl_scale": kl_scale,
-            "kl_shift": kl_shift, "kl_what": kl_what, "present": present,
-            "scale": prop["scale"], "shift": prop["shift"], "z_what": prop["z_what"],
+            kl_pres += masked_concrete_kl(f["y"], f["z_pres_logit"],
+                                          tf.fill(tf.shape(f["y"]), -FIXED_LOGIT),
+                                          self.z_pres_temperature, 1.0 - f["active_before"])
+        present = f["present"]
+        return {
+            "z_pres": tr["z_pres"], "z_pres_prob": tf.sigmoid(tr["z_pres_logit"]),
+            "z_pres_logit": tr["z_pres_logit"], "prior_logit": alpha_p,
+            "kl_pres": unflat(kl_pres, t_max),
+            "kl_scale": unflat(masked_normal_kl(f["q_scale_loc"], f["q_scale_scale"],
+                                                SCALE_PRIOR_LOC, math.sqrt(SCALE_PRIOR_VAR),
+                                                present), t_max),
+            "kl_shift": unflat(masked_normal_kl(f["q_shift_loc"], f["q_shift_scale"], 0.0, 1.0,
+                                                present), t_max),
+            "kl_what": unflat(masked_normal_kl(what.loc, what.scale, 0.0, 1.0, present), t_max),
+            "scale": tr["scale"], "shift": tr["shift"], "z_what": unflat(z_what, t_max),
         }
-        new["state"] = prop["state"]
-        return new, record
 
     def glimpse_ledger(self, images, noise, step=0):
         """Every step's proposal as the test pass would make it, whether or not it is used.
 
-        AIR's proposals do not depend on z_pres, so the test pass with count k uses exactly
-        the first k of these; ``asr_tf.diagnostics.count_elbo_ledger`` prices every k.
+        AIR's proposals do not depend on z_pres (the LSTM sees only the image, Q33), so the
+        test pass with count k uses exactly the first k of these;
+        ``asr_tf.diagnostics.count_elbo_ledger`` prices every k. Built from the model's own
+        parts: the recurrent part over all T steps (:meth:`_step`, unrolled), the readout
+        (:meth:`_readout`) with every step counted present, and each step's glimpse decoded
+        and rendered on its own (the test pass renders them summed).
 
         Args:
           images: [B, S, S, 1]; noise: dict from :meth:`sample_noise` (test-pass noise);
@@ -220,25 +223,28 @@ class AIR(GlimpseModel):
           ``kl_glimpse`` [B, T] (KL of scale + shift + what, nats), ``z_pres_logit`` [B, T],
           ``prior_logit`` [T] (the annealed prior plus any -ap bias).
         """
-        s = self.canvas_px
+        s, t_max = self.canvas_px, self.max_steps
         if images.shape.rank != 4 or images.shape[1] != s or images.shape[2] != s:
             raise ValueError(f"images must be [B, {s}, {s}, 1], got {images.shape}")
-        images2d = images[..., 0]
-        batch = tf.shape(images)[0]
+        images2d = tf.convert_to_tensor(images)[..., 0]
+        batch = tf.shape(images2d)[0]
         image_proj = self._image_context(tf.reshape(images2d, [batch, s * s]))
-        state = self._init_carry(batch)["state"]
-        ones = tf.ones([batch])
-        rendered, kls, logits = [], [], []
-        for t in range(self.max_steps):
-            noise_t = {k: v[t] for k, v in noise.items()}
-            prop = self._propose(state, images2d, image_proj, noise_t, training=False)
-            state = prop["state"]
-            rendered.append(prop["rendered"])
-            kls.append(tf.add_n(self._glimpse_kls(prop, ones)))
-            logits.append(prop["alpha_q"])
+        carry = self._init_carry(batch)
+        carry.update(stop_sum=tf.zeros([batch]), count=tf.zeros([batch]))
+        traces, _ = self._unrolled(carry, images2d, image_proj, noise, training=False)
+        ones = tf.ones([t_max, batch])  # every step priced as if present
+        traces = dict(traces, present=ones, active_before=ones)
+        rec = self._readout(images2d, traces, noise, tf.cast(step, tf.float32), training=False)
+        eps_pix = noise.get("eps_pix")
+        glimpses = self._decode(flat(rec["z_what"]), None if eps_pix is None else flat(eps_pix))
+        rendered = transformer.render_glimpse(glimpses, flat(rec["scale"]), flat(rec["shift"]),
+                                              s, self.quirks.sampler_edge)  # [T*B, S, S]
+        kl = rec["kl_scale"] + rec["kl_shift"] + rec["kl_what"]  # [T, B]
         prior = self.zpres_prior.logit(step) + self.prior_bias  # [T]
-        return {"rendered": tf.stack(rendered, 1).numpy(), "kl_glimpse": tf.stack(kls, 1).numpy(),
-                "z_pres_logit": tf.stack(logits, 1).numpy(), "prior_logit": prior.numpy()}
+        return {"rendered": batch_major(unflat(rendered, t_max)).numpy(),
+                "kl_glimpse": batch_major(kl).numpy(),
+                "z_pres_logit": batch_major(rec["z_pres_logit"]).numpy(),
+                "prior_logit": prior.numpy()}
 
     def generate(self, noise, count):
         """Draws exactly ``count`` objects per scene from the fixed priors (spec §5).

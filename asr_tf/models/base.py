@@ -3,8 +3,24 @@
 The loop runs at most ``max_steps`` steps and continues while *any* item of the
 batch is still active (running stop sum below the threshold), as the original's
 batch-dependent ``while``. Stopped items keep being computed; their
-contributions are masked per item. Everything is a ``tf.while_loop`` with fixed
-shapes, so it traces once and compiles with XLA.
+contributions are masked per item.
+
+A forward pass has two parts (the split is a speed measure, the values are those of one
+loop doing everything, as the original):
+
+* the **recurrent part** (``_step``), run step by step: only what the next step or the
+  stopping rule needs (the inference LSTM, the where and z_pres heads and, where z_what is
+  fed back, the glimpse encoder);
+* the **readout** (``_readout`` and :meth:`GlimpseModel._render_canvas`), run once over all
+  T steps as [T*B] batches after the loop: whatever no later step reads (the glimpse
+  decoder and renderer, the canvas, pPrior's prior LSTM, the KLs). Its matrix products have
+  T times more rows, and their gradients need no per-step accumulation.
+
+Two drivers run the recurrent part. Training (``training=True``) unrolls all T steps
+(no ``tf.while_loop``: its gradient pushes every loop value on stacks, much of a step's
+time under XLA) and zeroes the records after the executed steps, as the loop leaves them.
+The test model (``training=False``: evaluation, serving) runs a ``tf.while_loop`` that
+stops as soon as every item has stopped.
 
 All randomness enters through a ``noise`` dict drawn outside the model
 (:meth:`GlimpseModel.sample_noise`), so a forward pass is a pure function of the
@@ -59,12 +75,35 @@ def masked_concrete_kl(y, alpha_q, alpha_p, temperature, mask):
     return kl * tf.cast(mask, kl.dtype)
 
 
+def flat(x):
+    """[T, B, ...] -> [T*B, ...] (the readout's batch of every step's items)."""
+    return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
+
+
+def unflat(x, steps):
+    """[T*B, ...] -> [T, B, ...]."""
+    return tf.reshape(x, tf.concat([[steps, -1], tf.shape(x)[1:]], 0))
+
+
+def batch_major(x):
+    """[T, B, ...] -> [B, T, ...]."""
+    return tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))
+
+
 class GlimpseModel(keras.Model):
     """Base class: the stopping loop, canvas, masks and records.
 
-    Subclasses define ``_init_carry(images_flat)`` and
-    ``_step(t, carry, images, image_ctx, noise_t, step, training) -> (carry, record)``;
-    ``carry`` must hold ``stop_sum`` [B], ``canvas`` [B, S, S] and ``count`` [B].
+    Subclasses define:
+
+    * ``_image_context(images_flat)``: per-pass work on the image (its LSTM projection);
+    * ``_init_carry(batch)``: the recurrent state (a dict of [B, ...] tensors);
+    * ``_trace_shapes()``: trailing shapes of what ``_step`` records per step;
+    * ``_step(t, carry, images, image_ctx, noise_t, training) -> (carry, trace)``: one step
+      of the recurrent part; ``trace`` holds the keys of ``_trace_shapes`` ([B, ...] each),
+      among them ``z_pres`` (the sample the stopping rule reads), ``scale``, ``shift``;
+    * ``_readout(images, traces, noise, step, training) -> records``: from ``traces``
+      ([T, B, ...], plus ``present`` and ``active_before`` of the stopping rule) every record
+      of RECORD_KEYS except ``present`` as [T, B, ...], batched over the T steps.
     """
 
     def __init__(self, canvas_px, max_steps=6, glimpse_px=28, z_what_dim=50,
@@ -116,25 +155,27 @@ class GlimpseModel(keras.Model):
                 key: getattr(generator, kind)([t, num, g2])}
 
     # ------------------------------------------------------------ components
-    def _glimpse_and_render(self, images, scale, shift, eps_what, eps_pix, training):
-        """Cuts the window, encodes it, decodes and renders it back.
+    def _encode_glimpse(self, images, scale, shift, eps_what, training):
+        """Cuts the window and encodes it.
 
         Args:
-          images: [B, S, S]; scale [B]; shift [B, 2]; eps_what [B, z]; eps_pix [B, G*G] or None.
+          images: [N, S, S]; scale [N]; shift [N, 2]; eps_what [N, z].
         Returns:
-          (q(z_what), z_what [B, z], rendered [B, S, S])
+          (q(z_what) Normal [N, z], z_what [N, z])
         """
-        edge = self.quirks.sampler_edge
-        window = transformer.extract_glimpse(images, scale, shift, self.glimpse_px, edge)  # [B, G, G]
-        window_flat = tf.reshape(window, [-1, self.glimpse_px ** 2])
+        window = transformer.extract_glimpse(images, scale, shift, self.glimpse_px,
+                                             self.quirks.sampler_edge)  # [N, G, G]
         if self.quirks.deterministic_eval and not training:
             eps_what = tf.zeros_like(eps_what)
-        q_what, z_what, p_glimpse = self.vae(window_flat, eps_what)
-        logits = p_glimpse.distribution.logits  # [B, G*G]
-        if eps_pix is not None:
-            logits = logits + self.decoder_noise * eps_pix  # Q32 (AIR)
-        out = tf.reshape(tf.sigmoid(logits), [-1, self.glimpse_px, self.glimpse_px])
-        rendered = transformer.render_glimpse(out, scale, shift, self.canvas_px, edge)  # [B, S, S]
+        q_what, z_what = self.vae.encode(tf.reshape(window, [-1, self.glimpse_px ** 2]), eps_what)
+        return q_what.distribution, z_what
+
+    def _glimpse_and_render(self, images, scale, shift, eps_what, eps_pix, training):
+        """One step's glimpse round trip, as a reference (the model batches these over
+        steps): (q(z_what), z_what [B, z], rendered [B, S, S])."""
+        q_what, z_what = self._encode_glimpse(images, scale, shift, eps_what, training)
+        rendered = transformer.render_glimpse(self._decode(z_what, eps_pix), scale, shift,
+                                              self.canvas_px, self.quirks.sampler_edge)
         return q_what, z_what, rendered
 
     def _z_pres(self, alpha_q, u, training):
@@ -146,45 +187,87 @@ class GlimpseModel(keras.Model):
             z = concrete.hard_z(y, alpha_q, self.quirks.deterministic_eval)
         return y, z
 
-    def _advance(self, carry, z, rendered):
-        """Stop-sum, presence mask, count and canvas update (spec §4.2 steps 13-14).
+    def _advance(self, carry, z):
+        """Stop-sum, presence mask and count (spec §4.2 steps 13-14).
 
         Returns (carry, present [B], active_before [B]).
         """
         active_before = tf.cast(carry["stop_sum"] < self.stop_threshold, tf.float32)  # [B]
         stop_sum = carry["stop_sum"] + (1.0 - z)
         present = tf.cast(stop_sum < self.stop_threshold, tf.float32)  # [B]
-        canvas = carry["canvas"] + (present * z)[:, None, None] * rendered
-        carry = dict(carry, stop_sum=stop_sum, canvas=canvas, count=carry["count"] + present)
+        carry = dict(carry, stop_sum=stop_sum, count=carry["count"] + present)
         return carry, present, active_before
 
-    def _record_shapes(self):
-        """Trailing shape of each per-step record (after [T, B])."""
-        extra = {"shift": [2], "z_what": [self.z_what_dim]}
-        return {k: extra.get(k, []) for k in RECORD_KEYS}
+    def _decode(self, z_what, eps_pix):
+        """Decoded glimpses [N, G, G] (pixel probabilities) from z_what [N, z]; AIR adds
+        logit noise eps_pix [N, G*G] (Q32), None elsewhere."""
+        logits = self.vae.decoder(z_what).distribution.logits  # [N, G*G]
+        if eps_pix is not None:
+            logits = logits + self.decoder_noise * eps_pix
+        return tf.reshape(tf.sigmoid(logits), [-1, self.glimpse_px, self.glimpse_px])
+
+    def _render_canvas(self, records, step_mask, eps_pix):
+        """The canvas [B, S, S]: sum over steps of present * z_pres * the rendered glimpse.
+
+        Decodes all T steps as one [B*T] batch and renders them summed
+        (``transformer.render_glimpses_summed``). Steps not executed (present = 0 for every
+        item there) are rendered at a unit scale, which keeps the zero records of the while
+        loop (scale 0) away from 1 / scale.
+        """
+        t_max = self.max_steps
+        ran = step_mask[:, None] > 0  # [T, 1]
+        scale = tf.where(ran, records["scale"], tf.ones_like(records["scale"]))  # [T, B]
+        shift = tf.where(ran[..., None], records["shift"], tf.zeros_like(records["shift"]))
+        weight = records["present"] * records["z_pres"]  # [T, B]
+        z_what = batch_major(records["z_what"])  # [B, T, z]
+        glimpses = self._decode(tf.reshape(z_what, [-1, self.z_what_dim]),
+                                None if eps_pix is None else
+                                tf.reshape(batch_major(eps_pix), [-1, self.glimpse_px ** 2]))
+        glimpses = tf.reshape(glimpses, [-1, t_max, self.glimpse_px, self.glimpse_px])
+        return transformer.render_glimpses_summed(glimpses, batch_major(weight),
+                                                  batch_major(scale), batch_major(shift),
+                                                  self.canvas_px, self.quirks.sampler_edge)
 
     # ------------------------------------------------------------------ loop
-    def _active(self, carry):
-        return tf.reduce_any(carry["stop_sum"] < self.stop_threshold)
+    def _step_traces(self, t, carry, images2d, image_ctx, noise_t, training):
+        carry, trace = self._step(t, carry, images2d, image_ctx, noise_t, training)
+        carry, present, active_before = self._advance(carry, trace["z_pres"])
+        return carry, dict(trace, present=present, active_before=active_before)
 
-    def _while_loop(self, carry, images2d, image_ctx, noise, step, training, batch, active):
-        """tf.while_loop over steps; records [T, B, ...] scattered per step, returned [B, T, ...]."""
-        t_max = self.max_steps
-        records = {k: tf.zeros([t_max, batch] + shape) for k, shape in self._record_shapes().items()}
+    def _trace_shapes_all(self):
+        return dict(self._trace_shapes(), present=[], active_before=[])
 
-        def body(t, carry, records):
+    def _unrolled(self, carry, images2d, image_ctx, noise, training):
+        """All T steps, unrolled. Returns traces [T, B, ...] and the final carry."""
+        traces = []
+        for t in range(self.max_steps):
             noise_t = {k: v[t] for k, v in noise.items()}
-            carry, rec = self._step(t, carry, images2d, image_ctx, noise_t, step, training)
-            records = {k: tf.tensor_scatter_nd_update(records[k], [[t]], rec[k][None])
-                       for k in records}
-            return t + 1, carry, records
+            carry, trace = self._step_traces(t, carry, images2d, image_ctx, noise_t, training)
+            traces.append(trace)
+        return {k: tf.stack([tr[k] for tr in traces]) for k in traces[0]}, carry
 
-        t_exec, carry, records = tf.while_loop(lambda t, c, r: active(c), body,
-                                               (tf.constant(0), carry, records),
-                                               maximum_iterations=t_max)
-        records = {k: tf.transpose(v, [1, 0] + list(range(2, v.shape.rank)))
-                   for k, v in records.items()}
-        return t_exec, carry, records
+    def _while_loop(self, carry, images2d, image_ctx, noise, training, batch):
+        """tf.while_loop while any item is active. Returns (steps run, traces [T, B, ...]
+        with zeros at the steps not run, final carry)."""
+        t_max = self.max_steps
+        traces = {k: tf.zeros([t_max, batch] + shape)
+                  for k, shape in self._trace_shapes_all().items()}
+
+        def body(t, carry, traces):
+            noise_t = {k: v[t] for k, v in noise.items()}
+            carry, trace = self._step_traces(t, carry, images2d, image_ctx, noise_t, training)
+            traces = {k: tf.tensor_scatter_nd_update(traces[k], [[t]], trace[k][None])
+                      for k in traces}
+            return t + 1, carry, traces
+
+        # The weights are read once, before the loop: a variable read inside the body is a
+        # new tensor at every step (a gradient would push each one on a stack).
+        weights = [(v, tf.convert_to_tensor(v)) for v in self.variables]
+        with keras.StatelessScope(state_mapping=weights):
+            t_exec, carry, traces = tf.while_loop(
+                lambda t, c, r: tf.reduce_any(c["stop_sum"] < self.stop_threshold), body,
+                (tf.constant(0), carry, traces), maximum_iterations=t_max)
+        return t_exec, traces, carry
 
     def call(self, images, noise, step=0, training=True, all_steps=False):
         """One inference pass.
@@ -194,11 +277,11 @@ class GlimpseModel(keras.Model):
           noise: dict from :meth:`sample_noise`.
           step: global training step (AIR's annealed prior uses it).
           training: relaxed z_pres if True, hard z_pres (test model) if False.
-          all_steps: run all ``max_steps`` steps even once every item has stopped (stopped
-            items stay masked as usual). For asr_tf.distribute, where the executed steps are
-            decided over the global batch: ``step_mask`` and ``steps_executed`` still give the
-            steps this batch alone runs, min(T, 1 + max count), but the records after them are
-            not zero; the caller masks them.
+          all_steps: keep the records of all ``max_steps`` steps, also after every item has
+            stopped (stopped items stay masked as usual). For asr_tf.distribute, where the
+            executed steps are decided over the global batch: ``step_mask`` and
+            ``steps_executed`` still give the steps this batch alone runs, min(T, 1 + max
+            count), but the records after them are not zero; the caller masks them.
         Returns:
           dict with ``canvas`` [B, S, S] (unclipped), ``recon`` [B, S, S] clipped to [0,1],
           ``count`` [B] int32, ``step_mask`` [T] float (1 for executed steps),
@@ -211,18 +294,26 @@ class GlimpseModel(keras.Model):
         batch = tf.shape(images)[0]
         image_ctx = self._image_context(tf.reshape(images2d, [batch, s * s]))
         carry = self._init_carry(batch)
-        carry.update(stop_sum=tf.zeros([batch]), canvas=tf.zeros([batch, s, s]),
-                     count=tf.zeros([batch]))
+        carry.update(stop_sum=tf.zeros([batch]), count=tf.zeros([batch]))
         step = tf.cast(step, tf.float32)
         t_max = self.max_steps
-        active = (lambda c: tf.constant(True)) if all_steps else self._active
-        t_exec, carry, records = self._while_loop(carry, images2d, image_ctx, noise, step,
-                                                  training, batch, active)
-        if all_steps:  # the loop's own stopping point: item b needs steps 0..count_b
+        if training or all_steps:
+            traces, carry = self._unrolled(carry, images2d, image_ctx, noise, training)
+            # the loop's own stopping point: item b needs steps 0..count_b
             t_exec = tf.minimum(t_max, 1 + tf.cast(tf.reduce_max(carry["count"]), tf.int32))
+        else:
+            t_exec, traces, carry = self._while_loop(carry, images2d, image_ctx, noise,
+                                                     training, batch)
         step_mask = tf.cast(tf.range(t_max) < t_exec, tf.float32)  # [T]
-        out = dict(records)  # each [B, T, ...], zeros at steps not executed
-        out.update(canvas=carry["canvas"], recon=tf.clip_by_value(carry["canvas"], 0.0, 1.0),
+        records = self._readout(images2d, traces, noise, step, training)
+        records["present"] = traces["present"]
+        canvas = self._render_canvas(records, step_mask, noise.get("eps_pix"))
+        if not all_steps:  # zeros at the steps not executed, as the loop leaves them
+            ran = step_mask > 0
+            records = {k: tf.where(tf.reshape(ran, [t_max] + [1] * (v.shape.rank - 1)), v,
+                                   tf.zeros_like(v)) for k, v in records.items()}
+        out = {k: batch_major(records[k]) for k in RECORD_KEYS}  # each [B, T, ...]
+        out.update(canvas=canvas, recon=tf.clip_by_value(canvas, 0.0, 1.0),
                    count=tf.cast(carry["count"], tf.int32), step_mask=step_mask,
                    steps_executed=t_exec)
         return out

@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from asr_tf.models.base import GlimpseModel, masked_concrete_kl, masked_normal_kl
+from asr_tf.models.base import GlimpseModel, flat, masked_concrete_kl, masked_normal_kl, unflat
 from asr_tf.nn import concrete
 from asr_tf.nn import rnn
 from asr_tf.nn import transformer
@@ -37,9 +37,11 @@ class InferenceRNN(keras.Model):
     """
 
     def __init__(self, image_dim, z_what_dim=50, units=256, head_units=64,
-                 orthogonal_recurrent=False, scale_bias_init=0.0, name="inference_rnn", **kwargs):
+                 orthogonal_recurrent=False, scale_bias_init=0.0, matmul_dtype="float32",
+                 name="inference_rnn", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.lstm = rnn.LSTMCore(units, (image_dim, z_what_dim + 3), orthogonal_recurrent)
+        self.lstm = rnn.LSTMCore(units, (image_dim, z_what_dim + 3), orthogonal_recurrent,
+                                 matmul_dtype)
         self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
         self.shift_log_var = rnn.mlp_head(head_units, 2, units, "shift_log_var")
         self.scale_hidden_loc = keras.layers.Dense(head_units, activation="relu", name="scale_h_loc")
@@ -81,10 +83,10 @@ class PriorRNN(keras.Model):
     """p(z^t | z^{<t}): LSTM over [z_what_{t-1}, where_{t-1}] with shift, scale and z_pres heads."""
 
     def __init__(self, z_what_dim=50, units=256, head_units=64, orthogonal_recurrent=False,
-                 name="prior_rnn", **kwargs):
+                 matmul_dtype="float32", name="prior_rnn", **kwargs):
         super().__init__(name=name, **kwargs)
         self.units = units
-        self.lstm = rnn.LSTMCore(units, (z_what_dim + 3,), orthogonal_recurrent)
+        self.lstm = rnn.LSTMCore(units, (z_what_dim + 3,), orthogonal_recurrent, matmul_dtype)
         self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
         self.shift_log_var = rnn.mlp_head(head_units, 2, units, "shift_log_var")
         self.scale_loc = rnn.mlp_head(head_units, 1, units, "scale_loc")  # Q12: used only if learned
@@ -94,6 +96,17 @@ class PriorRNN(keras.Model):
     def call(self, z_what_prev, where_prev, state):
         """One LSTM step. Returns (g [B, u], state)."""
         return self.lstm(self.lstm.project(0, tf.concat([z_what_prev, where_prev], -1)), state)
+
+    def run(self, fed):
+        """All steps from zero state: ``fed`` [T, B, z + 3] the inputs of each step -> g [T, B, u].
+        The input projection is one [T*B] product; only the recurrence is step by step."""
+        gates = unflat(self.lstm.project(0, flat(fed)), fed.shape[0])  # [T, B, 4u]
+        zeros = tf.zeros([tf.shape(fed)[1], self.units])  # [B, u]
+        state, outputs = (zeros, zeros), []
+        for t in range(fed.shape[0]):
+            g, state = self.lstm(gates[t], state)
+            outputs.append(g)
+        return tf.stack(outputs)
 
     def shift_prior(self, g):
         return _normal_from(self.shift_loc(g), self.shift_log_var(g))  # [B, 2]
@@ -120,36 +133,38 @@ class PPriorAIR(GlimpseModel):
 
     def __init__(self, canvas_px, max_steps=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
                  z_pres_temperature=0.1, stop_threshold=0.9, fix_steps=None,
-                 size_range_px=(17.0, 23.0), scale_bias_init=0.0, quirks=None, name="pprior_air",
-                 **kwargs):
+                 size_range_px=(17.0, 23.0), scale_bias_init=0.0, matmul_dtype="float32",
+                 quirks=None, name="pprior_air", **kwargs):
         super().__init__(canvas_px, max_steps, glimpse_px, z_what_dim, z_pres_temperature,
                          stop_threshold, decoder_noise=0.0, quirks=quirks, name=name, **kwargs)
         ortho = self.quirks.lstm_orthogonal_recurrent
         self.fix_steps = fix_steps
         self.size_range_px = tuple(float(v) for v in size_range_px)
+        self.matmul_dtype = matmul_dtype  # asr_tf.nn.precision
         self.inference = InferenceRNN(canvas_px * canvas_px, z_what_dim, lstm_units,
-                                      orthogonal_recurrent=ortho, scale_bias_init=scale_bias_init)
-        self.prior = PriorRNN(z_what_dim, lstm_units, orthogonal_recurrent=ortho)
-        self.vae = GlimpseVAE(z_what_dim, glimpse_px)
+                                      orthogonal_recurrent=ortho, scale_bias_init=scale_bias_init,
+                                      matmul_dtype=matmul_dtype)
+        self.prior = PriorRNN(z_what_dim, lstm_units, orthogonal_recurrent=ortho,
+                              matmul_dtype=matmul_dtype)
+        self.vae = GlimpseVAE(z_what_dim, glimpse_px, matmul_dtype)
 
     def _image_context(self, images_flat):
         return self.inference.project_image(images_flat)  # [B, 4u]
 
     def _init_carry(self, batch):
         zeros_u = tf.zeros([batch, self.prior.units])
-        return {"q_state": (zeros_u, zeros_u), "p_state": (zeros_u, zeros_u),
-                "g_prev": zeros_u, "z_what_prev": tf.zeros([batch, self.z_what_dim]),
+        return {"q_state": (zeros_u, zeros_u), "z_what_prev": tf.zeros([batch, self.z_what_dim]),
                 "where_prev": tf.zeros([batch, 3])}
 
-    def _prior_logit(self, t, g, g_prev, batch):
-        if self.fix_steps is not None:
-            value = tf.where(t < self.fix_steps, FIXED_LOGIT, -FIXED_LOGIT)
-            return tf.fill([batch], value)
-        return self.prior.z_pres_logit(g_prev if self.quirks.zpres_prior_lag else g)
+    def _trace_shapes(self):
+        z = [self.z_what_dim]
+        return {"q_shift_loc": [2], "q_shift_scale": [2], "xi": [2], "q_scale_loc": [1],
+                "q_scale_scale": [1], "zeta": [1], "what_loc": z, "what_scale": z, "z_what": z,
+                "z_pres_logit": [], "y": [], "z_pres": [], "scale": [], "shift": [2]}
 
-    def _step(self, t, carry, images, image_proj, noise, step, training):
+    def _step(self, t, carry, images, image_proj, noise, training):
+        """The inference side of one step: LSTM, where, glimpse encoder (z_what is fed back)."""
         sample = training or not self.quirks.deterministic_eval
-        batch = tf.shape(images)[0]
         h, q_state = self.inference(image_proj, carry["z_what_prev"], carry["where_prev"],
                                     carry["q_state"])
         q_shift = self.inference.shift_posterior(h)
@@ -157,33 +172,58 @@ class PPriorAIR(GlimpseModel):
         q_scale = self.inference.scale_posterior(h, xi)
         zeta = q_scale.loc + q_scale.scale * noise["eps_scale"] if sample else q_scale.loc  # [B, 1]
         shift, scale = tf.tanh(xi), tf.sigmoid(zeta[:, 0])  # [B, 2], [B]
-
-        g, p_state = self.prior(carry["z_what_prev"], carry["where_prev"], carry["p_state"])
-        p_shift = self.prior.shift_prior(g)
-        p_scale = self.prior.scale_prior(g, self.quirks.learned_scale_prior)
-
-        q_what, z_what, rendered = self._glimpse_and_render(images, scale, shift,
-                                                            noise["eps_what"], None, training)
-        alpha_p = self._prior_logit(t, g, carry["g_prev"], batch)  # [B]
+        what, z_what = self._encode_glimpse(images, scale, shift, noise["eps_what"], training)
         alpha_q = self.inference.z_pres_logit(h)  # [B]
         y, z = self._z_pres(alpha_q, noise["u_pres"], training)
+        carry = dict(carry, q_state=q_state, z_what_prev=z_what,
+                     where_prev=tf.concat([xi, zeta], -1))
+        return carry, {"q_shift_loc": q_shift.loc, "q_shift_scale": q_shift.scale, "xi": xi,
+                       "q_scale_loc": q_scale.loc, "q_scale_scale": q_scale.scale, "zeta": zeta,
+                       "what_loc": what.loc, "what_scale": what.scale, "z_what": z_what,
+                       "z_pres_logit": alpha_q, "y": y, "z_pres": z, "scale": scale,
+                       "shift": shift}
 
-        new, present, active_before = self._advance(carry, z, rendered)
-        kl_pres = masked_concrete_kl(y, alpha_q, alpha_p, self.z_pres_temperature, active_before)
-        what = q_what.distribution
-        record = {
-            "z_pres": z, "z_pres_prob": tf.sigmoid(alpha_q), "z_pres_logit": alpha_q,
-            "prior_logit": alpha_p, "kl_pres": kl_pres,
-            "kl_scale": masked_normal_kl(q_scale.loc, q_scale.scale, p_scale.loc, p_scale.scale,
-                                         present),
-            "kl_shift": masked_normal_kl(q_shift.loc, q_shift.scale, p_shift.loc, p_shift.scale,
-                                         present),
-            "kl_what": masked_normal_kl(what.loc, what.scale, 0.0, 1.0, present),
-            "present": present, "scale": scale, "shift": shift, "z_what": z_what,
+    def _prior_logit(self, t, g, g_prev, batch):
+        """The z_pres prior logit [B] at step t (generation): fixed by fix_steps, else the prior
+        LSTM's head on g_{t-1} (Q13) or g_t."""
+        if self.fix_steps is not None:
+            value = tf.where(t < self.fix_steps, FIXED_LOGIT, -FIXED_LOGIT)
+            return tf.fill([batch], value)
+        return self.prior.z_pres_logit(g_prev if self.quirks.zpres_prior_lag else g)
+
+    def _readout(self, images, tr, noise, step, training):
+        """The prior LSTM over the posterior samples (teacher forcing, Q14) and the KLs, for all
+        steps at once: the prior at step t reads the samples of step t - 1 (zeros at t = 0)."""
+        t_max = self.max_steps
+        fed = tf.concat([tr["z_what"], tr["xi"], tr["zeta"]], -1)  # [T, B, z + 3]
+        fed_prev = tf.concat([tf.zeros_like(fed[:1]), fed[:-1]], 0)  # [T, B, z + 3]
+        g = self.prior.run(fed_prev)  # [T, B, u]
+        g_flat = flat(g)  # [T*B, u]
+        p_shift = self.prior.shift_prior(g_flat)
+        p_scale = self.prior.scale_prior(g_flat, self.quirks.learned_scale_prior)
+        if self.fix_steps is not None:
+            logit = tf.where(tf.range(t_max) < self.fix_steps, FIXED_LOGIT, -FIXED_LOGIT)  # [T]
+            alpha_p = tf.broadcast_to(logit[:, None], tf.shape(tr["y"]))  # [T, B]
+        else:
+            g_prev = tf.concat([tf.zeros_like(g[:1]), g[:-1]], 0)  # Q13: g_{t-1}, zeros at t=0
+            source = g_prev if self.quirks.zpres_prior_lag else g
+            alpha_p = unflat(self.prior.z_pres_logit(flat(source)), t_max)  # [T, B]
+        f = {k: flat(v) for k, v in tr.items()}
+        present = f["present"]
+        kl_pres = masked_concrete_kl(f["y"], f["z_pres_logit"], flat(alpha_p),
+                                     self.z_pres_temperature, f["active_before"])
+        kl_scale = masked_normal_kl(f["q_scale_loc"], f["q_scale_scale"], p_scale.loc,
+                                    p_scale.scale, present)
+        kl_shift = masked_normal_kl(f["q_shift_loc"], f["q_shift_scale"], p_shift.loc,
+                                    p_shift.scale, present)
+        kl_what = masked_normal_kl(f["what_loc"], f["what_scale"], 0.0, 1.0, present)
+        return {
+            "z_pres": tr["z_pres"], "z_pres_prob": tf.sigmoid(tr["z_pres_logit"]),
+            "z_pres_logit": tr["z_pres_logit"], "prior_logit": alpha_p,
+            "kl_pres": unflat(kl_pres, t_max), "kl_scale": unflat(kl_scale, t_max),
+            "kl_shift": unflat(kl_shift, t_max), "kl_what": unflat(kl_what, t_max),
+            "scale": tr["scale"], "shift": tr["shift"], "z_what": tr["z_what"],
         }
-        new.update(q_state=q_state, p_state=p_state, g_prev=g, z_what_prev=z_what,
-                   where_prev=tf.concat([xi, zeta], -1))
-        return new, record
 
     # ------------------------------------------------------------ generation
     def generate(self, noise):

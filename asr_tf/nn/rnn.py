@@ -13,6 +13,8 @@ not at every step.
 import keras
 import tensorflow as tf
 
+from asr_tf.nn import precision
+
 
 class LSTMCore(keras.layers.Layer):
     """An LSTM cell over several input blocks: gates = sum_k x_k W_k + h U + b.
@@ -20,9 +22,11 @@ class LSTMCore(keras.layers.Layer):
     Gate order i, j (candidate), f, o, as TF1. Blocks are given as widths at build.
     """
 
-    def __init__(self, units, input_widths, orthogonal_recurrent=False, name="lstm", **kwargs):
+    def __init__(self, units, input_widths, orthogonal_recurrent=False, matmul_dtype="float32",
+                 name="lstm", **kwargs):
         super().__init__(name=name, **kwargs)
         self.units = units
+        self.matmul_dtype = matmul_dtype  # asr_tf.nn.precision
         self.input_widths = tuple(int(w) for w in input_widths)
         # One attribute per block (not a list: Keras 3 hides lists from tf.train.Checkpoint).
         for k, w in enumerate(self.input_widths):
@@ -43,7 +47,7 @@ class LSTMCore(keras.layers.Layer):
 
     def project(self, block, x):
         """x [N, width_block] -> its gate contribution [N, 4u]."""
-        return tf.matmul(x, self.kernels[block])
+        return precision.matmul(x, self.kernels[block], self.matmul_dtype)
 
     def zero_state(self, batch):
         z = tf.zeros([batch, self.units])
@@ -52,7 +56,8 @@ class LSTMCore(keras.layers.Layer):
     def call(self, gate_inputs, state):
         """One step. gate_inputs [N, 4u] (sum of projected blocks), state (h, c) each [N, u]."""
         h, c = state
-        gates = gate_inputs + tf.matmul(h, self.recurrent_kernel) + self.bias  # [N, 4u]
+        gates = (gate_inputs + precision.matmul(h, self.recurrent_kernel, self.matmul_dtype)
+                 + self.bias)  # [N, 4u]
         i, j, f, o = tf.split(gates, 4, axis=-1)
         c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(j)
         h = tf.sigmoid(o) * tf.tanh(c)

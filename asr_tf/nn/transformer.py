@@ -44,13 +44,14 @@ def _source_pixels(target_px, source_px, scale, offset):
     return (src + 1.0) * (float(source_px) - 1.001) / 2.0
 
 
-def interpolation_matrix(pos_px, source_px, edge="hard"):
+def interpolation_matrix(pos_px, source_px, edge="hard", transposed=False):
     """Bilinear weights along one axis as a dense matrix.
 
     Args:
       pos_px: [N, P] source pixel positions of the P target pixels.
       source_px: int, source length along this axis.
       edge: 'hard' (Q30) or 'zero_pad'.
+      transposed: build the transpose, [N, source_px, P], directly (no transposing copy).
     Returns:
       [N, P, source_px] weights; row p has at most two non-zeros.
     """
@@ -69,6 +70,9 @@ def interpolation_matrix(pos_px, source_px, edge="hard"):
         w_hi = pos_px - lo
         # one_hot of an out-of-range index is an all-zero row: zeros outside.
         lo_i, hi_i = tf.cast(lo, tf.int32), tf.cast(hi, tf.int32)
+    if transposed:
+        return (w_lo[:, None, :] * tf.one_hot(lo_i, source_px, axis=1)
+                + w_hi[:, None, :] * tf.one_hot(hi_i, source_px, axis=1))  # [N, source_px, P]
     return (w_lo[..., None] * tf.one_hot(lo_i, source_px)
             + w_hi[..., None] * tf.one_hot(hi_i, source_px))  # [N, P, source_px]
 
@@ -174,3 +178,36 @@ def render_glimpse(glimpse, scale, shift, canvas_px, edge="hard"):
     inv = 1.0 / scale
     return sample_separable(glimpse, inv, inv, -shift[:, 0] * inv, -shift[:, 1] * inv,
                             (canvas_px, canvas_px), edge)
+
+
+def render_glimpses_summed(glimpses, weights, scale, shift, canvas_px, edge="hard"):
+    """Renders K weighted glimpses per canvas and sums them: the canvas of a glimpse loop,
+    ``sum_k weights[:, k] * render_glimpse(glimpses[:, k], scale[:, k], shift[:, k])``.
+
+    The sum over k is carried by the second product: per canvas, the K column-interpolated
+    glimpses are stacked along the contraction, [S, K*G] x [K*G, S], so no stack of single
+    renderings [B, K, S, S] is formed (nor its gradient). Both interpolation matrices are
+    built transposed, [G, S], so every reshape is free (batch-major inputs).
+
+    Args:
+      glimpses: [B, K, G, G] windows.
+      weights: [B, K] factor of each rendering (e.g. present * z_pres).
+      scale: [B, K]; shift: [B, K, 2], as in :func:`render_glimpse`.
+      canvas_px: int S.
+      edge: 'hard' (Q30) or 'zero_pad'.
+    Returns:
+      [B, S, S] canvases.
+    """
+    g = glimpses.shape[-1]
+    k = tf.shape(glimpses)[1]
+    inv = tf.reshape(1.0 / scale, [-1])  # [B*K]
+    shift = tf.reshape(shift, [-1, 2])  # [B*K, 2]
+    w_y_t = interpolation_matrix(_source_pixels(canvas_px, g, inv, -shift[:, 1] * inv), g, edge,
+                                 transposed=True)  # [B*K, G, S]
+    w_x_t = interpolation_matrix(_source_pixels(canvas_px, g, inv, -shift[:, 0] * inv), g, edge,
+                                 transposed=True)  # [B*K, G, S]
+    weighted = tf.reshape(weights[..., None, None] * glimpses, [-1, g, g])  # [B*K, G, G]
+    cols = tf.matmul(weighted, w_x_t)  # [B*K, G, S]: each glimpse times W_x^T
+    stacked = tf.stack([-1, k * g, canvas_px])
+    return tf.matmul(tf.reshape(w_y_t, stacked), tf.reshape(cols, stacked),
+                     transpose_a=True)  # [B, S, S]
