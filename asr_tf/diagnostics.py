@@ -92,7 +92,7 @@ def presence_by_step(z_pres_prob, true_count, count=None, step_mask=None):
     return out
 
 
-def boxes_by_step(scale, shift, present, images, true_count, canvas_px, max_steps_shown=None):
+def boxes_by_step(scale, shift, present, images, true_count, canvas_px):
     """Where the present boxes of each glimpse step are, per true count.
 
     Args:

@@ -5,7 +5,7 @@
 ``tensorflow_model_server --model_config_file``. Every signature returns plain
 tensors (no TFP distributions) and needs neither asr_tf nor TFP to load.
 
-Signatures (S = canvas_px, T = max_steps, Z = z_what_dim):
+Signatures (S = canvas_px, T = max_glimpses, Z = z_what_dim):
 
   serving_default   images float32 [N, S, S, 1] in [0, 1]
                     -> count int32 [N], z_pres float32 [N, T], boxes_px float32 [N, T, 4],
@@ -158,7 +158,7 @@ def serving_functions(model, generate_counts=None, max_generate=DEFAULT_MAX_GENE
     Returns dict name -> (fn, input_signature); names 'infer', 'infer_stochastic', 'generate'.
     Each fn sets the quirks it needs while it runs (i.e. while it is traced).
     """
-    s, t_max = model.canvas_px, model.max_steps
+    s, t_max = model.canvas_px, model.max_glimpses
     images_spec = tf.TensorSpec([None, s, s, 1], tf.float32, name="images")
     seed_spec = tf.TensorSpec([], tf.int64, name="seed")
     num_spec = tf.TensorSpec([], tf.int32, name="num_scenes")
@@ -261,7 +261,7 @@ def export_saved_model(model, export_dir, version=None, stochastic_default=False
         and the deterministic one is ``infer_deterministic``; by default ``serving_default``
         is deterministic and the stochastic one is ``infer_stochastic``.
       generate_counts: AIR only: the object counts ``generate`` cycles through (the dataset's
-        allowed counts); default 1..max_steps. Ignored for pPrior/ASR.
+        allowed counts); default 1..max_glimpses. Ignored for pPrior/ASR.
       max_generate: upper bound of ``num_scenes`` checked in the graph.
     Returns:
       The version directory path.
@@ -282,7 +282,7 @@ def export_saved_model(model, export_dir, version=None, stochastic_default=False
                               f"(omit --version for the next free one, {next_version(export_dir)})")
     if _is_air(model) and not generate_counts:
         logging.warning("AIR export without generate_counts: 'generate' cycles counts 1..%d",
-                        model.max_steps)
+                        model.max_glimpses)
     _ensure_built(model)
     fns = serving_functions(model, generate_counts, max_generate)
 

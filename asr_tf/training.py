@@ -127,7 +127,7 @@ def _replica_update(model, optimizer, batch, noise, step, objective, global_batc
         outputs = model(images, noise, step=step, training=True, all_steps=several)
         if several:
             with tape.stop_recording():
-                ran = tf.cast(tf.range(model.max_steps) < outputs["steps_executed"], tf.float32)
+                ran = tf.cast(tf.range(model.max_glimpses) < outputs["steps_executed"], tf.float32)
                 step_mask = tf.cast(all_sum(ran) > 0, tf.float32)  # [T], the global batch's
             outputs = _mask_to_steps(outputs, step_mask)
         loss, per_image, batch_terms = objectives.total_loss(

@@ -31,7 +31,7 @@ def test_analytic_count_matches_compiled_graph(kind):
 
     hlo = tf.function(grads, jit_compile=True).experimental_get_compiler_ir(images, noise)(stage="hlo")
     counted = flops.hlo_dot_flops(hlo)  # training unrolls all T steps (fwd and bwd)
-    analytic = flops.train_step_flops(model, 8, steps=model.max_steps)
+    analytic = flops.train_step_flops(model, 8, steps=model.max_glimpses)
     assert counted == pytest.approx(analytic, rel=0.03)
 
 

@@ -73,7 +73,7 @@ class PresencePriorSchedule:
         return annealed_prior_logit(step, self.start_odds, self.steps_per_decade, self.floor_odds)
 
 
-def count_prior_bias(counts, max_steps):
+def count_prior_bias(counts, max_glimpses):
     """Per-step ``-ap`` biases from the allowed counts (spec §5).
 
     The target at step t is P(count > t | count > t-1) over the allowed counts;
@@ -81,11 +81,11 @@ def count_prior_bias(counts, max_steps):
     [3] -> [+100, +100, +100, -100, -100, -100]; [1, 3] -> [+100, 0, +100, -100, ...].
 
     Returns:
-      [max_steps] float32 numpy array.
+      [max_glimpses] float32 numpy array.
     """
     counts = np.asarray(sorted(counts))
-    bias = np.zeros(max_steps, np.float32)
-    for t in range(max_steps):
+    bias = np.zeros(max_glimpses, np.float32)
+    for t in range(max_glimpses):
         alive = counts > t - 1 if t > 0 else np.ones_like(counts, bool)
         q = float(np.mean(counts[alive] > t)) if alive.any() else 0.0
         if q >= 1.0:
@@ -133,11 +133,11 @@ class AIR(GlimpseModel):
 
     GEN_PIXEL_NOISE = ("eps_pix", "normal")
 
-    def __init__(self, canvas_px, max_steps=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
+    def __init__(self, canvas_px, max_glimpses=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
                  z_pres_temperature=1.0, stop_threshold=0.99, decoder_noise=0.3,
                  add_prior_counts=None, zpres_prior=None, scale_bias_init=0.0,
                  matmul_dtype="float32", quirks=None, name="air", **kwargs):
-        super().__init__(canvas_px, max_steps, glimpse_px, z_what_dim, z_pres_temperature,
+        super().__init__(canvas_px, max_glimpses, glimpse_px, z_what_dim, z_pres_temperature,
                          stop_threshold, decoder_noise, quirks, name=name, **kwargs)
         self.matmul_dtype = matmul_dtype  # asr_tf.nn.precision
         self.net = AIRNet(canvas_px * canvas_px, lstm_units,
@@ -146,8 +146,8 @@ class AIR(GlimpseModel):
         self.vae = GlimpseVAE(z_what_dim, glimpse_px, matmul_dtype)
         self.add_prior = add_prior_counts is not None
         self.prior_bias = tf.constant(
-            count_prior_bias(add_prior_counts, max_steps) if self.add_prior
-            else np.zeros(max_steps, np.float32))  # [T]
+            count_prior_bias(add_prior_counts, max_glimpses) if self.add_prior
+            else np.zeros(max_glimpses, np.float32))  # [T]
         self.zpres_prior = zpres_prior or PresencePriorSchedule(1e4, 3000.0, 1e-9)  # spec §5
 
     def _image_context(self, images_flat):
@@ -178,7 +178,7 @@ class AIR(GlimpseModel):
 
     def _readout(self, images, tr, noise, step, training):
         """Glimpse encoder (z_what is not fed back in AIR) and the KLs, for all steps at once."""
-        t_max = self.max_steps
+        t_max = self.max_glimpses
         f = {k: flat(v) for k, v in tr.items()}
         tiled = flat(tf.broadcast_to(images[None], tf.concat([[t_max], tf.shape(images)], 0)))
         what, z_what = self._encode_glimpse(tiled, f["scale"], f["shift"],
@@ -223,7 +223,7 @@ class AIR(GlimpseModel):
           ``kl_glimpse`` [B, T] (KL of scale + shift + what, nats), ``z_pres_logit`` [B, T],
           ``prior_logit`` [T] (the annealed prior plus any -ap bias).
         """
-        s, t_max = self.canvas_px, self.max_steps
+        s, t_max = self.canvas_px, self.max_glimpses
         if images.shape.rank != 4 or images.shape[1] != s or images.shape[2] != s:
             raise ValueError(f"images must be [B, {s}, {s}, 1], got {images.shape}")
         images2d = tf.convert_to_tensor(images)[..., 0]
@@ -251,18 +251,18 @@ class AIR(GlimpseModel):
 
         Args:
           noise: dict from :meth:`generation_noise`.
-          count: python int n (1 <= n <= max_steps).
+          count: python int n (1 <= n <= max_glimpses).
         Returns:
           dict ``images`` [N, S, S] (sum of objects, not clipped), ``count`` [N],
           ``scale`` [N, T], ``shift`` [N, T, 2], ``present`` [N, T].
         """
-        if not 1 <= count <= self.max_steps:
-            raise ValueError(f"count={count} must be in 1..{self.max_steps}")
+        if not 1 <= count <= self.max_glimpses:
+            raise ValueError(f"count={count} must be in 1..{self.max_glimpses}")
         n = tf.shape(noise["u_pres"])[1]
         s, g_px = self.canvas_px, self.glimpse_px
         canvas = tf.zeros([n, s, s])
         scales, shifts = [], []
-        for t in range(self.max_steps):
+        for t in range(self.max_glimpses):
             scale = tf.sigmoid(SCALE_PRIOR_LOC + math.sqrt(SCALE_PRIOR_VAR) * noise["eps_scale"][t][:, 0])
             shift = tf.tanh(noise["eps_shift"][t])
             logits = self.vae.decoder(noise["eps_what"][t]).distribution.logits
@@ -272,6 +272,6 @@ class AIR(GlimpseModel):
                                                      shift, s, self.quirks.sampler_edge)
             scales.append(scale)
             shifts.append(shift)
-        present = tf.tile(tf.cast(tf.range(self.max_steps) < count, tf.float32)[None], [n, 1])
+        present = tf.tile(tf.cast(tf.range(self.max_glimpses) < count, tf.float32)[None], [n, 1])
         return {"images": canvas, "count": tf.fill([n], count), "scale": tf.stack(scales, 1),
                 "shift": tf.stack(shifts, 1), "present": present}

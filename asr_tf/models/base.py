@@ -1,6 +1,6 @@
 """The glimpse loop shared by AIR and AIR-pPrior/ASR (spec §4.2 loop control, Q15-Q17).
 
-The loop runs at most ``max_steps`` steps and continues while *any* item of the
+The loop runs at most ``max_glimpses`` steps and continues while *any* item of the
 batch is still active (running stop sum below the threshold), as the original's
 batch-dependent ``while``. Stopped items keep being computed; their
 contributions are masked per item.
@@ -106,14 +106,14 @@ class GlimpseModel(keras.Model):
       of RECORD_KEYS except ``present`` as [T, B, ...], batched over the T steps.
     """
 
-    def __init__(self, canvas_px, max_steps=6, glimpse_px=28, z_what_dim=50,
+    def __init__(self, canvas_px, max_glimpses=6, glimpse_px=28, z_what_dim=50,
                  z_pres_temperature=0.1, stop_threshold=0.9, decoder_noise=0.0,
                  quirks=None, name="glimpse_model", **kwargs):
         super().__init__(name=name, **kwargs)
-        if max_steps < 1:
-            raise ValueError(f"max_steps={max_steps} must be >= 1")
+        if max_glimpses < 1:
+            raise ValueError(f"max_glimpses={max_glimpses} must be >= 1")
         self.canvas_px = int(canvas_px)
-        self.max_steps = int(max_steps)
+        self.max_glimpses = int(max_glimpses)
         self.glimpse_px = int(glimpse_px)
         self.z_what_dim = int(z_what_dim)
         self.z_pres_temperature = float(z_pres_temperature)
@@ -124,7 +124,7 @@ class GlimpseModel(keras.Model):
     # ----------------------------------------------------------------- noise
     def noise_shapes(self, batch):
         """Shapes of the per-pass noise, leading [T, B]."""
-        t = self.max_steps
+        t = self.max_glimpses
         shapes = {"u_pres": [t, batch], "eps_shift": [t, batch, 2], "eps_scale": [t, batch, 1],
                   "eps_what": [t, batch, self.z_what_dim]}
         if self.decoder_noise > 0:
@@ -147,7 +147,7 @@ class GlimpseModel(keras.Model):
 
     def generation_noise(self, num, generator):
         """Noise for :meth:`generate` of ``num`` scenes, leading [T, num]."""
-        t, g2 = self.max_steps, self.glimpse_px ** 2
+        t, g2 = self.max_glimpses, self.glimpse_px ** 2
         key, kind = self.GEN_PIXEL_NOISE
         return {"u_pres": generator.uniform([t, num]), "eps_shift": generator.normal([t, num, 2]),
                 "eps_scale": generator.normal([t, num, 1]),
@@ -214,7 +214,7 @@ class GlimpseModel(keras.Model):
         item there) are rendered at a unit scale, which keeps the zero records of the while
         loop (scale 0) away from 1 / scale.
         """
-        t_max = self.max_steps
+        t_max = self.max_glimpses
         ran = step_mask[:, None] > 0  # [T, 1]
         scale = tf.where(ran, records["scale"], tf.ones_like(records["scale"]))  # [T, B]
         shift = tf.where(ran[..., None], records["shift"], tf.zeros_like(records["shift"]))
@@ -240,7 +240,7 @@ class GlimpseModel(keras.Model):
     def _unrolled(self, carry, images2d, image_ctx, noise, training):
         """All T steps, unrolled. Returns traces [T, B, ...] and the final carry."""
         traces = []
-        for t in range(self.max_steps):
+        for t in range(self.max_glimpses):
             noise_t = {k: v[t] for k, v in noise.items()}
             carry, trace = self._step_traces(t, carry, images2d, image_ctx, noise_t, training)
             traces.append(trace)
@@ -249,7 +249,7 @@ class GlimpseModel(keras.Model):
     def _while_loop(self, carry, images2d, image_ctx, noise, training, batch):
         """tf.while_loop while any item is active. Returns (steps run, traces [T, B, ...]
         with zeros at the steps not run, final carry)."""
-        t_max = self.max_steps
+        t_max = self.max_glimpses
         traces = {k: tf.zeros([t_max, batch] + shape)
                   for k, shape in self._trace_shapes_all().items()}
 
@@ -277,7 +277,7 @@ class GlimpseModel(keras.Model):
           noise: dict from :meth:`sample_noise`.
           step: global training step (AIR's annealed prior uses it).
           training: relaxed z_pres if True, hard z_pres (test model) if False.
-          all_steps: keep the records of all ``max_steps`` steps, also after every item has
+          all_steps: keep the records of all ``max_glimpses`` steps, also after every item has
             stopped (stopped items stay masked as usual). For asr_tf.distribute, where the
             executed steps are decided over the global batch: ``step_mask`` and
             ``steps_executed`` still give the steps this batch alone runs, min(T, 1 + max
@@ -296,7 +296,7 @@ class GlimpseModel(keras.Model):
         carry = self._init_carry(batch)
         carry.update(stop_sum=tf.zeros([batch]), count=tf.zeros([batch]))
         step = tf.cast(step, tf.float32)
-        t_max = self.max_steps
+        t_max = self.max_glimpses
         if training or all_steps:
             traces, carry = self._unrolled(carry, images2d, image_ctx, noise, training)
             # the loop's own stopping point: item b needs steps 0..count_b

@@ -131,11 +131,11 @@ class PPriorAIR(GlimpseModel):
         mean(c_min, c_max) / S (Q35).
     """
 
-    def __init__(self, canvas_px, max_steps=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
+    def __init__(self, canvas_px, max_glimpses=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
                  z_pres_temperature=0.1, stop_threshold=0.9, fix_steps=None,
                  size_range_px=(17.0, 23.0), scale_bias_init=0.0, matmul_dtype="float32",
                  quirks=None, name="pprior_air", **kwargs):
-        super().__init__(canvas_px, max_steps, glimpse_px, z_what_dim, z_pres_temperature,
+        super().__init__(canvas_px, max_glimpses, glimpse_px, z_what_dim, z_pres_temperature,
                          stop_threshold, decoder_noise=0.0, quirks=quirks, name=name, **kwargs)
         ortho = self.quirks.lstm_orthogonal_recurrent
         self.fix_steps = fix_steps
@@ -194,7 +194,7 @@ class PPriorAIR(GlimpseModel):
     def _readout(self, images, tr, noise, step, training):
         """The prior LSTM over the posterior samples (teacher forcing, Q14) and the KLs, for all
         steps at once: the prior at step t reads the samples of step t - 1 (zeros at t = 0)."""
-        t_max = self.max_steps
+        t_max = self.max_glimpses
         fed = tf.concat([tr["z_what"], tr["xi"], tr["zeta"]], -1)  # [T, B, z + 3]
         fed_prev = tf.concat([tf.zeros_like(fed[:1]), fed[:-1]], 0)  # [T, B, z + 3]
         g = self.prior.run(fed_prev)  # [T, B, u]
@@ -243,7 +243,7 @@ class PPriorAIR(GlimpseModel):
         stop_sum, canvas, count = tf.zeros([n]), tf.zeros([n, s, s]), tf.zeros([n])
         const_scale = sum(self.size_range_px) / 2.0 / s
         scales, shifts, presents = [], [], []
-        for t in range(self.max_steps):  # fixed, short: unrolled
+        for t in range(self.max_glimpses):  # fixed, short: unrolled
             g, state = self.prior(z_what_prev, where_prev, state)
             p_shift = self.prior.shift_prior(g)
             xi = p_shift.loc + p_shift.scale * noise["eps_shift"][t]  # [N, 2]
