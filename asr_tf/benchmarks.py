@@ -76,6 +76,30 @@ def yardstick_matmul(n=YARDSTICK_N):
     return (lambda: f(a, b).numpy()), 2.0 * n ** 3
 
 
+def model_kind_bindings(kind, config_dir=None):
+    """The gin bindings that turn a run config into one of model ``kind`` ('air', 'pprior'):
+    every binding of ``<config_dir>/<kind>.gin``, i.e. ``build_model.kind`` and the per-model
+    values that build_model requires (temperature, stop threshold, decoder noise; AIR's prior
+    schedule). ``config_dir``: this checkout's configs/ by default, or another checkout's
+    (older ones bind only the kind there)."""
+    import os
+    import re
+
+    if config_dir is None:
+        config_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "configs")
+    bindings = []
+    with open(os.path.join(config_dir, f"{kind}.gin")) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if not line or line.startswith(("include ", "import ")):
+                continue
+            if not re.match(r"[A-Za-z_][\w.]*\s*=\s*\S", line):
+                raise ValueError(f"{kind}.gin: {line!r} is not a one-line binding")
+            bindings.append(line)
+    return bindings
+
+
 def _time_alternating(fns, warmup, steps, block=10):
     """Times several step functions in alternating blocks of ``block`` steps (so that a drift
     in machine speed hits all of them alike). Returns one list of step times per function."""
@@ -124,8 +148,7 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
     results["matmul_gflops"] = round(peak, 1)
     yardstick, yardstick_flops = yardstick_matmul()
     for kind in kinds.split(","):
-        bindings = {"air": ["build_model.kind = 'air'"], "pprior": ["build_model.kind = 'pprior'"],
-                    "asr": []}[kind]
+        bindings = [] if kind == "asr" else model_kind_bindings(kind)
         zero = ["Objective.constraints = []"] if kind != "asr" else []
         config_lib.parse([config], bindings + zero)
         spec = runs.run_spec()
@@ -412,8 +435,8 @@ def step_worker(tree, config, kind, jit, batch_size, seed, bindings=()):
     # in the installed checkout
     refactored = os.path.exists(os.path.join(tree, "asr_tf", "runs.py"))
     components = importlib.import_module("asr_tf.runs" if refactored else "asr_tf.train_lib")
-    kind_bindings = {"air": ["build_model.kind = 'air'"],
-                     "pprior": ["build_model.kind = 'pprior'"], "asr": []}[kind]
+    kind_bindings = ([] if kind == "asr"
+                     else model_kind_bindings(kind, os.path.join(tree, "configs")))
     zero = [] if kind == "asr" else (
         ["Objective.constraints = []"] if refactored
         else ["PenaltyWeights.gamma_ne = 0.0", "PenaltyWeights.gamma_m = 0.0"])

@@ -167,12 +167,31 @@ _OLD_WEIGHTS = (("gamma_n", ("presence_entropy",)), ("gamma_a", ("area",)),
                 ("gamma_ne", ("count_min",)), ("gamma_m", ("count_margin",)))
 
 
+# The per-model values that build_model resolved from the kind before configs/air.gin and
+# configs/pprior.gin bound them (records before the merge of perf, 2026-11-30).
+_OLD_MODEL_VALUES = {
+    "air": (("z_pres_temperature", 1.0), ("stop_threshold", 0.99), ("decoder_noise", 0.3)),
+    "pprior": (("z_pres_temperature", 0.1), ("stop_threshold", 0.9), ("decoder_noise", 0.0)),
+}
+
+
 def migrate_record(text):
     """A record written before the constraint registry, in today's names: ``build_model.
     max_steps`` -> ``max_glimpses``; ``PenaltyWeights.gamma_*`` -> ``Objective.constraints``
-    (non-zero weights; the box terms monitored, as that loss logged them). Today's records pass
+    (non-zero weights; the box terms monitored, as that loss logged them); the model kind's
+    z_pres temperature, stop threshold and decoder noise, which build_model requires now,
+    added with the values it used to resolve when they were not bound. Today's records pass
     unchanged."""
     text = re.sub(r"^build_model\.max_steps\b", "build_model.max_glimpses", text, flags=re.M)
+    kind = re.search(r"^build_model\.kind = '(\w+)'[ \t]*$", text, flags=re.M)
+    if kind and kind.group(1) in _OLD_MODEL_VALUES:
+        text = re.sub(r"^build_model\.(z_pres_temperature|stop_threshold) = None[ \t]*\n?", "",
+                      text, flags=re.M)
+        missing = [f"build_model.{name} = {value!r}"
+                   for name, value in _OLD_MODEL_VALUES[kind.group(1)]
+                   if not re.search(rf"^build_model\.{name} = ", text, flags=re.M)]
+        if missing:
+            text = text.rstrip("\n") + "\n" + "\n".join(missing) + "\n"
     old = dict(re.findall(r"^PenaltyWeights\.(\w+) = (\S+)\s*$", text, flags=re.M))
     if not old:
         return text

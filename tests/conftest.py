@@ -25,6 +25,21 @@ SMALL_RUN = [
     "train_eval.progress = False",
 ]
 
+# The original's per-model values that configs/air.gin and configs/pprior.gin bind and
+# build_model requires (tests/test_models.py checks the configs against them): z_pres
+# temperature lambda, stop threshold tau, decoder logit noise sigma.
+MODEL_VALUES = {
+    "air": dict(z_pres_temperature=1.0, stop_threshold=0.99, decoder_noise=0.3),
+    "pprior": dict(z_pres_temperature=0.1, stop_threshold=0.9, decoder_noise=0.0),
+}
+
+
+def make_model(kind, canvas_px, counts, **kwargs):
+    """build_model with the kind's MODEL_VALUES (overridable), outside any config."""
+    from asr_tf.models import build_model
+
+    return build_model(kind, canvas_px, counts, **{**MODEL_VALUES.get(kind, {}), **kwargs})
+
 
 @pytest.fixture(autouse=True)
 def clean_gin():

@@ -11,6 +11,7 @@ from asr_tf import config, diagnostics, objectives
 from asr_tf.models import build_model
 from asr_tf.models.air import AIR, PresencePriorSchedule
 from asr_tf.nn import concrete
+from conftest import make_model
 
 S = 50
 T = 6
@@ -103,7 +104,7 @@ def test_count_elbo_ledger_prior_cost_moves_the_best_count():
 
 def _air(seed=0):
     keras.utils.set_random_seed(seed)
-    return build_model("air", S, (1, 3), zpres_prior=PresencePriorSchedule())
+    return make_model("air", S, (1, 3), zpres_prior=PresencePriorSchedule())
 
 
 def _images(batch, seed=0):

@@ -21,7 +21,7 @@ import tensorflow as tf
 from asr_tf import export
 from asr_tf import metrics
 from asr_tf import serving
-from asr_tf.models import build_model
+from conftest import make_model
 
 S, T, Z = 50, 6, 50
 ATOL = 1e-4
@@ -59,7 +59,7 @@ class _Export:
         # [1 6 1 2 6 5], AIR [6 4 3 3 1 3]). Untrained AIR's z_pres logits are ~ -0.1 (count 0
         # everywhere): its z_pres bias is raised so that objects exist.
         keras.utils.set_random_seed(0 if kind == "pprior" else 2)
-        self.model = build_model(kind, S, (1, 3), add_prior=(kind == "air"))
+        self.model = make_model(kind, S, (1, 3), add_prior=(kind == "air"))
         if kind == "air":
             self.model.net.z_pres.layers[-1].bias.assign([0.5])
         rng = np.random.RandomState(0)

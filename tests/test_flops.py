@@ -3,7 +3,8 @@ import pytest
 import tensorflow as tf
 
 from asr_tf import flops, objectives
-from asr_tf.models import build_model
+from asr_tf.models.air import PresencePriorSchedule
+from conftest import MODEL_VALUES, make_model
 
 
 def test_hlo_dot_flops_on_a_hand_module():
@@ -18,7 +19,7 @@ def test_hlo_dot_flops_on_a_hand_module():
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pprior", "air"])
 def test_analytic_count_matches_compiled_graph(kind):
-    model = build_model(kind, 50, (1, 3), lstm_units=64)
+    model = make_model(kind, 50, (1, 3), lstm_units=64)
     objective = objectives.Objective(constraints=[("count_min", 10.0), ("count_margin", 100.0)])
     images = tf.random.uniform([8, 50, 50, 1])
     noise = model.sample_noise(8, tf.random.Generator.from_seed(0))
@@ -92,3 +93,17 @@ def test_side_by_side_steps_report_consistent_figures():
         row["baseline"]["ms_per_step"] / row["this"]["ms_per_step"], rel=0.01)
     low, high = row["speedup_by_block_range"]
     assert low <= row["speedup_by_block_median"] <= high
+
+
+def test_model_kind_bindings_give_a_config_the_kinds_own_values():
+    # the train benchmark times AIR on an ASR config's data: AIR's values, not pPrior's
+    from asr_tf import benchmarks, config
+    from asr_tf.models import build_model
+
+    air = benchmarks.model_kind_bindings("air")
+    assert air[0] == "build_model.kind = 'air'"
+    config.parse(["air_asr_14"], air + ["build_model.lstm_units = 8"])
+    model = build_model(canvas_px=50, counts=(1,))
+    want = MODEL_VALUES["air"]
+    assert {k: getattr(model, k) for k in want} == want
+    assert model.zpres_prior == PresencePriorSchedule()  # air.gin's schedule is the original's

@@ -2,18 +2,20 @@
 import functools
 import math
 
+import gin
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from asr_tf import objectives
+from asr_tf import config, objectives
 from asr_tf.models import build_model
 from asr_tf.models.air import AIR, annealed_prior_logit, count_prior_bias
 from asr_tf.models.base import RECORD_KEYS
 from asr_tf.models.pprior import PPriorAIR
 from asr_tf.nn import transformer
 from asr_tf.quirks import Quirks
+from conftest import MODEL_VALUES, make_model
 
 S = 50
 T = 6
@@ -22,7 +24,7 @@ T = 6
 @functools.lru_cache(maxsize=None)
 def _cached_model(kind, counts, seed, kwargs):
     keras.utils.set_random_seed(seed)
-    return build_model(kind, S, counts, **dict(kwargs))
+    return make_model(kind, S, counts, **dict(kwargs))
 
 
 def _model(kind, counts=(1, 3), seed=0, **kwargs):
@@ -363,18 +365,48 @@ def test_air_prior_logit_record_uses_step_and_bias():
     np.testing.assert_allclose(out["prior_logit"].numpy()[:, :3], math.log(1e4), atol=1e-4)
 
 
-def test_build_model_defaults():
+def test_build_model_kinds():
     air = _model("air", counts=(1, 3))
     assert isinstance(air, AIR)
-    assert (air.z_pres_temperature, air.stop_threshold, air.decoder_noise) == (1.0, 0.99, 0.3)
     assert not air.add_prior
     pp = _model("pprior", counts=(1, 3))
     assert isinstance(pp, PPriorAIR)
-    assert (pp.z_pres_temperature, pp.stop_threshold, pp.decoder_noise) == (0.1, 0.9, 0.0)
     assert pp.fix_steps is None
     assert _model("pprior", counts=(3,)).fix_steps == 3
     with pytest.raises(ValueError):
-        build_model("vae", S, (1,))
+        build_model("vae", S, (1,), **MODEL_VALUES["air"])
+
+
+@pytest.mark.parametrize("kind, config_name", [("air", "air_13"), ("pprior", "air_asr_13")])
+def test_per_model_values_come_from_the_kind_config(kind, config_name):
+    # configs/air.gin and configs/pprior.gin bind the original's lambda / tau / sigma
+    # (AIR 1.0 / 0.99 / 0.3, pPrior 0.1 / 0.9 / 0.0); build_model has no defaults for them.
+    config.parse([config_name], ["build_model.lstm_units = 8"])
+    model = build_model(canvas_px=S, counts=(1, 3))
+    want = MODEL_VALUES[kind]
+    assert {k: getattr(model, k) for k in want} == want
+    assert {k: gin.query_parameter(f"build_model.{k}") for k in want} == want
+
+
+def test_build_model_names_a_missing_per_model_value():
+    with pytest.raises(RuntimeError, match=r"build_model.*\['decoder_noise'\]"):
+        build_model("air", S, (1, 3), z_pres_temperature=1.0, stop_threshold=0.99)
+    with pytest.raises(RuntimeError, match=r"build_model.*'stop_threshold'"):
+        build_model("pprior", S, (1, 3), z_pres_temperature=0.1, decoder_noise=0.0)
+
+
+def test_pprior_with_decoder_noise():
+    # the noise mechanism is the models' common one: drawn as eps_pix, added to the logits
+    noisy, plain = _model("pprior", decoder_noise=0.3), _model("pprior")
+    assert noisy.get_weights()[0].tobytes() == plain.get_weights()[0].tobytes()  # same seed
+    noise = _noise(noisy, 2)
+    assert "eps_pix" in noise and "eps_pix" not in _noise(plain, 2)
+    images = _images(2)
+    out = noisy(images, noise, training=False)["canvas"]
+    quiet = noisy(images, dict(noise, eps_pix=tf.zeros_like(noise["eps_pix"])), training=False)
+    ref = plain(images, {k: v for k, v in noise.items() if k != "eps_pix"}, training=False)
+    np.testing.assert_allclose(quiet["canvas"], ref["canvas"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out, ref["canvas"], atol=1e-3)
 
 
 def test_air_without_decoder_noise():
@@ -457,9 +489,9 @@ def test_air_generation_draws_exactly_n_objects():
 def test_model_only_checkpoint_round_trips_every_variable(kind, tmp_path):
     """A checkpoint of the model alone reaches every weight (none hidden in Python lists)."""
     keras.utils.set_random_seed(1)
-    source = build_model(kind, S, (1, 3))
+    source = make_model(kind, S, (1, 3))
     keras.utils.set_random_seed(2)
-    target = build_model(kind, S, (1, 3))
+    target = make_model(kind, S, (1, 3))
     assert len(source.variables) == len(target.variables) > 0
     assert any(not np.array_equal(a.numpy(), b.numpy())
                for a, b in zip(source.variables, target.variables))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from asr_tf.models import build_model
 from asr_tf.nn import precision
 from asr_tf.nn.vae import GlimpseVAE
+from conftest import make_model
 
 
 def test_native_bfloat16_reads_the_cpu_flags(tmp_path):
@@ -33,7 +33,7 @@ def test_resolve_falls_back_to_float32_without_native_bfloat16(caplog):
     with pytest.raises(ValueError, match="matmul_dtype 'float16'"):
         precision.resolve("float16")
     with pytest.raises(ValueError, match="matmul_dtype"):
-        build_model("pprior", 50, (1, 3), matmul_dtype="half")
+        make_model("pprior", 50, (1, 3), matmul_dtype="half")
 
 
 def test_matmul_bfloat16_only_for_big_weights():
@@ -61,10 +61,10 @@ def test_matmul_bfloat16_only_for_big_weights():
 
 def test_bfloat16_model_has_the_float32_variables_and_close_outputs(tmp_path):
     keras.utils.set_random_seed(0)
-    f32 = build_model("pprior", 50, (1, 3))
+    f32 = make_model("pprior", 50, (1, 3))
     keras.utils.set_random_seed(1)
-    bf16 = build_model("pprior", 50, (1, 3), matmul_dtype=precision.resolve("bfloat16",
-                                                                           native=True))
+    bf16 = make_model("pprior", 50, (1, 3), matmul_dtype=precision.resolve("bfloat16",
+                                                                          native=True))
     # the same float32 variables: a checkpoint of one setting restores into the other
     assert all(v.dtype == "float32" for v in bf16.variables)
     path = tf.train.Checkpoint(model=f32).write(str(tmp_path / "ckpt"))

@@ -5,12 +5,13 @@ import os
 import subprocess
 import sys
 
+import gin
 import numpy as np
 import pytest
 
 from asr_tf import config, distribute, evaluation, runs
 from asr_tf.models import build_model
-from conftest import SMALL_RUN
+from conftest import MODEL_VALUES, SMALL_RUN
 
 TINY_DATA = ["run_spec.dataset_overrides = {'images_per_count': 50, 'num_test': 20}"]
 
@@ -49,6 +50,15 @@ def test_migrate_record_of_older_runs():
     assert ("Objective.constraints = [('overlap', 1.0), ('out_of_image', 1.0), "
             "('size_equality', 10.0)]") in new
     assert runs.migrate_record(new) == new  # today's records pass unchanged
+    # build_model's per-model values, resolved from the kind before configs bound them
+    for kind, values in MODEL_VALUES.items():
+        record = runs.migrate_record(f"build_model.kind = '{kind}'\ntrain_eval.seed = 2\n")
+        assert runs.migrate_record(record) == record
+        gin.parse_config(record)
+        assert {k: gin.query_parameter(f"build_model.{k}") for k in values} == values
+        gin.clear_config()
+    kept = runs.migrate_record("build_model.kind = 'air'\nbuild_model.stop_threshold = 0.5\n")
+    assert "build_model.stop_threshold = 0.5" in kept and "stop_threshold = 0.99" not in kept
 
 
 @pytest.mark.slow

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 from asr_tf import training
-from asr_tf.models import build_model
 from asr_tf.objectives import Objective
 from asr_tf.quirks import Quirks
+from conftest import make_model
 
 S = 50
 
@@ -41,7 +41,7 @@ def test_process_gradients_global_norm_option():
 
 def test_make_optimizer_hyper_parameters():
     keras.utils.set_random_seed(0)
-    model = build_model("pprior", S, (1, 3))
+    model = make_model("pprior", S, (1, 3))
     opt = training.make_optimizer(model)
     assert float(opt.learning_rate) == pytest.approx(1e-4)  # Q11
     assert opt.epsilon == pytest.approx(1e-8)                # TF1 default, not Keras' 1e-7
@@ -79,7 +79,7 @@ CASES = {
 @pytest.mark.slow
 def test_jit_and_non_jit_steps_agree():
     keras.utils.set_random_seed(0)
-    model = build_model("pprior", S, (1, 3))
+    model = make_model("pprior", S, (1, 3))
     weights = CASES["asr"][2]
     batch = {"image": squares_batch(8)}
     init = model.get_weights()
@@ -117,7 +117,7 @@ def test_overfits_one_batch(case):
     keras.utils.set_random_seed(3)
     # learn.gin's remedies: zero_pad edges (Q30 fix) and the paper's lr 1e-3. With the faithful
     # 'hard' edges a box off the ink gets no gradient and 300 steps stay at the empty-canvas loss.
-    model = build_model(kind, S, counts, quirks=Quirks(sampler_edge="zero_pad"))
+    model = make_model(kind, S, counts, quirks=Quirks(sampler_edge="zero_pad"))
     opt = training.make_optimizer(model, learning_rate=1e-3)
     gen = tf.random.Generator.from_seed(9)
     batch = {"image": squares_batch(8, seed=5)}

@@ -125,6 +125,8 @@ class PPriorAIR(GlimpseModel):
 
     Args:
       canvas_px: S (50 MNIST, 64 dSprites).
+      decoder_noise: std of the N(0, 1) noise on the decoder's logits in a forward pass (the
+        original's pPrior: 0, spec §4); generation draws its pixels instead (Q36).
       fix_steps: if an int k (single allowed count), the z_pres prior logit is
         +100 for t < k and -100 after, instead of the learned prior.
       size_range_px: (c_min, c_max); generation renders the constant scale
@@ -132,11 +134,11 @@ class PPriorAIR(GlimpseModel):
     """
 
     def __init__(self, canvas_px, max_glimpses=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
-                 z_pres_temperature=0.1, stop_threshold=0.9, fix_steps=None,
+                 z_pres_temperature=0.1, stop_threshold=0.9, decoder_noise=0.0, fix_steps=None,
                  size_range_px=(17.0, 23.0), scale_bias_init=0.0, matmul_dtype="float32",
                  quirks=None, name="pprior_air", **kwargs):
         super().__init__(canvas_px, max_glimpses, glimpse_px, z_what_dim, z_pres_temperature,
-                         stop_threshold, decoder_noise=0.0, quirks=quirks, name=name, **kwargs)
+                         stop_threshold, decoder_noise, quirks=quirks, name=name, **kwargs)
         ortho = self.quirks.lstm_orthogonal_recurrent
         self.fix_steps = fix_steps
         self.size_range_px = tuple(float(v) for v in size_range_px)
