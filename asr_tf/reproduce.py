@@ -61,19 +61,45 @@ def table_of(row):
 
 
 def row_configs(row, variants=()):
-    """The configs of a row: AIR, AIR-pPrior, AIR-ASR and named variants of any of them
-    (``air_asr_13_size`` for variant ``size``; ``air_asr_13_faithful``), which must exist."""
-    table_of(row)
+    """The configs of a row: AIR, AIR-pPrior, AIR-ASR and named variants (see
+    :func:`variant_configs`)."""
     configs = [f"air_{row}", f"air_pprior_{row}", f"air_asr_{row}"]
+    for variant in variants:
+        configs += variant_configs(row, variant)
+    return configs
+
+
+def parse_variant(item):
+    """``[model/]variant[:seeds]`` -> (models, variant, seeds or None). ``size`` is every
+    model's ``size`` config; ``asr/faithful:1`` only ``air_asr_<row>_faithful``, one seed;
+    ``air/floor20k`` only ``air_<row>_floor20k``."""
+    spec, _, n = item.partition(":")
+    model, _, variant = spec.rpartition("/")
+    prefixes = {"air": "air", "pprior": "air_pprior", "asr": "air_asr"}
+    if model and model not in prefixes:
+        raise ValueError(f"variant {item!r}: model {model!r} is not one of {sorted(prefixes)}")
+    if not variant:
+        raise ValueError(f"variant {item!r}: no variant name")
+    try:
+        seeds = int(n) if n else None
+    except ValueError:
+        raise ValueError(f"variant {item!r}: seeds {n!r} is not a number") from None
+    return ((prefixes[model],) if model else tuple(MODEL_NAMES)), variant, seeds
+
+
+def variant_configs(row, variant):
+    """The configs ``<model>_<row>_<variant>`` that exist for one variant (``[model/]name``:
+    see :func:`parse_variant`); a variant no model of the row has is an error."""
+    table_of(row)
     from asr_tf import config
 
+    models, name, _ = parse_variant(variant)
     available = config.available_configs()
-    for variant in variants:
-        name = f"air_asr_{row}_{variant}"
-        if name not in available:
-            raise ValueError(f"no config {name!r} for variant {variant!r} of row {row}")
-        configs.append(name)
-    return configs
+    names = [f"{m}_{row}_{name}" for m in models if f"{m}_{row}_{name}" in available]
+    if not names:
+        raise ValueError(f"no config {' or '.join(f'{m}_{row}_{name}' for m in models)} for "
+                         f"variant {variant!r} of row {row}")
+    return names
 
 
 def display_name(config):
@@ -117,31 +143,34 @@ class Run:
 
 def plan(runs_dir, rows, asr_seeds=3, baseline_seeds=1, variants=(), variant_seeds=None):
     """The runs of some rows, by seed (every config's seed 0 first, so that a partial pass
-    gives every row a seed 0). ``variants`` ('size', or 'faithful:1' for one seed) apply to
-    every row that has them; their seeds default to ``variant_seeds``, else ``asr_seeds``."""
-    from asr_tf import config
-
-    available = config.available_configs()
+    gives every row a seed 0). ``variants`` (``[model/]name[:seeds]``, e.g. 'size',
+    'air/floor20k:1', 'asr/faithful:1') apply to every row that has them; their seeds default
+    to ``variant_seeds``, else ``asr_seeds``."""
     seeds_of = {}
     for item in variants:
-        name, _, n = item.partition(":")
-        seeds_of[name] = int(n) if n else (asr_seeds if variant_seeds is None else variant_seeds)
-    variants = list(seeds_of)
-    for variant in variants:
-        if not any(f"air_asr_{row}_{variant}" in available for row in rows):
-            raise ValueError(f"variant {variant!r}: no config air_asr_<row>_{variant} for the "
-                             f"rows {list(rows)}")
-    runs = []
+        models, name, n = parse_variant(item)
+        key = item.partition(":")[0]
+        seeds_of[key] = n if n is not None else (asr_seeds if variant_seeds is None else variant_seeds)
+
+    def configs_of(row, variant):
+        try:
+            return variant_configs(row, variant)
+        except ValueError:
+            return []
+
+    for variant in seeds_of:
+        if not any(configs_of(row, variant) for row in rows):
+            raise ValueError(f"variant {variant!r}: no config for it in the rows {list(rows)}")
     by_row = {}
     for row in rows:
         table_of(row)
-        have = [v for v in variants if f"air_asr_{row}_{v}" in available]
-        configs = row_configs(row, have)
-        seeds = {c: baseline_seeds for c in configs[:2]}
-        seeds[configs[2]] = asr_seeds
-        for variant, c in zip(have, configs[3:]):
-            seeds[c] = seeds_of[variant]
+        seeds = {f"air_{row}": baseline_seeds, f"air_pprior_{row}": baseline_seeds,
+                 f"air_asr_{row}": asr_seeds}
+        for variant, n in seeds_of.items():
+            for c in configs_of(row, variant):
+                seeds[c] = n
         by_row[row] = seeds
+    runs = []
     most = max([n for seeds in by_row.values() for n in seeds.values()] + [0])
     for seed in range(most):
         for row, seeds in by_row.items():

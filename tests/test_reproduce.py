@@ -82,7 +82,7 @@ def test_table_2_has_no_count_metric(tmp_path):
 
 def test_plan_rows_seeds_and_variants(tmp_path):
     runs = reproduce.plan(str(tmp_path), ["13", "14"], asr_seeds=2, baseline_seeds=1,
-                          variants=["size:1", "faithful"], variant_seeds=1)
+                          variants=["size:1", "asr/faithful"], variant_seeds=1)
     names = [(r.config, r.seed) for r in runs]
     seed0 = [n for n in names if n[1] == 0]
     assert names[:len(seed0)] == seed0  # every seed 0 first: a partial pass covers every row
@@ -104,10 +104,22 @@ def test_plan_rows_seeds_and_variants(tmp_path):
     assert [reproduce.model_of(c) for c in ("air_24", "air_pprior_24", "air_asr_13_size")] == [
         "air", "pprior", "asr"]
     three = reproduce.plan(str(tmp_path), ["13"], asr_seeds=1, baseline_seeds=0,
-                           variants=["size:3", "faithful:1"])
+                           variants=["size:3", "asr/faithful:1", "air/floor20k:2"])
     assert [(r.config, r.seed) for r in three] == [
         ("air_asr_13", 0), ("air_asr_13_size", 0), ("air_asr_13_faithful", 0),
-        ("air_asr_13_size", 1), ("air_asr_13_size", 2)]
+        ("air_13_floor20k", 0), ("air_asr_13_size", 1), ("air_13_floor20k", 1),
+        ("air_asr_13_size", 2)]
+    # without a model, a variant is every model's config of that name
+    assert reproduce.row_configs("24", ["faithful"])[3:] == [
+        "air_24_faithful", "air_pprior_24_faithful", "air_asr_24_faithful"]
+    assert reproduce.display_name("air_13_floor20k") == "AIR (floor20k)"
+    assert reproduce.paper_row("air_13_floor20k")["acc"] == (0.81, 0.23)
+    with pytest.raises(ValueError, match="model 'asrr'"):
+        reproduce.plan(str(tmp_path), ["13"], variants=["asrr/size"])
+    with pytest.raises(ValueError, match="seeds 'x'"):
+        reproduce.parse_variant("size:x")
+    with pytest.raises(ValueError, match="air_pprior_13_size"):
+        reproduce.row_configs("13", ["pprior/size"])
     assert reproduce.paper_row("air_asr_13_faithful")["se"] == (28.84, 1.11)
 
 

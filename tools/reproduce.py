@@ -20,9 +20,9 @@ flags.DEFINE_list("rows", None, "Rows (Table 1: 13, 14, 24; Table 2: mnist_overl
 flags.DEFINE_integer("steps", 20000, "Training iterations of every run (the budget).")
 flags.DEFINE_integer("seeds", 3, "AIR-ASR seeds.")
 flags.DEFINE_integer("baseline_seeds", 1, "AIR and AIR-pPrior seeds.")
-flags.DEFINE_list("variants", [], "Named variants trained and reported beside a row's configs "
-                  "(configs/air_asr_<row>_<variant>.gin where it exists: size, faithful); "
-                  "'faithful:1' gives one its own number of seeds.")
+flags.DEFINE_list("variants", [], "Named variants trained and reported beside a row's configs, "
+                  "as [model/]name[:seeds]: configs/<model>_<row>_<name>.gin where it exists "
+                  "(size, floor20k, faithful); 'asr/faithful:1' only ASR's, one seed.")
 flags.DEFINE_integer("variant_seeds", None, "Seeds of the variants (default: --seeds).")
 flags.DEFINE_list("train_models", ["air", "pprior", "asr"], "Train only these models' runs "
                   "(air, pprior, asr: the ASR configs and their variants); report every run.")
