@@ -400,6 +400,35 @@ def write_figures(runs, row, out_dir, steps):
     return paths
 
 
+def figures_markdown(rows, out_dir, relative_to):
+    """Markdown linking the figures :func:`write_figures` left in ``out_dir/<row>/`` (paths
+    relative to the folder of the page, ``relative_to``): per row its curves, then each
+    config's reconstruction and generation grids."""
+    lines = []
+    for row in rows:
+        folder = os.path.join(out_dir, row)
+        if not os.path.isdir(folder):
+            continue
+        rel = os.path.relpath(folder, relative_to)
+        lines += [f"### {ROW_NAMES[row]}", ""]
+        if os.path.exists(os.path.join(folder, f"{row}_curves.png")):
+            lines += [f"![{row} curves]({rel}/{row}_curves.png)", ""]
+        grids = sorted(f[:-len("_reconstruction.png")] for f in os.listdir(folder)
+                       if f.endswith("_reconstruction.png"))
+        order = {c: i for i, c in enumerate(row_configs(row))}
+        grids.sort(key=lambda c: (order.get(c, len(order)), c))
+        if grids:
+            lines += ["| config | reconstruction (input with boxes \\| reconstruction) | "
+                      "generation |", "|---|---|---|"]
+            for c in grids:
+                gen = (f"![]({rel}/{c}_generation.png)"
+                       if os.path.exists(os.path.join(folder, f"{c}_generation.png")) else "–")
+                lines.append(f"| {display_name(c)} (`{c}`) | ![]({rel}/{c}_reconstruction.png) "
+                             f"| {gen} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
 def archive(runs, archive_dir):
     """Copies every run's small results (RECORD_FILES; no checkpoints) to
     ``archive_dir/<config>_s<seed>/``; returns the folders written."""

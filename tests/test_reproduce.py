@@ -219,3 +219,24 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     out = subprocess.run(tool + ["--variants", "bogus"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "variant 'bogus'" in out.stderr
+
+
+def test_figures_markdown_links_what_is_on_disk(tmp_path):
+    out_dir = tmp_path / "docs" / "results"
+    row = out_dir / "13"
+    row.mkdir(parents=True)
+    for name in ("13_curves.png", "air_asr_13_size_reconstruction.png", "air_13_reconstruction.png",
+                 "air_13_generation.png"):
+        (row / name).write_bytes(b"")
+    text = reproduce.figures_markdown(["13", "24"], str(out_dir), str(tmp_path / "docs"))
+    lines = text.splitlines()
+    assert lines[0] == "### Multi-MNIST, 1 or 3 digits"
+    assert "![13 curves](results/13/13_curves.png)" in lines
+    grid_rows = [l for l in lines if l.startswith("| AIR")]
+    # the row's order (AIR before the ASR variant); a missing generation grid is a dash
+    assert grid_rows == [
+        "| AIR (`air_13`) | ![](results/13/air_13_reconstruction.png) | "
+        "![](results/13/air_13_generation.png) |",
+        "| AIR-ASR (size) (`air_asr_13_size`) | "
+        "![](results/13/air_asr_13_size_reconstruction.png) | – |"]
+    assert "2 or 4" not in text  # no folder for row 24: no section

@@ -85,6 +85,9 @@ def main(argv):
                       indent=1)
         if FLAGS.results_md:
             reproduce.replace_section(FLAGS.results_md, f"table{table}", text)
+    if FLAGS.results_md and FLAGS.figures:
+        reproduce.replace_section(FLAGS.results_md, "figures", reproduce.figures_markdown(
+            rows, FLAGS.out_dir, os.path.dirname(os.path.abspath(FLAGS.results_md))))
     archived = reproduce.archive(runs, os.path.join(FLAGS.out_dir, "runs"))
     print(f"archived {len(archived)} runs' small results under {FLAGS.out_dir}/runs")
 
