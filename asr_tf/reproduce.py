@@ -328,10 +328,13 @@ def _round(value, digits):
     return str(decimal.Decimal(repr(float(value))).quantize(quantum, decimal.ROUND_HALF_UP))
 
 
-def _fmt(mean_std, metric):
+def _fmt(mean_std, metric, seeds=None):
+    """'mean ± std'; the mean alone for one seed (its std says nothing)."""
     if not mean_std:
         return "–"
     m, s = mean_std
+    if seeds == 1:
+        return _round(m, DIGITS[metric])
     return f"{_round(m, DIGITS[metric])} ± {_round(s, DIGITS[metric])}"
 
 
@@ -343,15 +346,18 @@ def markdown_table(table_number, rows_tables, steps, last=5):
              "|---|---|---|" + "---|---|" * len(metrics) + "---|"]
     for row, table in rows_tables.items():
         for i, (config, entry) in enumerate(table.items()):
-            ours = " | ".join(f"{_fmt(entry.get(m), m)} | {_fmt(paper_row(config).get(m), m)}"
-                              for m in metrics)
+            paper = {} if _CONFIG_NAME.fullmatch(config).group(3) else paper_row(config)
+            ours = " | ".join(f"{_fmt(entry.get(m), m, len(entry['seeds']))} | "
+                              f"{_fmt(paper.get(m), m)}" for m in metrics)
             m = entry.get("minutes")
             minutes = "–" if m is None or np.isnan(m) else f"{m:.0f}"
             lines.append(f"| {ROW_NAMES[row] if i == 0 else ''} | {display_name(config)} "
                          f"(`{config}`) | {len(entry['seeds'])} | {ours} | {minutes} |")
     return (f"Ours: {steps:,} iterations of batch 64, each run the mean of its last {last} "
-            f"evaluations (1,000 test scenes), mean ± std over seeds. Paper: 182,812 (Table 1) "
-            f"or 89,062 (Table 2) iterations, 3 runs.\n\n" + "\n".join(lines))
+            f"evaluations (1,000 test scenes), mean ± std over the seeds that reached {steps:,} "
+            f"(one seed: its value). Paper: 182,812 (Table 1) or 89,062 (Table 2) iterations, 3 "
+            f"runs; a variant's paper numbers are its row's plain config's.\n\n"
+            + "\n".join(lines))
 
 
 def per_run_table(rows_tables, steps):

@@ -64,7 +64,8 @@ def main(argv):
         if failed:
             print(f"runs that failed (see <workdir>.log): {failed}")
     by_table = {}
-    for row in rows:
+    for row in sorted(rows, key=lambda r: [r for t in sorted(reproduce.TABLES)
+                                           for r in reproduce.TABLES[t]].index(r)):
         table = reproduce.table_of(row)
         mine = [r for r in runs if reproduce.row_of(r.config) == row]
         by_table.setdefault(table, {})[row] = reproduce.summarize(
