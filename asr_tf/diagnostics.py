@@ -134,15 +134,19 @@ def boxes_by_step(scale, shift, present, images, true_count, canvas_px):
     return out
 
 
+def _per_step_header(t_max):
+    """The two header lines of a markdown table with a column per glimpse step."""
+    return ["| true count | " + " | ".join(f"step {t}" for t in range(t_max)) + " |",
+            "|---" * (t_max + 1) + "|"]
+
+
 def format_boxes(boxes):
     """Markdown table of :func:`boxes_by_step`."""
     if not boxes:
         return "(no scenes)\n"
     t_max = len(next(iter(boxes.values()))["present"])
     lines = ["Per glimpse step: fraction of scenes with the box present, its mean side (px), and "
-             "the ink inside boxes 0..t:", "",
-             "| true count | " + " | ".join(f"step {t}" for t in range(t_max)) + " |",
-             "|---" * (t_max + 1) + "|"]
+             "the ink inside boxes 0..t:", "", *_per_step_header(t_max)]
     for c, e in boxes.items():
         cells = []
         for t in range(t_max):
@@ -183,9 +187,7 @@ def format_report(report):
     for c, (frac, n) in hist.items():
         lines.append(f"| {c} | {n} | " + " | ".join(f"{f:.3f}" for f in frac) + " |")
     lines += ["", "Mean presence probability p_t over the scenes that reached step t "
-              "(their count >= t; scenes in brackets):", "",
-              "| true count | " + " | ".join(f"step {t}" for t in range(t_max)) + " |",
-              "|---" * (t_max + 1) + "|"]
+              "(their count >= t; scenes in brackets):", "", *_per_step_header(t_max)]
     for c, entry in pres.items():
         cells = []
         for t in range(t_max):

@@ -61,19 +61,45 @@ def table_of(row):
 
 
 def row_configs(row, variants=()):
-    """The configs of a row: AIR, AIR-pPrior, AIR-ASR and named variants of any of them
-    (``air_asr_13_size`` for variant ``size``; ``air_asr_13_faithful``), which must exist."""
-    table_of(row)
+    """The configs of a row: AIR, AIR-pPrior, AIR-ASR and named variants (see
+    :func:`variant_configs`)."""
     configs = [f"air_{row}", f"air_pprior_{row}", f"air_asr_{row}"]
+    for variant in variants:
+        configs += variant_configs(row, variant)
+    return configs
+
+
+def parse_variant(item):
+    """``[model/]variant[:seeds]`` -> (models, variant, seeds or None). ``size`` is every
+    model's ``size`` config; ``asr/faithful:1`` only ``air_asr_<row>_faithful``, one seed;
+    ``air/floor20k`` only ``air_<row>_floor20k``."""
+    spec, _, n = item.partition(":")
+    model, _, variant = spec.rpartition("/")
+    prefixes = {"air": "air", "pprior": "air_pprior", "asr": "air_asr"}
+    if model and model not in prefixes:
+        raise ValueError(f"variant {item!r}: model {model!r} is not one of {sorted(prefixes)}")
+    if not variant:
+        raise ValueError(f"variant {item!r}: no variant name")
+    try:
+        seeds = int(n) if n else None
+    except ValueError:
+        raise ValueError(f"variant {item!r}: seeds {n!r} is not a number") from None
+    return ((prefixes[model],) if model else tuple(MODEL_NAMES)), variant, seeds
+
+
+def variant_configs(row, variant):
+    """The configs ``<model>_<row>_<variant>`` that exist for one variant (``[model/]name``:
+    see :func:`parse_variant`); a variant no model of the row has is an error."""
+    table_of(row)
     from asr_tf import config
 
+    models, name, _ = parse_variant(variant)
     available = config.available_configs()
-    for variant in variants:
-        name = f"air_asr_{row}_{variant}"
-        if name not in available:
-            raise ValueError(f"no config {name!r} for variant {variant!r} of row {row}")
-        configs.append(name)
-    return configs
+    names = [f"{m}_{row}_{name}" for m in models if f"{m}_{row}_{name}" in available]
+    if not names:
+        raise ValueError(f"no config {' or '.join(f'{m}_{row}_{name}' for m in models)} for "
+                         f"variant {variant!r} of row {row}")
+    return names
 
 
 def display_name(config):
@@ -117,31 +143,34 @@ class Run:
 
 def plan(runs_dir, rows, asr_seeds=3, baseline_seeds=1, variants=(), variant_seeds=None):
     """The runs of some rows, by seed (every config's seed 0 first, so that a partial pass
-    gives every row a seed 0). ``variants`` ('size', or 'faithful:1' for one seed) apply to
-    every row that has them; their seeds default to ``variant_seeds``, else ``asr_seeds``."""
-    from asr_tf import config
-
-    available = config.available_configs()
+    gives every row a seed 0). ``variants`` (``[model/]name[:seeds]``, e.g. 'size',
+    'air/floor20k:1', 'asr/faithful:1') apply to every row that has them; their seeds default
+    to ``variant_seeds``, else ``asr_seeds``."""
     seeds_of = {}
     for item in variants:
-        name, _, n = item.partition(":")
-        seeds_of[name] = int(n) if n else (asr_seeds if variant_seeds is None else variant_seeds)
-    variants = list(seeds_of)
-    for variant in variants:
-        if not any(f"air_asr_{row}_{variant}" in available for row in rows):
-            raise ValueError(f"variant {variant!r}: no config air_asr_<row>_{variant} for the "
-                             f"rows {list(rows)}")
-    runs = []
+        models, name, n = parse_variant(item)
+        key = item.partition(":")[0]
+        seeds_of[key] = n if n is not None else (asr_seeds if variant_seeds is None else variant_seeds)
+
+    def configs_of(row, variant):
+        try:
+            return variant_configs(row, variant)
+        except ValueError:
+            return []
+
+    for variant in seeds_of:
+        if not any(configs_of(row, variant) for row in rows):
+            raise ValueError(f"variant {variant!r}: no config for it in the rows {list(rows)}")
     by_row = {}
     for row in rows:
         table_of(row)
-        have = [v for v in variants if f"air_asr_{row}_{v}" in available]
-        configs = row_configs(row, have)
-        seeds = {c: baseline_seeds for c in configs[:2]}
-        seeds[configs[2]] = asr_seeds
-        for variant, c in zip(have, configs[3:]):
-            seeds[c] = seeds_of[variant]
+        seeds = {f"air_{row}": baseline_seeds, f"air_pprior_{row}": baseline_seeds,
+                 f"air_asr_{row}": asr_seeds}
+        for variant, n in seeds_of.items():
+            for c in configs_of(row, variant):
+                seeds[c] = n
         by_row[row] = seeds
+    runs = []
     most = max([n for seeds in by_row.values() for n in seeds.values()] + [0])
     for seed in range(most):
         for row, seeds in by_row.items():
@@ -299,10 +328,13 @@ def _round(value, digits):
     return str(decimal.Decimal(repr(float(value))).quantize(quantum, decimal.ROUND_HALF_UP))
 
 
-def _fmt(mean_std, metric):
+def _fmt(mean_std, metric, seeds=None):
+    """'mean ± std'; the mean alone for one seed (its std says nothing)."""
     if not mean_std:
         return "–"
     m, s = mean_std
+    if seeds == 1:
+        return _round(m, DIGITS[metric])
     return f"{_round(m, DIGITS[metric])} ± {_round(s, DIGITS[metric])}"
 
 
@@ -314,15 +346,18 @@ def markdown_table(table_number, rows_tables, steps, last=5):
              "|---|---|---|" + "---|---|" * len(metrics) + "---|"]
     for row, table in rows_tables.items():
         for i, (config, entry) in enumerate(table.items()):
-            ours = " | ".join(f"{_fmt(entry.get(m), m)} | {_fmt(paper_row(config).get(m), m)}"
-                              for m in metrics)
+            paper = {} if _CONFIG_NAME.fullmatch(config).group(3) else paper_row(config)
+            ours = " | ".join(f"{_fmt(entry.get(m), m, len(entry['seeds']))} | "
+                              f"{_fmt(paper.get(m), m)}" for m in metrics)
             m = entry.get("minutes")
             minutes = "–" if m is None or np.isnan(m) else f"{m:.0f}"
             lines.append(f"| {ROW_NAMES[row] if i == 0 else ''} | {display_name(config)} "
                          f"(`{config}`) | {len(entry['seeds'])} | {ours} | {minutes} |")
     return (f"Ours: {steps:,} iterations of batch 64, each run the mean of its last {last} "
-            f"evaluations (1,000 test scenes), mean ± std over seeds. Paper: 182,812 (Table 1) "
-            f"or 89,062 (Table 2) iterations, 3 runs.\n\n" + "\n".join(lines))
+            f"evaluations (1,000 test scenes), mean ± std over the seeds that reached {steps:,} "
+            f"(one seed: its value). Paper: 182,812 (Table 1) or 89,062 (Table 2) iterations, 3 "
+            f"runs; a variant's paper numbers are its row's plain config's.\n\n"
+            + "\n".join(lines))
 
 
 def per_run_table(rows_tables, steps):
@@ -369,6 +404,35 @@ def write_figures(runs, row, out_dir, steps):
                                     checkpoint=checkpoint)
             paths[f"{config}_{kind}"] = path
     return paths
+
+
+def figures_markdown(rows, out_dir, relative_to):
+    """Markdown linking the figures :func:`write_figures` left in ``out_dir/<row>/`` (paths
+    relative to the folder of the page, ``relative_to``): per row its curves, then each
+    config's reconstruction and generation grids."""
+    lines = []
+    for row in rows:
+        folder = os.path.join(out_dir, row)
+        if not os.path.isdir(folder):
+            continue
+        rel = os.path.relpath(folder, relative_to)
+        lines += [f"### {ROW_NAMES[row]}", ""]
+        if os.path.exists(os.path.join(folder, f"{row}_curves.png")):
+            lines += [f"![{row} curves]({rel}/{row}_curves.png)", ""]
+        grids = sorted(f[:-len("_reconstruction.png")] for f in os.listdir(folder)
+                       if f.endswith("_reconstruction.png"))
+        order = {c: i for i, c in enumerate(row_configs(row))}
+        grids.sort(key=lambda c: (order.get(c, len(order)), c))
+        if grids:
+            lines += ["| config | reconstruction (input with boxes \\| reconstruction) | "
+                      "generation |", "|---|---|---|"]
+            for c in grids:
+                gen = (f"![]({rel}/{c}_generation.png)"
+                       if os.path.exists(os.path.join(folder, f"{c}_generation.png")) else "–")
+                lines.append(f"| {display_name(c)} (`{c}`) | ![]({rel}/{c}_reconstruction.png) "
+                             f"| {gen} |")
+            lines.append("")
+    return "\n".join(lines)
 
 
 def archive(runs, archive_dir):

@@ -82,7 +82,7 @@ def test_table_2_has_no_count_metric(tmp_path):
 
 def test_plan_rows_seeds_and_variants(tmp_path):
     runs = reproduce.plan(str(tmp_path), ["13", "14"], asr_seeds=2, baseline_seeds=1,
-                          variants=["size:1", "faithful"], variant_seeds=1)
+                          variants=["size:1", "asr/faithful"], variant_seeds=1)
     names = [(r.config, r.seed) for r in runs]
     seed0 = [n for n in names if n[1] == 0]
     assert names[:len(seed0)] == seed0  # every seed 0 first: a partial pass covers every row
@@ -104,10 +104,22 @@ def test_plan_rows_seeds_and_variants(tmp_path):
     assert [reproduce.model_of(c) for c in ("air_24", "air_pprior_24", "air_asr_13_size")] == [
         "air", "pprior", "asr"]
     three = reproduce.plan(str(tmp_path), ["13"], asr_seeds=1, baseline_seeds=0,
-                           variants=["size:3", "faithful:1"])
+                           variants=["size:3", "asr/faithful:1", "air/floor20k:2"])
     assert [(r.config, r.seed) for r in three] == [
         ("air_asr_13", 0), ("air_asr_13_size", 0), ("air_asr_13_faithful", 0),
-        ("air_asr_13_size", 1), ("air_asr_13_size", 2)]
+        ("air_13_floor20k", 0), ("air_asr_13_size", 1), ("air_13_floor20k", 1),
+        ("air_asr_13_size", 2)]
+    # without a model, a variant is every model's config of that name
+    assert reproduce.row_configs("24", ["faithful"])[3:] == [
+        "air_24_faithful", "air_pprior_24_faithful", "air_asr_24_faithful"]
+    assert reproduce.display_name("air_13_floor20k") == "AIR (floor20k)"
+    assert reproduce.paper_row("air_13_floor20k")["acc"] == (0.81, 0.23)
+    with pytest.raises(ValueError, match="model 'asrr'"):
+        reproduce.plan(str(tmp_path), ["13"], variants=["asrr/size"])
+    with pytest.raises(ValueError, match="seeds 'x'"):
+        reproduce.parse_variant("size:x")
+    with pytest.raises(ValueError, match="air_pprior_13_size"):
+        reproduce.row_configs("13", ["pprior/size"])
     assert reproduce.paper_row("air_asr_13_faithful")["se"] == (28.84, 1.11)
 
 
@@ -199,7 +211,9 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     table = open(os.path.join(out_dir, "table1.md")).read()
-    assert "| AIR-ASR (size) (`air_asr_13_size`) | 1 | 500.0 ± 0.0 | 360.2 ± 19.7 | 0.90 ± 0.00" in table
+    # one seed: its value, no "± 0.0"; a variant leaves the paper's cells to its plain config
+    assert "| AIR-ASR (size) (`air_asr_13_size`) | 1 | 500.0 | – | 0.90 | – |" in table
+    assert "| AIR (`air_13`) | 1 |" in table and "| 404.4 ± 4.6 |" in table
     assert reproduce._round(0.125, 2) == "0.13" and reproduce._round(28.84, 1) == "28.8"
     assert table.strip() in open(results_md).read() and open(results_md).read().endswith("text\n")
     assert os.path.exists(os.path.join(out_dir, "runs", "air_13_s0", "metrics.jsonl"))
@@ -207,3 +221,24 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     out = subprocess.run(tool + ["--variants", "bogus"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "variant 'bogus'" in out.stderr
+
+
+def test_figures_markdown_links_what_is_on_disk(tmp_path):
+    out_dir = tmp_path / "docs" / "results"
+    row = out_dir / "13"
+    row.mkdir(parents=True)
+    for name in ("13_curves.png", "air_asr_13_size_reconstruction.png", "air_13_reconstruction.png",
+                 "air_13_generation.png"):
+        (row / name).write_bytes(b"")
+    text = reproduce.figures_markdown(["13", "24"], str(out_dir), str(tmp_path / "docs"))
+    lines = text.splitlines()
+    assert lines[0] == "### Multi-MNIST, 1 or 3 digits"
+    assert "![13 curves](results/13/13_curves.png)" in lines
+    grid_rows = [l for l in lines if l.startswith("| AIR")]
+    # the row's order (AIR before the ASR variant); a missing generation grid is a dash
+    assert grid_rows == [
+        "| AIR (`air_13`) | ![](results/13/air_13_reconstruction.png) | "
+        "![](results/13/air_13_generation.png) |",
+        "| AIR-ASR (size) (`air_asr_13_size`) | "
+        "![](results/13/air_asr_13_size_reconstruction.png) | – |"]
+    assert "2 or 4" not in text  # no folder for row 24: no section

@@ -20,9 +20,9 @@ flags.DEFINE_list("rows", None, "Rows (Table 1: 13, 14, 24; Table 2: mnist_overl
 flags.DEFINE_integer("steps", 20000, "Training iterations of every run (the budget).")
 flags.DEFINE_integer("seeds", 3, "AIR-ASR seeds.")
 flags.DEFINE_integer("baseline_seeds", 1, "AIR and AIR-pPrior seeds.")
-flags.DEFINE_list("variants", [], "Named variants trained and reported beside a row's configs "
-                  "(configs/air_asr_<row>_<variant>.gin where it exists: size, faithful); "
-                  "'faithful:1' gives one its own number of seeds.")
+flags.DEFINE_list("variants", [], "Named variants trained and reported beside a row's configs, "
+                  "as [model/]name[:seeds]: configs/<model>_<row>_<name>.gin where it exists "
+                  "(size, floor20k, faithful); 'asr/faithful:1' only ASR's, one seed.")
 flags.DEFINE_integer("variant_seeds", None, "Seeds of the variants (default: --seeds).")
 flags.DEFINE_list("train_models", ["air", "pprior", "asr"], "Train only these models' runs "
                   "(air, pprior, asr: the ASR configs and their variants); report every run.")
@@ -64,7 +64,8 @@ def main(argv):
         if failed:
             print(f"runs that failed (see <workdir>.log): {failed}")
     by_table = {}
-    for row in rows:
+    for row in sorted(rows, key=lambda r: [r for t in sorted(reproduce.TABLES)
+                                           for r in reproduce.TABLES[t]].index(r)):
         table = reproduce.table_of(row)
         mine = [r for r in runs if reproduce.row_of(r.config) == row]
         by_table.setdefault(table, {})[row] = reproduce.summarize(
@@ -85,6 +86,9 @@ def main(argv):
                       indent=1)
         if FLAGS.results_md:
             reproduce.replace_section(FLAGS.results_md, f"table{table}", text)
+    if FLAGS.results_md and FLAGS.figures:
+        reproduce.replace_section(FLAGS.results_md, "figures", reproduce.figures_markdown(
+            rows, FLAGS.out_dir, os.path.dirname(os.path.abspath(FLAGS.results_md))))
     archived = reproduce.archive(runs, os.path.join(FLAGS.out_dir, "runs"))
     print(f"archived {len(archived)} runs' small results under {FLAGS.out_dir}/runs")
 

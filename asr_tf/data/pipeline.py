@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+import dataclasses
 import functools
 import threading
 
@@ -122,70 +123,74 @@ def _check_seed(seed) -> int:
     return int(seed)
 
 
-def _resolve(split, fresh_scenes, shuffle, repeat, drop_remainder, batch_size, start_step,
-             num_shards=1, shard_index=0):
-    """Validate the stream options; returns (scene_split, repeat, drop_remainder)."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if shuffle not in ("permutation", "buffer", None):
-        raise ValueError(f"shuffle must be 'permutation', 'buffer' or None, got {shuffle!r}")
-    for name, value, minimum in (("batch_size", batch_size, 1), ("start_step", start_step, 0),
-                                 ("num_shards", num_shards, 1), ("shard_index", shard_index, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if shard_index >= num_shards:
-        raise ValueError(f"shard_index must be < num_shards={num_shards}, got {shard_index}")
-    if fresh_scenes and split != "train":
-        raise ValueError("fresh_scenes=True is only for the train split")
-    is_train = split == "train"
-    repeat = is_train if repeat is None else bool(repeat)
-    drop_remainder = is_train if drop_remainder is None else bool(drop_remainder)
-    return ("fresh" if fresh_scenes else split), repeat, drop_remainder
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """How a data set is read: the arguments of :func:`make_dataset` after the data set
+    (documented there), validated; ``repeat`` and ``drop_remainder`` resolved from the split."""
+
+    split: str = "train"
+    batch_size: int = 64
+    seed: int = 0
+    fresh_scenes: bool = False
+    start_step: int = 0
+    shuffle: str | None = "permutation"
+    repeat: bool | None = None
+    drop_remainder: bool | None = None
+    num_shards: int = 1
+    shard_index: int = 0
+
+    def __post_init__(self):
+        if self.split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
+        if self.shuffle not in ("permutation", "buffer", None):
+            raise ValueError(f"shuffle must be 'permutation', 'buffer' or None, got {self.shuffle!r}")
+        for name, minimum in (("batch_size", 1), ("start_step", 0), ("num_shards", 1),
+                              ("shard_index", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        if self.shard_index >= self.num_shards:
+            raise ValueError(f"shard_index must be < num_shards={self.num_shards}, got {self.shard_index}")
+        if self.fresh_scenes and self.split != "train":
+            raise ValueError("fresh_scenes=True is only for the train split")
+        is_train = self.split == "train"
+        object.__setattr__(self, "seed", _check_seed(self.seed))
+        object.__setattr__(self, "repeat", is_train if self.repeat is None else bool(self.repeat))
+        object.__setattr__(self, "drop_remainder",
+                           is_train if self.drop_remainder is None else bool(self.drop_remainder))
+
+    @property
+    def scene_split(self):
+        """The split of `scenes.synthesize_batch` the indices refer to ('fresh' or the split)."""
+        return "fresh" if self.fresh_scenes else self.split
 
 
-def scene_index_dataset(
-    spec,
-    split: str = "train",
-    batch_size: int = 64,
-    seed: int = 0,
-    fresh_scenes: bool = False,
-    start_step: int = 0,
-    shuffle: str | None = "permutation",
-    repeat: bool | None = None,
-    drop_remainder: bool | None = None,
-    num_shards: int = 1,
-    shard_index: int = 0,
-) -> tf.data.Dataset:
-    """The batched scene-index stream of `make_dataset` (same arguments): [B] int64 per step.
-
-    Indices are split indices of `scenes.synthesize_batch` ('fresh' ones if fresh_scenes).
-    """
+def scene_index_dataset(spec, **stream) -> tf.data.Dataset:
+    """The batched scene-index stream of `make_dataset` (``stream``: its `Stream` arguments):
+    [B] int64 per step, split indices of `scenes.synthesize_batch` ('fresh' ones if
+    fresh_scenes)."""
     spec = scenes.get_spec(spec)
-    seed = _check_seed(seed)
-    scene_split, repeat, drop_remainder = _resolve(
-        split, fresh_scenes, shuffle, repeat, drop_remainder, batch_size, start_step,
-        num_shards, shard_index
-    )
-    num_scenes = spec.num_train if split == "train" else spec.num_test
-    full_batch = batch_size * num_shards  # the batch of one unsharded process
-    if scene_split == "train" and shuffle == "buffer":
+    st = Stream(**stream)
+    num_scenes = spec.num_train if st.split == "train" else spec.num_test
+    full_batch = st.batch_size * st.num_shards  # the batch of one unsharded process
+    if st.scene_split == "train" and st.shuffle == "buffer":
         indices = tf.data.Dataset.range(num_scenes).shuffle(
-            SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True
+            SHUFFLE_BUFFER, seed=st.seed, reshuffle_each_iteration=True
         )
-        if repeat:
+        if st.repeat:
             indices = indices.repeat()
-        indices = indices.batch(full_batch, drop_remainder=drop_remainder).skip(start_step)
+        indices = indices.batch(full_batch, drop_remainder=st.drop_remainder).skip(st.start_step)
     else:
-        first = start_step * full_batch
-        last = _UNBOUNDED if repeat else num_scenes
+        first = st.start_step * full_batch
+        last = _UNBOUNDED if st.repeat else num_scenes
         indices = (
             tf.data.Dataset.range(first, max(first, last))
-            .map(_scene_index_fn(scene_split, shuffle, num_scenes, seed))
-            .batch(full_batch, drop_remainder=drop_remainder)
+            .map(_scene_index_fn(st.scene_split, st.shuffle, num_scenes, st.seed))
+            .batch(full_batch, drop_remainder=st.drop_remainder)
         )
-    if num_shards > 1:  # this shard's rows of each full batch
-        lo = shard_index * batch_size
-        indices = indices.map(lambda batch: batch[lo:lo + batch_size])
+    if st.num_shards > 1:  # this shard's rows of each full batch
+        lo = st.shard_index * st.batch_size
+        indices = indices.map(lambda batch: batch[lo:lo + st.batch_size])
     return indices
 
 
@@ -239,14 +244,12 @@ def make_dataset(
       box_mask [B, 4] bool.
     """
     spec = scenes.get_spec(name_or_spec, **spec_overrides)
-    scene_split, _, drop_remainder = _resolve(
-        split, fresh_scenes, shuffle, repeat, drop_remainder, batch_size, start_step,
-        num_shards, shard_index
-    )
-    indices = scene_index_dataset(
-        spec, split, batch_size, seed, fresh_scenes, start_step, shuffle, repeat, drop_remainder,
-        num_shards, shard_index
-    )
+    stream = dict(split=split, batch_size=batch_size, seed=seed, fresh_scenes=fresh_scenes,
+                  start_step=start_step, shuffle=shuffle, repeat=repeat,
+                  drop_remainder=drop_remainder, num_shards=num_shards, shard_index=shard_index)
+    st = Stream(**stream)
+    scene_split, drop_remainder = st.scene_split, st.drop_remainder
+    indices = scene_index_dataset(spec, **stream)
     size = spec.canvas_px
     batch_dim = batch_size if drop_remainder else None
 
