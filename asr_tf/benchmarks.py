@@ -464,7 +464,8 @@ def step_worker(tree, config, kind, jit, batch_size, seed, bindings=()):
         return float(logs["steps_executed"])
 
     step()  # traces and compiles
-    print(json.dumps({"ready": tree, "asr_tf": importlib.import_module("asr_tf").__file__}),
+    print(json.dumps({"ready": tree, "asr_tf": importlib.import_module("asr_tf").__file__,
+                      "threads": tf.config.threading.get_intra_op_parallelism_threads()}),
           flush=True)
     for line in sys.stdin:
         seconds, executed = [], []
@@ -480,7 +481,7 @@ def step_worker(tree, config, kind, jit, batch_size, seed, bindings=()):
 def compare_steps(baseline_dir: str = None, config: str = "air_asr_14", kinds: str = "asr",
                   jit_modes: str = "1", batch_size: int = 64, batches: int = 100,
                   warmup_batches: int = 10, seed: int = 0, block: int = 10, with_bindings=(),
-                  **unused) -> dict:
+                  threads: int = None, **unused) -> dict:
     """The training step of a baseline and of this tree, side by side.
 
     Two worker processes (:func:`step_worker`) hold their step ready: the baseline (the
@@ -488,7 +489,9 @@ def compare_steps(baseline_dir: str = None, config: str = "air_asr_14", kinds: s
     bindings ``with_bindings`` (e.g. ``build_model.matmul_dtype = 'bfloat16'``). They run
     blocks of ``block`` steps in turn (baseline, this, this, baseline, ...), on the same 16
     batches held in memory, so that drifts in the machine's speed hit both alike, and a
-    float32 2048^2 matmul (the machine's rate) is timed between the blocks.
+    float32 2048^2 matmul (the machine's rate) is timed between the blocks. ``threads``: the
+    TensorFlow intra- and inter-op threads of the two steps and of the matmul (default: all
+    cores; 1 is how the project trains two runs side by side, ``tools/train.py --threads 1``).
 
     Returns:
       dict: ``baseline`` / ``this`` (path, commit) and per kind and jit mode: ms per step of
@@ -512,9 +515,18 @@ def compare_steps(baseline_dir: str = None, config: str = "air_asr_14", kinds: s
     if trees["baseline"] == this_dir and not with_bindings:
         raise ValueError("nothing to compare: give --compare_with DIR and/or --with_binding")
     bindings = {"baseline": [], "this": list(with_bindings)}
+    set_threads = ""
+    if threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        set_threads = (f"import tensorflow as tf; "
+                       f"tf.config.threading.set_intra_op_parallelism_threads({threads}); "
+                       f"tf.config.threading.set_inter_op_parallelism_threads({threads}); ")
     yardstick, yardstick_flops = yardstick_matmul()
     result = {"what": "train_compare", "config": config, "batch_size": batch_size,
-              "block": block, "baseline": {"path": trees["baseline"],
+              "block": block, "threads": threads or "all", "baseline": {"path": trees["baseline"],
                                            "commit": _git_commit(trees["baseline"])},
               "this": {"path": trees["this"], "commit": _git_commit(trees["this"]),
                        "bindings": bindings["this"]}}
@@ -523,7 +535,7 @@ def compare_steps(baseline_dir: str = None, config: str = "air_asr_14", kinds: s
             workers = {}
             try:
                 for name, tree in trees.items():  # one at a time: compiling is heavy
-                    code = (f"import sys; sys.path.insert(0, {this_dir!r}); "
+                    code = (f"import sys; sys.path.insert(0, {this_dir!r}); {set_threads}"
                             f"from asr_tf.benchmarks import step_worker; step_worker({tree!r}, "
                             f"{config!r}, {kind!r}, {jit}, {batch_size}, {seed}, "
                             f"{bindings[name]!r})")
@@ -533,6 +545,7 @@ def compare_steps(baseline_dir: str = None, config: str = "air_asr_14", kinds: s
                     ready = workers[name].stdout.readline()
                     if not ready.startswith("{"):
                         raise RuntimeError(f"step worker for {tree} failed to start")
+                    result[name]["worker_threads"] = json.loads(ready)["threads"] or "all"
 
                 def run_block(name, n):
                     workers[name].stdin.write(f"{n}\n")

@@ -107,3 +107,24 @@ def test_model_kind_bindings_give_a_config_the_kinds_own_values():
     want = MODEL_VALUES["air"]
     assert {k: getattr(model, k) for k in want} == want
     assert model.zpres_prior == PresencePriorSchedule()  # air.gin's schedule is the original's
+
+
+@pytest.mark.slow
+def test_side_by_side_steps_with_one_thread_through_the_tool(repo_root):
+    """`--threads 1`: both step processes (and the yardstick) run with one TensorFlow thread,
+    as the Tables runs train; the result says so."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(repo_root / "tools" / "benchmark.py"), "--what", "train",
+         "--config", "air_asr_14", "--kinds", "asr", "--jit_modes", "0", "--batch_size", "4",
+         "--batches", "2", "--warmup_batches", "1", "--threads", "1",
+         "--with_binding", "build_model.matmul_dtype = 'float32'"],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["threads"] == 1
+    assert result["baseline"]["worker_threads"] == 1 and result["this"]["worker_threads"] == 1
+    assert result["asr"]["this"]["ms_per_step"] > 0

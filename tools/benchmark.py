@@ -42,6 +42,8 @@ flags.DEFINE_string("compare_with", None, "train mode: another checkout (e.g. a 
 flags.DEFINE_multi_string("with_binding", [], "train mode, side by side: a gin binding for "
                           "this tree's step only (e.g. \"build_model.matmul_dtype = "
                           "'bfloat16'\"); the baseline is --compare_with or this tree without it")
+flags.DEFINE_integer("threads", None, "train mode, side by side: TensorFlow threads of the steps "
+                     "and of the matmul yardstick (default: all cores; 1 as the Tables runs train)")
 FLAGS = flags.FLAGS
 
 
@@ -58,7 +60,8 @@ def main(argv):
                 raise ValueError("--compare_with / --with_binding compare training steps: use "
                                  "them with --what train")
             result = benchmarks.compare_steps(FLAGS.compare_with,
-                                              with_bindings=FLAGS.with_binding, **options)
+                                              with_bindings=FLAGS.with_binding,
+                                              threads=FLAGS.threads, **options)
         else:
             result = benchmarks.run(FLAGS.what, **options)
     except ValueError as err:
