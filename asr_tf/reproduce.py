@@ -254,20 +254,26 @@ def run_result(workdir, steps, last=5, metrics=("nelbo", "acc", "se", "miou")):
     result = {m: float(np.mean([r[m] for r in tail])) for m in metrics if m in tail[-1]}
     result.update(step=records[-1]["step"], complete=records[-1]["step"] >= steps,
                   evaluations=len(tail), minutes=training_minutes(workdir, records, steps),
-                  machine=_machines(workdir))
+                  machine=_machines(workdir), commits=_recorded(workdir, "commit"))
     return result
 
 
-def _machines(workdir):
+def _recorded(workdir, key):
+    """The distinct values of ``key`` over a run's invocations (invocations.jsonl), in order,
+    joined by '; ' ('' without a record)."""
     path = os.path.join(workdir, "invocations.jsonl")
     if not os.path.exists(path):
         return ""
     seen = []
     for line in open(path):
-        machine = json.loads(line).get("machine", "")
-        if machine and machine not in seen:
-            seen.append(machine)
+        value = json.loads(line).get(key, "")
+        if value and value not in seen:
+            seen.append(value)
     return "; ".join(seen)
+
+
+def _machines(workdir):
+    return _recorded(workdir, "machine")
 
 
 def _invocation_starts(workdir):
@@ -362,19 +368,20 @@ def markdown_table(table_number, rows_tables, steps, last=5):
 
 def per_run_table(rows_tables, steps):
     """Markdown: one line per run with its step, evaluations averaged, minutes and metrics."""
-    lines = ["| run | step | evaluations | minutes | nELBO | ACC | SE | mIoU | machine |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | step | evaluations | minutes | nELBO | ACC | SE | mIoU | machine | code |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for table in rows_tables.values():
         for config, entry in table.items():
             for seed, r in sorted(entry["runs"].items()):
                 if r is None:
-                    lines.append(f"| `{config}` seed {seed} | – | | | | | | | |")
+                    lines.append(f"| `{config}` seed {seed} | – | | | | | | | | |")
                     continue
                 acc = f"{r['acc']:.3f}" if "acc" in r else "–"
                 flag = "" if r["complete"] else f" (of {steps:,})"
                 lines.append(f"| `{config}` seed {seed} | {r['step']:,}{flag} | {r['evaluations']} | "
                              f"{r['minutes']:.0f} | {r['nelbo']:.1f} | {acc} | {r['se']:.1f} | "
-                             f"{r['miou']:.3f} | {r['machine'] or '–'} |")
+                             f"{r['miou']:.3f} | {r['machine'] or '–'} | "
+                             f"{r.get('commits') or '–'} |")
     return "\n".join(lines)
 
 

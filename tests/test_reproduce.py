@@ -202,7 +202,10 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     results_md = str(tmp_path / "RESULTS.md")
     open(results_md, "w").write("# R\n<!-- begin table1 -->\n<!-- end table1 -->\ntext\n")
     _write_run(runs, "air_asr_13_size", 0, [(200, 0.5), (400, 0.9)])
-    _write_run(runs, "air_13", 0, [(200, 0.1), (400, 0.2)])
+    air = _write_run(runs, "air_13", 0, [(200, 0.1), (400, 0.2)])
+    with open(os.path.join(air, "invocations.jsonl"), "w") as f:  # resumed with newer code
+        for commit in ("abc1234", "abc1234", "def5678"):
+            f.write(json.dumps(dict(commit=commit, machine="EPYC")) + "\n")
     tool = [sys.executable, str(repo_root / "tools" / "reproduce.py"), "--report_only",
             "--runs_dir", runs, "--out_dir", out_dir, "--nofigures", "--seeds", "1",
             "--table", "1", "--rows", "13", "14", "--steps", "400", "--last", "1",
@@ -218,6 +221,7 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     assert table.strip() in open(results_md).read() and open(results_md).read().endswith("text\n")
     assert os.path.exists(os.path.join(out_dir, "runs", "air_13_s0", "metrics.jsonl"))
     assert "Multi-MNIST, 1 or 4 digits" in table  # both rows of `--rows 13 14`
+    assert "| EPYC | abc1234; def5678 |" in table  # each run's machines and code, once each
     out = subprocess.run(tool + ["--variants", "bogus"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "variant 'bogus'" in out.stderr
