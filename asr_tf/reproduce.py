@@ -9,7 +9,6 @@ the mean ± std of that over the seeds that reached the budget.
 """
 import dataclasses
 import decimal
-import glob
 import json
 import os
 import re
@@ -387,7 +386,8 @@ def per_run_table(rows_tables, steps):
 
 def write_figures(runs, row, out_dir, steps):
     """Learning curves of every run of a row, and reconstruction and generation grids of each
-    config's first seed at the checkpoint of step ``steps`` (else its latest)."""
+    config's first seed that has the checkpoint of step ``steps`` (a run still training gets
+    none: its grids would not be the budget's)."""
     from asr_tf import evaluation, viz
 
     os.makedirs(out_dir, exist_ok=True)
@@ -399,12 +399,10 @@ def write_figures(runs, row, out_dir, steps):
                                                os.path.join(out_dir, f"{row}_curves.png"))}
     firsts = {}
     for r in mine:
-        firsts.setdefault(r.config, r)
+        if os.path.exists(os.path.join(r.workdir, "ckpt", f"ckpt-{steps}.index")):
+            firsts.setdefault(r.config, r)
     for config, r in firsts.items():
-        at_budget = os.path.join(r.workdir, "ckpt", f"ckpt-{steps}")
-        checkpoint = at_budget if os.path.exists(at_budget + ".index") else None
-        if checkpoint is None and not glob.glob(os.path.join(r.workdir, "ckpt", "ckpt-*.index")):
-            continue
+        checkpoint = os.path.join(r.workdir, "ckpt", f"ckpt-{steps}")
         for kind, recon in (("reconstruction", True), ("generation", False)):
             path = os.path.join(out_dir, f"{config}_{kind}.png")
             evaluation.write_figure(r.workdir, path, reconstruct=recon, num=16 if recon else 36,

@@ -246,3 +246,22 @@ def test_figures_markdown_links_what_is_on_disk(tmp_path):
         "| AIR-ASR (size) (`air_asr_13_size`) | "
         "![](results/13/air_asr_13_size_reconstruction.png) | – |"]
     assert "2 or 4" not in text  # no folder for row 24: no section
+
+
+def test_write_figures_grids_only_for_runs_at_the_budget(tmp_path):
+    """A run with the budget's checkpoint gets its grids; one still short of it gets only its
+    curve (its grids would not be the budget's)."""
+    from asr_tf import config, train_lib
+    from conftest import SMALL_RUN
+
+    runs_dir = str(tmp_path / "runs")
+    done = reproduce.Run("air_asr_13", 0, reproduce.workdir_for(runs_dir, "air_asr_13", 0))
+    short = reproduce.Run("air_13", 0, reproduce.workdir_for(runs_dir, "air_13", 0))
+    for run, steps in ((done, 3), (short, 3)):
+        config.parse([run.config], SMALL_RUN + [f"train_eval.seed = {run.seed}"])
+        train_lib.train_eval(run.workdir, max_steps=steps)
+    os.remove(os.path.join(short.workdir, "ckpt", "ckpt-3.index"))  # as if cut before step 3
+    paths = reproduce.write_figures([done, short], "13", str(tmp_path / "out"), 3)
+    assert sorted(paths) == ["air_asr_13_generation", "air_asr_13_reconstruction", "curves"]
+    for path in paths.values():
+        assert os.path.getsize(path) > 1000  # a PNG with content
