@@ -169,8 +169,11 @@ def scene_index_dataset(spec, **stream) -> tf.data.Dataset:
     """The batched scene-index stream of `make_dataset` (``stream``: its `Stream` arguments):
     [B] int64 per step, split indices of `scenes.synthesize_batch` ('fresh' ones if
     fresh_scenes)."""
-    spec = scenes.get_spec(spec)
-    st = Stream(**stream)
+    return _index_dataset(scenes.get_spec(spec), Stream(**stream))
+
+
+def _index_dataset(spec, st):
+    """`scene_index_dataset` of a resolved spec and a validated `Stream`."""
     num_scenes = spec.num_train if st.split == "train" else spec.num_test
     full_batch = st.batch_size * st.num_shards  # the batch of one unsharded process
     if st.scene_split == "train" and st.shuffle == "buffer":
@@ -244,12 +247,11 @@ def make_dataset(
       box_mask [B, 4] bool.
     """
     spec = scenes.get_spec(name_or_spec, **spec_overrides)
-    stream = dict(split=split, batch_size=batch_size, seed=seed, fresh_scenes=fresh_scenes,
-                  start_step=start_step, shuffle=shuffle, repeat=repeat,
-                  drop_remainder=drop_remainder, num_shards=num_shards, shard_index=shard_index)
-    st = Stream(**stream)
+    st = Stream(split=split, batch_size=batch_size, seed=seed, fresh_scenes=fresh_scenes,
+                start_step=start_step, shuffle=shuffle, repeat=repeat,
+                drop_remainder=drop_remainder, num_shards=num_shards, shard_index=shard_index)
     scene_split, drop_remainder = st.scene_split, st.drop_remainder
-    indices = scene_index_dataset(spec, **stream)
+    indices = _index_dataset(spec, st)
     size = spec.canvas_px
     batch_dim = batch_size if drop_remainder else None
 
