@@ -16,7 +16,10 @@ the true ``true_count`` [N].
 """
 import numpy as np
 
-BCE_EPS = 1e-10  # as objectives.BCE_EPS (the original's epsilon in the reconstruction BCE)
+from asr_tf.objectives import BCE_EPS  # the loss's epsilon: the ledger prices what it trains
+
+# Prefixes of the scalars :func:`count_report` adds to every evaluation (TensorBoard only).
+COUNT_SCALAR_PREFIXES = ("count_frac_", "pres_")
 
 
 def _as_counts(name, values):

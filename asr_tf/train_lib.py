@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from asr_tf import diagnostics
 from asr_tf import distribute
 from asr_tf import evaluation
 from asr_tf import metrics as metrics_lib
@@ -151,7 +152,8 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
                                                            step, seed).items():
                         run_log.image("eval", tag, img, step)
                 log.info("step %d: %s", step, " ".join(  # the count histogram: TensorBoard only
-                    f"{k}={v:.4g}" for k, v in result.items() if not k.startswith(("count_frac_", "pres_"))))
+                    f"{k}={v:.4g}" for k, v in result.items()
+                    if not k.startswith(diagnostics.COUNT_SCALAR_PREFIXES)))
             run_log.flush()  # live in TensorBoard; before the checkpoint of this step
             if step % checkpoint_every == 0 or step == stop_at:
                 best_var.assign(json.dumps(best.state()))
