@@ -43,6 +43,8 @@ ROW_NAMES = {"13": "Multi-MNIST, 1 or 3 digits", "14": "Multi-MNIST, 1 or 4 digi
              "24": "Multi-MNIST, 2 or 4 digits", "mnist_overlap": "Multi-MNIST overlap",
              "dsprites_overlap": "Multi-dSprites overlap"}
 MODEL_NAMES = {"air": "AIR", "air_pprior": "AIR-pPrior", "air_asr": "AIR-ASR"}
+MODEL_PREFIXES = {"air": "air", "pprior": "air_pprior", "asr": "air_asr"}  # short name -> prefix
+ROW_ORDER = [row for table in sorted(TABLES) for row in TABLES[table]]  # the paper's order
 METRIC_NAMES = {"nelbo": "nELBO", "acc": "ACC", "se": "SE", "miou": "mIoU"}
 DIGITS = {"nelbo": 1, "acc": 2, "se": 1, "miou": 2}
 RECORD_FILES = ("metrics.jsonl", "summary.json", "config.gin", "operative_config.gin",
@@ -74,28 +76,33 @@ def parse_variant(item):
     ``air/floor20k`` only ``air_<row>_floor20k``."""
     spec, _, n = item.partition(":")
     model, _, variant = spec.rpartition("/")
-    prefixes = {"air": "air", "pprior": "air_pprior", "asr": "air_asr"}
-    if model and model not in prefixes:
-        raise ValueError(f"variant {item!r}: model {model!r} is not one of {sorted(prefixes)}")
+    if model and model not in MODEL_PREFIXES:
+        raise ValueError(f"variant {item!r}: model {model!r} is not one of {sorted(MODEL_PREFIXES)}")
     if not variant:
         raise ValueError(f"variant {item!r}: no variant name")
     try:
         seeds = int(n) if n else None
     except ValueError:
         raise ValueError(f"variant {item!r}: seeds {n!r} is not a number") from None
-    return ((prefixes[model],) if model else tuple(MODEL_NAMES)), variant, seeds
+    return ((MODEL_PREFIXES[model],) if model else tuple(MODEL_NAMES)), variant, seeds
 
 
-def variant_configs(row, variant):
-    """The configs ``<model>_<row>_<variant>`` that exist for one variant (``[model/]name``:
-    see :func:`parse_variant`); a variant no model of the row has is an error."""
+def _existing_variant_configs(row, variant):
+    """The configs ``<model>_<row>_<name>`` of a variant that exist (maybe none)."""
     table_of(row)
     from asr_tf import config
 
     models, name, _ = parse_variant(variant)
     available = config.available_configs()
-    names = [f"{m}_{row}_{name}" for m in models if f"{m}_{row}_{name}" in available]
+    return [f"{m}_{row}_{name}" for m in models if f"{m}_{row}_{name}" in available]
+
+
+def variant_configs(row, variant):
+    """The configs ``<model>_<row>_<variant>`` that exist for one variant (``[model/]name``:
+    see :func:`parse_variant`); a variant no model of the row has is an error."""
+    names = _existing_variant_configs(row, variant)
     if not names:
+        models, name, _ = parse_variant(variant)
         raise ValueError(f"no config {' or '.join(f'{m}_{row}_{name}' for m in models)} for "
                          f"variant {variant!r} of row {row}")
     return names
@@ -125,7 +132,7 @@ def row_of(config):
 def model_of(config):
     """'air', 'pprior' or 'asr' (variants included) for a row's config."""
     match = _CONFIG_NAME.fullmatch(config)
-    return {"air": "air", "air_pprior": "pprior", "air_asr": "asr"}[match.group(1)] if match else None
+    return {p: m for m, p in MODEL_PREFIXES.items()}[match.group(1)] if match else None
 
 
 def workdir_for(runs_dir, config, seed):
@@ -147,26 +154,20 @@ def plan(runs_dir, rows, asr_seeds=3, baseline_seeds=1, variants=(), variant_see
     to ``variant_seeds``, else ``asr_seeds``."""
     seeds_of = {}
     for item in variants:
-        models, name, n = parse_variant(item)
-        key = item.partition(":")[0]
-        seeds_of[key] = n if n is not None else (asr_seeds if variant_seeds is None else variant_seeds)
-
-    def configs_of(row, variant):
-        try:
-            return variant_configs(row, variant)
-        except ValueError:
-            return []
-
+        n = parse_variant(item)[2]
+        seeds_of[item.partition(":")[0]] = n if n is not None else (
+            asr_seeds if variant_seeds is None else variant_seeds)
+    for row in rows:
+        table_of(row)
     for variant in seeds_of:
-        if not any(configs_of(row, variant) for row in rows):
+        if not any(_existing_variant_configs(row, variant) for row in rows):
             raise ValueError(f"variant {variant!r}: no config for it in the rows {list(rows)}")
     by_row = {}
     for row in rows:
-        table_of(row)
         seeds = {f"air_{row}": baseline_seeds, f"air_pprior_{row}": baseline_seeds,
                  f"air_asr_{row}": asr_seeds}
         for variant, n in seeds_of.items():
-            for c in configs_of(row, variant):
+            for c in _existing_variant_configs(row, variant):
                 seeds[c] = n
         by_row[row] = seeds
     runs = []
@@ -253,7 +254,7 @@ def run_result(workdir, steps, last=5, metrics=("nelbo", "acc", "se", "miou")):
     result = {m: float(np.mean([r[m] for r in tail])) for m in metrics if m in tail[-1]}
     result.update(step=records[-1]["step"], complete=records[-1]["step"] >= steps,
                   evaluations=len(tail), minutes=training_minutes(workdir, records, steps),
-                  machine=_machines(workdir), commits=_recorded(workdir, "commit"))
+                  machine=_recorded(workdir, "machine"), commits=_recorded(workdir, "commit"))
     return result
 
 
@@ -269,10 +270,6 @@ def _recorded(workdir, key):
         if value and value not in seen:
             seen.append(value)
     return "; ".join(seen)
-
-
-def _machines(workdir):
-    return _recorded(workdir, "machine")
 
 
 def _invocation_starts(workdir):
@@ -424,10 +421,10 @@ def figures_markdown(rows, out_dir, relative_to):
         lines += [f"### {ROW_NAMES[row]}", ""]
         if os.path.exists(os.path.join(folder, f"{row}_curves.png")):
             lines += [f"![{row} curves]({rel}/{row}_curves.png)", ""]
-        grids = sorted(f[:-len("_reconstruction.png")] for f in os.listdir(folder)
-                       if f.endswith("_reconstruction.png"))
         order = {c: i for i, c in enumerate(row_configs(row))}
-        grids.sort(key=lambda c: (order.get(c, len(order)), c))
+        grids = sorted((f[:-len("_reconstruction.png")] for f in os.listdir(folder)
+                        if f.endswith("_reconstruction.png")),
+                       key=lambda c: (order.get(c, len(order)), c))
         if grids:
             lines += ["| config | reconstruction (input with boxes \\| reconstruction) | "
                       "generation |", "|---|---|---|"]

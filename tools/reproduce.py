@@ -64,8 +64,7 @@ def main(argv):
         if failed:
             print(f"runs that failed (see <workdir>.log): {failed}")
     by_table = {}
-    for row in sorted(rows, key=lambda r: [r for t in sorted(reproduce.TABLES)
-                                           for r in reproduce.TABLES[t]].index(r)):
+    for row in sorted(rows, key=reproduce.ROW_ORDER.index):
         table = reproduce.table_of(row)
         mine = [r for r in runs if reproduce.row_of(r.config) == row]
         by_table.setdefault(table, {})[row] = reproduce.summarize(
