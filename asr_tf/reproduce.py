@@ -1,9 +1,12 @@
 """Reproducing the paper's Tables 1 and 2: the runs of a row, trained at a step budget, and the
 report (tables beside the paper's, learning curves, image grids, the small results archived).
 
-Every run lives in ``<runs_dir>/<config>_s<seed>``; ``train_runs`` skips the ones that reached
-the budget and resumes the others (tools/train.py resumes a workdir). ``report`` reads only what
-is on disk. A run's number for a metric is the mean of its last ``last`` evaluations up to the
+Every run lives in ``<runs_dir>/<config>_s<seed>``; its small results are archived in
+``<archive_dir>/<config>_s<seed>`` (committed: a new machine has no ``runs/``). A run is read from
+its workdir, or from its archive where the workdir has no evaluations (``Run.results``);
+``train_runs`` skips the runs that reached the budget in either and resumes the others
+(tools/train.py resumes a workdir; an archived run cut short has no checkpoint to resume and
+trains again from step 0). The report reads only what is on disk. A run's number for a metric is the mean of its last ``last`` evaluations up to the
 budget (one evaluation of 1,000 scenes with one stochastic pass is noisy); a row's number is
 the mean ± std of that over the seeds that reached the budget.
 """
@@ -48,7 +51,7 @@ ROW_ORDER = [row for table in sorted(TABLES) for row in TABLES[table]]  # the pa
 METRIC_NAMES = {"nelbo": "nELBO", "acc": "ACC", "se": "SE", "miou": "mIoU"}
 DIGITS = {"nelbo": 1, "acc": 2, "se": 1, "miou": 2}
 RECORD_FILES = ("metrics.jsonl", "summary.json", "config.gin", "operative_config.gin",
-                "invocations.jsonl")
+                "invocations.jsonl", "log.txt")
 _CONFIG_NAME = re.compile(r"(air(?:_pprior|_asr)?)_(13|14|24|mnist_overlap|dsprites_overlap)"
                           r"(?:_(\w+))?")
 
@@ -145,11 +148,21 @@ class Run:
     config: str
     seed: int
     workdir: str
+    archived: str = None  # its archive folder (small results only), if any
+
+    @property
+    def results(self):
+        """The folder its results are read from: the workdir once it has evaluations, else the
+        archive if that has them, else the workdir."""
+        if self.archived and not read_metrics(self.workdir) and read_metrics(self.archived):
+            return self.archived
+        return self.workdir
 
 
-def plan(runs_dir, rows, asr_seeds=3, baseline_seeds=1, variants=(), variant_seeds=None):
+def plan(runs_dir, rows, asr_seeds=3, baseline_seeds=1, variants=(), variant_seeds=None,
+         archive_dir=None):
     """The runs of some rows, by seed (every config's seed 0 first, so that a partial pass
-    gives every row a seed 0). ``variants`` (``[model/]name[:seeds]``, e.g. 'size',
+    gives every row a seed 0), each with its folder in ``archive_dir`` if given. ``variants`` (``[model/]name[:seeds]``, e.g. 'size',
     'air/floor20k:1', 'asr/faithful:1') apply to every row that has them; their seeds default
     to ``variant_seeds``, else ``asr_seeds``."""
     seeds_of = {}
@@ -176,7 +189,8 @@ def plan(runs_dir, rows, asr_seeds=3, baseline_seeds=1, variants=(), variant_see
         for row, seeds in by_row.items():
             for c, n in seeds.items():
                 if seed < n:
-                    runs.append(Run(c, seed, workdir_for(runs_dir, c, seed)))
+                    runs.append(Run(c, seed, workdir_for(runs_dir, c, seed),
+                                    archive_dir and workdir_for(archive_dir, c, seed)))
     return runs
 
 
@@ -207,13 +221,16 @@ def train_runs(runs, steps, parallel=2, threads=1, max_minutes=None, extra=(), l
     ``threads`` threads; its console log beside its workdir). Returns {workdir: exit code}."""
     from asr_tf import runs as runs_lib
 
-    todo = [r for r in runs if reached(r.workdir) < steps]
+    todo = [r for r in runs if reached(r.results) < steps]
     for r in runs:
         if r not in todo:
-            log(f"done already: {r.workdir} ({reached(r.workdir)} steps)")
+            log(f"done already: {r.results} ({reached(r.results)} steps)")
         elif runs_lib.workdir_busy(r.workdir):
             log(f"skipped: {r.workdir} is being trained by another process")
             todo.remove(r)
+        elif r.results != r.workdir:
+            log(f"{r.archived} stopped at step {reached(r.archived)} and keeps no checkpoint: "
+                f"{r.workdir} trains from step 0")
     running, codes = {}, {}
     while todo or running:
         while todo and len(running) < parallel:
@@ -274,7 +291,8 @@ def _recorded(workdir, key):
 
 def _invocation_starts(workdir):
     """Start times (epoch seconds) of every invocation of tools/train.py on a workdir: the
-    "run ..." lines of its log.txt."""
+    "run ..." lines of its log.txt, else the times of its invocations.jsonl (an archive
+    written before log.txt was archived)."""
     starts = []
     try:
         with open(os.path.join(workdir, "log.txt")) as log:
@@ -283,6 +301,16 @@ def _invocation_starts(workdir):
                     starts.append(time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")))
     except (OSError, ValueError):
         pass
+    if starts:
+        return starts
+    try:
+        with open(os.path.join(workdir, "invocations.jsonl")) as record:
+            for line in record:
+                stamp = json.loads(line).get("time") if line.strip() else None
+                if stamp:
+                    starts.append(time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")))
+    except (OSError, ValueError):
+        return []
     return starts
 
 
@@ -310,12 +338,13 @@ def summarize(runs, steps, metrics, last=5):
     table = {}
     for run in runs:
         entry = table.setdefault(run.config, {"runs": {}})
-        entry["runs"][run.seed] = run_result(run.workdir, steps, last, metrics)
+        entry["runs"][run.seed] = run_result(run.results, steps, last, metrics)
     for entry in table.values():
         done = {s: r for s, r in entry["runs"].items() if r and r["complete"]}
         entry["seeds"] = sorted(done)
         if done:
-            entry["minutes"] = float(np.mean([r["minutes"] for r in done.values()]))
+            minutes = [r["minutes"] for r in done.values() if not np.isnan(r["minutes"])]
+            entry["minutes"] = float(np.mean(minutes)) if minutes else float("nan")
             for m in metrics:
                 values = [r[m] for r in done.values() if m in r]
                 if values:
@@ -374,8 +403,9 @@ def per_run_table(rows_tables, steps):
                     continue
                 acc = f"{r['acc']:.3f}" if "acc" in r else "–"
                 flag = "" if r["complete"] else f" (of {steps:,})"
+                minutes = "–" if np.isnan(r["minutes"]) else f"{r['minutes']:.0f}"
                 lines.append(f"| `{config}` seed {seed} | {r['step']:,}{flag} | {r['evaluations']} | "
-                             f"{r['minutes']:.0f} | {r['nelbo']:.1f} | {acc} | {r['se']:.1f} | "
+                             f"{minutes} | {r['nelbo']:.1f} | {acc} | {r['se']:.1f} | "
                              f"{r['miou']:.3f} | {r['machine'] or '–'} | "
                              f"{r.get('commits') or '–'} |")
     return "\n".join(lines)
@@ -389,7 +419,7 @@ def write_figures(runs, row, out_dir, steps):
 
     os.makedirs(out_dir, exist_ok=True)
     mine = [r for r in runs if row_of(r.config) == row]
-    series = {f"{r.config} s{r.seed}": [x for x in read_metrics(r.workdir) if x["step"] <= steps]
+    series = {f"{r.config} s{r.seed}": [x for x in read_metrics(r.results) if x["step"] <= steps]
               for r in mine}
     keys = list(METRICS[table_of(row)])
     paths = {"curves": viz.learning_curves_png({k: v for k, v in series.items() if v}, keys,
@@ -438,18 +468,22 @@ def figures_markdown(rows, out_dir, relative_to):
 
 
 def archive(runs, archive_dir):
-    """Copies every run's small results (RECORD_FILES; no checkpoints) to
-    ``archive_dir/<config>_s<seed>/``; returns the folders written."""
+    """Copies the small results (RECORD_FILES; no checkpoints) of every run with evaluations in
+    its workdir to ``archive_dir/<config>_s<seed>/``, replacing what an earlier run of that
+    name left there; returns the folders written. Runs read from the archive are left as
+    they are."""
     written = []
     for r in runs:
-        if not os.path.isdir(r.workdir):
+        if not read_metrics(r.workdir):
             continue
         target = os.path.join(archive_dir, os.path.basename(r.workdir.rstrip("/")))
         os.makedirs(target, exist_ok=True)
         for name in RECORD_FILES:
-            source = os.path.join(r.workdir, name)
+            source, copy = os.path.join(r.workdir, name), os.path.join(target, name)
             if os.path.exists(source):
-                shutil.copyfile(source, os.path.join(target, name))
+                shutil.copyfile(source, copy)
+            elif os.path.exists(copy):
+                os.remove(copy)  # an earlier run's, not this one's
         written.append(target)
     return written
 

@@ -165,8 +165,8 @@ def test_archive_copies_the_small_results_only(tmp_path):
     open(os.path.join(workdir, "ckpt", "ckpt-200.index"), "w").write("big")
     (target,) = reproduce.archive([_run(runs_dir, "air_13", 0), _run(runs_dir, "air_13", 1)],
                                   str(tmp_path / "archive"))
-    assert sorted(os.listdir(target)) == ["config.gin", "invocations.jsonl", "metrics.jsonl",
-                                          "summary.json"]
+    assert sorted(os.listdir(target)) == ["config.gin", "invocations.jsonl", "log.txt",
+                                          "metrics.jsonl", "summary.json"]
 
 
 def test_replace_section_keeps_the_rest_of_the_page(tmp_path):
@@ -195,6 +195,69 @@ def test_training_minutes_skip_the_pause_between_invocations(tmp_path):
     assert reproduce.training_minutes(workdir, records, 400) == 9.0  # 5 + 4, not the 2 h pause
     assert reproduce.training_minutes(workdir, records, 10_000) == 13.0
     assert np.isnan(reproduce.training_minutes(str(tmp_path / "none"), records, 200))
+    archived = tmp_path / "archived"  # an archive without log.txt: invocations.jsonl's times
+    archived.mkdir()
+    with open(archived / "invocations.jsonl", "w") as f:
+        for stamp in ("2026-01-01T10:00:00", "2026-01-01T12:00:00"):
+            f.write(json.dumps(dict(time=stamp, start_step=0)) + "\n")
+    assert reproduce.training_minutes(str(archived), records, 400) == 9.0
+
+
+def test_a_new_machine_reads_archived_runs_and_trains_the_rest(tmp_path, monkeypatch):
+    runs_dir, archive_dir = str(tmp_path / "runs"), str(tmp_path / "archive")
+    _write_run(archive_dir, "air_asr_14", 0, [(200, 0.5), (400, 0.9)])  # finished elsewhere
+    _write_run(archive_dir, "air_asr_14", 1, [(200, 0.4)], extra_files=("summary.json",))
+    _write_run(runs_dir, "air_asr_14", 2, [(200, 0.3)])  # on this machine, cut short
+    runs = reproduce.plan(runs_dir, ["14"], asr_seeds=3, baseline_seeds=0,
+                          archive_dir=archive_dir)
+    done, cut, here = runs
+    assert (done.results, cut.results, here.results) == (
+        reproduce.workdir_for(archive_dir, "air_asr_14", 0),
+        reproduce.workdir_for(archive_dir, "air_asr_14", 1), here.workdir)
+    started, logged = [], []
+    import asr_tf.runs  # noqa: F401 (imports TensorFlow, which runs `uname`, before Popen is faked)
+
+    class FakeProcess:
+        def __init__(self, cmd, **kwargs):
+            started.append(cmd[cmd.index("--workdir") + 1])
+            self.returncode = 0
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.setattr(reproduce.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(reproduce.time, "sleep", lambda s: None)
+    reproduce.train_runs(runs, 400, parallel=2, log=logged.append)
+    assert started == [cut.workdir, here.workdir]  # the archived cut run trains again, here
+    assert any("keeps no checkpoint" in m and cut.workdir in m for m in logged)
+    table = reproduce.summarize(runs, 400, ("acc",), last=1)["air_asr_14"]
+    assert table["seeds"] == [0] and table["acc"] == (0.9, 0.0)
+    assert table["runs"][1]["step"] == 200 and not table["runs"][1]["complete"]
+    # once the new seed-1 run has evaluations, it is read and archived over the old one
+    _write_run(runs_dir, "air_asr_14", 1, [(200, 0.6)])
+    assert cut.results == cut.workdir
+    reproduce.archive(runs, archive_dir)
+    assert reproduce.read_metrics(cut.archived)[0]["acc"] == 0.6
+    assert not os.path.exists(os.path.join(cut.archived, "summary.json"))  # the old run's
+    assert reproduce.read_metrics(done.archived)[-1]["acc"] == 0.9  # left as it was
+
+
+def test_minutes_of_runs_without_a_start_record_are_left_out(tmp_path):
+    import time
+
+    start = time.mktime(time.strptime("2026-01-01 00:00:00", "%Y-%m-%d %H:%M:%S"))
+    timed = _write_run(str(tmp_path), "air_asr_14", 0, [(200, 0.5)])
+    with open(os.path.join(timed, "metrics.jsonl"), "w") as f:  # evaluated 6 minutes in
+        f.write(json.dumps(dict(step=200, wall_time=start + 360, acc=0.5, se=1.0, nelbo=1.0,
+                                miou=0.5)) + "\n")
+    untimed = _write_run(str(tmp_path), "air_asr_14", 1, [(200, 0.7)])
+    os.remove(os.path.join(untimed, "log.txt"))  # trained before runs kept a start record
+    runs = [_run(str(tmp_path), "air_asr_14", s) for s in (0, 1)]
+    rows = {"14": reproduce.summarize(runs, 200, reproduce.METRICS[1], last=1)}
+    assert rows["14"]["air_asr_14"]["minutes"] == 6.0 and rows["14"]["air_asr_14"]["seeds"] == [0, 1]
+    per_run = reproduce.per_run_table(rows, 200)
+    assert "| `air_asr_14` seed 0 | 200 | 1 | 6 |" in per_run
+    assert "| `air_asr_14` seed 1 | 200 | 1 | – |" in per_run and "nan" not in per_run
 
 
 def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):

@@ -5,7 +5,8 @@
   python tools/reproduce.py --table 2 --report_only                          # tables from disk
   python tools/reproduce.py --table 1 --rows 13 --variants size,faithful:1
 
-Runs that reached --steps are skipped, runs cut short resume; --parallel runs train at once
+Runs that reached --steps (in --runs_dir, or archived in --out_dir/runs: a new machine has no
+runs/) are skipped, runs cut short resume; --parallel runs train at once
 with --threads threads each. The report (every table, per-run rows, curves and grids per row,
 the small results of every run archived) is rewritten from what is on disk.
 """
@@ -50,7 +51,8 @@ def main(argv):
     rows = (FLAGS.rows or []) + extra_rows or [r for t in FLAGS.table for r in reproduce.TABLES[t]]
     try:
         runs = reproduce.plan(FLAGS.runs_dir, rows, FLAGS.seeds, FLAGS.baseline_seeds,
-                              FLAGS.variants, FLAGS.variant_seeds)
+                              FLAGS.variants, FLAGS.variant_seeds,
+                              archive_dir=os.path.join(FLAGS.out_dir, "runs"))
     except ValueError as err:
         raise app.UsageError(str(err))
     if not FLAGS.report_only:
