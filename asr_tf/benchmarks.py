@@ -441,6 +441,8 @@ def step_worker(tree, config, kind, jit, batch_size, seed, bindings=()):
         ["Objective.constraints = []"] if refactored
         else ["PenaltyWeights.gamma_ne = 0.0", "PenaltyWeights.gamma_m = 0.0"])
     config_lib.parse([config], kind_bindings + zero + list(bindings))
+    if os.path.exists(os.path.join(tree, "asr_tf", "xla_cpu.py")):  # before the first compile
+        importlib.import_module("asr_tf.xla_cpu").xla_cpu_codegen()
     spec = components.run_spec()
     keras.utils.set_random_seed(seed)
     model, loss_spec, _ = components.build_components(spec)  # Objective, or PenaltyWeights
@@ -465,17 +467,20 @@ def step_worker(tree, config, kind, jit, batch_size, seed, bindings=()):
 
     step()  # traces and compiles
     print(json.dumps({"ready": tree, "asr_tf": importlib.import_module("asr_tf").__file__,
-                      "threads": tf.config.threading.get_intra_op_parallelism_threads()}),
+                      "threads": tf.config.threading.get_intra_op_parallelism_threads(),
+                      "xla_flags": os.environ.get("XLA_FLAGS", "")}),
           flush=True)
     for line in sys.stdin:
         seconds, executed = [], []
+        cpu_start = time.process_time()
         for _ in range(int(line)):
             start = time.perf_counter()
             executed.append(step())
             seconds.append(time.perf_counter() - start)
+        cpu_seconds = (time.process_time() - cpu_start) / max(len(seconds), 1)
         gflop = [flops.train_step_flops(model, batch_size, t) / 1e9 for t in executed]
-        print(json.dumps({"seconds": seconds, "steps_executed": executed, "gflop": gflop}),
-              flush=True)
+        print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds,
+                          "steps_executed": executed, "gflop": gflop}), flush=True)
 
 
 def compare_steps(baseline_dir: str = None, config: str = "air_asr_14", kinds: str = "asr",
@@ -498,7 +503,9 @@ def compare_steps(baseline_dir: str = None, config: str = "air_asr_14", kinds: s
       each (median over ``batches`` steps), ``speedup`` (baseline ms / this ms), the speed-up
       of each pair of neighbouring blocks (median and range), glimpse steps executed, GFLOP
       per step (analytic, the executed glimpse steps), GFLOP/s and their fraction of the
-      2048^2 matmul's rate.
+      2048^2 matmul's rate; ``cpu_ms_per_step`` (the worker process's CPU time, all threads)
+      and ``cpu_speedup``: with one thread a measure of the work that waiting for a core
+      (other processes, steal) does not inflate.
     """
     import json
     import os
@@ -545,7 +552,9 @@ def compare_steps(baseline_dir: str = None, config: str = "air_asr_14", kinds: s
                     ready = workers[name].stdout.readline()
                     if not ready.startswith("{"):
                         raise RuntimeError(f"step worker for {tree} failed to start")
-                    result[name]["worker_threads"] = json.loads(ready)["threads"] or "all"
+                    ready = json.loads(ready)
+                    result[name]["worker_threads"] = ready["threads"] or "all"
+                    result[name]["xla_flags"] = ready.get("xla_flags", "")
 
                 def run_block(name, n):
                     workers[name].stdin.write(f"{n}\n")
@@ -579,12 +588,17 @@ def compare_steps(baseline_dir: str = None, config: str = "air_asr_14", kinds: s
                              "gflops": round(gflop / ms * 1e3, 1)}
             pairs = [float(np.median(b["seconds"]) / np.median(t["seconds"]))
                      for b, t in zip(blocks["baseline"], blocks["this"])]
+            for name in trees:  # CPU time of the worker process (all its threads) per step
+                row[name]["cpu_ms_per_step"] = round(float(np.median(
+                    [b["cpu_seconds"] for b in blocks[name]])) * 1e3, 1)
             stick_gflops = yardstick_flops / float(np.median(stick)) / 1e9
             for name in trees:
                 row[name][f"fraction_of_matmul_{YARDSTICK_N}"] = round(
                     row[name]["gflops"] / stick_gflops, 3)
             row.update({"speedup": round(row["baseline"]["ms_per_step"]
                                          / row["this"]["ms_per_step"], 3),
+                        "cpu_speedup": round(row["baseline"]["cpu_ms_per_step"]
+                                             / row["this"]["cpu_ms_per_step"], 3),
                         "speedup_by_block_median": round(statistics.median(pairs), 3),
                         "speedup_by_block_range": [round(min(pairs), 3), round(max(pairs), 3)],
                         f"matmul_{YARDSTICK_N}_gflops": round(stick_gflops, 1)})

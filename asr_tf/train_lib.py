@@ -37,6 +37,7 @@ from asr_tf import objectives
 from asr_tf import runs
 from asr_tf import summaries
 from asr_tf import training
+from asr_tf import xla_cpu
 from asr_tf.data import pipeline
 
 
@@ -70,6 +71,7 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     Returns:
       the summary dict written to summary.json.
     """
+    xla_cpu.xla_cpu_codegen()  # before the first XLA compilation of this process
     os.makedirs(workdir, exist_ok=True)
     dist = distribute.Distributed(strategy, batch_size)
     out = dist.output_dir(workdir)  # what this worker writes
@@ -105,6 +107,7 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     log.info("run %s: %s, %d/%d steps, batch %d, %s", os.path.basename(workdir), spec.name, start,
              total, batch_size, type(model).__name__)
     log.info("%s", dist.describe())
+    log.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS") or "(none)")
     evaluator = evaluation.Evaluator(model, spec, num_test, seed)
     run_log = summaries.RunLog(out, resumed_at=start)  # cuts what was logged after ``start``
     dist.check_same_step(start)

@@ -76,15 +76,23 @@ def test_side_by_side_steps_report_consistent_figures():
 
     with pytest.raises(ValueError, match="nothing to compare"):
         benchmarks.compare_steps(None)
+    binding = "xla_cpu_codegen.concurrency_scheduler = False"
     result = benchmarks.compare_steps(None, config="air_asr_14", kinds="asr", jit_modes="0",
                                       batch_size=4, batches=4, warmup_batches=1, block=2,
-                                      with_bindings=["build_model.matmul_dtype = 'float32'"])
-    assert result["this"]["bindings"] == ["build_model.matmul_dtype = 'float32'"]
+                                      with_bindings=[binding])
+    assert result["this"]["bindings"] == [binding]
     assert result["baseline"]["path"] == result["this"]["path"]
+    # each worker set its XLA flags (asr_tf/xla_cpu.py) before compiling: the binding took
+    scheduler = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+    assert scheduler in result["baseline"]["xla_flags"]
+    assert scheduler not in result["this"]["xla_flags"]
     row = result["asr"]
+    assert row["cpu_speedup"] == pytest.approx(
+        row["baseline"]["cpu_ms_per_step"] / row["this"]["cpu_ms_per_step"], rel=0.01)
     for side in ("baseline", "this"):
         r = row[side]
         assert r["ms_per_step"] > 0 and 1.0 <= r["glimpse_steps_executed"] <= 6.0
+        assert r["cpu_ms_per_step"] > 0
         assert r["gflops"] == pytest.approx(r["gflop_per_step"] / r["ms_per_step"] * 1e3,
                                             rel=0.05, abs=0.05)
         assert r["fraction_of_matmul_2048"] == pytest.approx(

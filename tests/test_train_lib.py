@@ -298,6 +298,9 @@ def test_kill9_resume_live_tensorboard_via_the_train_tool(tmp_path, repo_root):
         assert proc.returncode == 0, err[-2000:]
         last = json.load(open(os.path.join(workdir, "summary.json")))["step"]
         assert runs.restored_step(workdir) == last < 500
+        # each invocation set XLA's code generation flags before compiling (asr_tf/xla_cpu.py)
+        log_txt = open(os.path.join(workdir, "log.txt")).read()
+        assert log_txt.count("--xla_cpu_enable_concurrency_optimized_scheduler=true") == 2
         starts = [json.loads(line)["start_step"]
                   for line in open(os.path.join(workdir, "invocations.jsonl"))]
         assert starts == [0, resumed_from]  # the same command resumed the same workdir
