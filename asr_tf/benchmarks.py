@@ -515,6 +515,8 @@ def compare_steps(baseline_dir: str = None, config: str = "air_asr_14", kinds: s
 
     import numpy as np
 
+    from asr_tf import xla_cpu
+
     this_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     trees = {"baseline": os.path.abspath(baseline_dir or this_dir), "this": this_dir}
     if not os.path.isdir(os.path.join(trees["baseline"], "asr_tf")):
@@ -547,6 +549,7 @@ def compare_steps(baseline_dir: str = None, config: str = "air_asr_14", kinds: s
                             f"{config!r}, {kind!r}, {jit}, {batch_size}, {seed}, "
                             f"{bindings[name]!r})")
                     workers[name] = subprocess.Popen([sys.executable, "-c", code],
+                                                     env=xla_cpu.child_environ(),
                                                      stdin=subprocess.PIPE,
                                                      stdout=subprocess.PIPE, text=True)
                     ready = workers[name].stdout.readline()

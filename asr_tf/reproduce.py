@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from asr_tf import xla_cpu
+
 # The paper's Tables 1 and 2: mean, std over 3 runs.
 PAPER = {
     "air_13": dict(nelbo=(404.41, 4.58), acc=(0.81, 0.23), se=(31.94, 4.68), miou=(0.61, 0.13)),
@@ -239,7 +241,8 @@ def train_runs(runs, steps, parallel=2, threads=1, max_minutes=None, extra=(), l
             console = open(run.workdir.rstrip("/") + ".log", "a")
             log(f"training {run.workdir} from step {reached(run.workdir)} to {steps}")
             running[run] = (subprocess.Popen(train_command(run, steps, threads, max_minutes, extra),
-                                             stdout=console, stderr=subprocess.STDOUT), console)
+                                             env=xla_cpu.child_environ(), stdout=console,
+                                             stderr=subprocess.STDOUT), console)
         time.sleep(1.0)
         for run, (proc, console) in list(running.items()):
             if proc.poll() is not None:

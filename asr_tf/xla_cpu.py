@@ -12,7 +12,8 @@ inside fusions (as another machine would):
 
 XLA reads XLA_FLAGS once, at the process's first compilation: :func:`xla_cpu_codegen` must
 run before it (``train_eval`` and the benchmark's step worker call it first). Flags the user
-put in XLA_FLAGS win. Measured in docs/PERFORMANCE.md ("XLA code generation").
+put in XLA_FLAGS win; a child process gets the user's XLA_FLAGS back (:func:`child_environ`),
+so that its own gin bindings decide its flags. Measured in docs/PERFORMANCE.md ("XLA code generation").
 """
 import logging
 import os
@@ -67,3 +68,16 @@ def xla_cpu_codegen(vector_width="auto", concurrency_scheduler=True):
         os.environ["XLA_FLAGS"] = " ".join([current] + new).strip()
     _applied.extend(new)
     return new
+
+
+def child_environ(environ=None):
+    """A copy of ``environ`` (default os.environ) for a child Python process: XLA_FLAGS without
+    the flags this process appended, so that the child's own ``xla_cpu_codegen`` binding
+    decides them (the user's flags still pass and still win)."""
+    env = dict(os.environ if environ is None else environ)
+    words = [w for w in env.get("XLA_FLAGS", "").split() if w not in _applied]
+    if words:
+        env["XLA_FLAGS"] = " ".join(words)
+    else:
+        env.pop("XLA_FLAGS", None)
+    return env

@@ -70,13 +70,18 @@ def test_sampler_benchmark_times_both_samplers():
 
 
 @pytest.mark.slow
-def test_side_by_side_steps_report_consistent_figures():
+def test_side_by_side_steps_report_consistent_figures(monkeypatch):
     """Two step processes (here: this tree without and with a no-op binding), alternating."""
-    from asr_tf import benchmarks
+    from asr_tf import benchmarks, xla_cpu
 
     with pytest.raises(ValueError, match="nothing to compare"):
         benchmarks.compare_steps(None)
     binding = "xla_cpu_codegen.concurrency_scheduler = False"
+    # as after an in-process train_eval (earlier tests): this process's flags must not reach
+    # the workers, whose own bindings decide theirs
+    monkeypatch.setattr(xla_cpu, "_applied", [])
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    xla_cpu.xla_cpu_codegen()
     result = benchmarks.compare_steps(None, config="air_asr_14", kinds="asr", jit_modes="0",
                                       batch_size=4, batches=4, warmup_batches=1, block=2,
                                       with_bindings=[binding])

@@ -128,11 +128,15 @@ def test_train_runs_skips_finished_runs_and_resumes_the_others(tmp_path, monkeyp
     _write_run(runs_dir, "air_asr_14", 0, [(200, 0.5), (400, 0.9)])  # finished at 400
     _write_run(runs_dir, "air_asr_14", 1, [(200, 0.5)])  # cut short
     runs = [_run(runs_dir, "air_asr_14", s) for s in range(3)]
-    started, alive = [], []
+    started, alive, envs = [], [], []
+    # this process applied XLA flags (as train_eval does): the trainers decide their own
+    monkeypatch.setattr(reproduce.xla_cpu, "_applied", ["--xla_cpu_prefer_vector_width=512"])
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/d --xla_cpu_prefer_vector_width=512")
 
     class FakeProcess:
         def __init__(self, cmd, **kwargs):
             started.append(cmd)
+            envs.append(kwargs["env"])
             alive.append(self)
             self.max_alive = len(alive)
             self.polls = 0
@@ -156,6 +160,7 @@ def test_train_runs_skips_finished_runs_and_resumes_the_others(tmp_path, monkeyp
     assert cmd[cmd.index("--seed") + 1] == "1" and cmd[cmd.index("--threads") + 1] == "1"
     assert "train_eval.num_steps = 400" in cmd and cmd[cmd.index("--max_minutes") + 1] == "30"
     assert len(started) == 2 and os.path.exists(runs[2].workdir + ".log")
+    assert {env["XLA_FLAGS"] for env in envs} == {"--xla_dump_to=/tmp/d"}
 
 
 def test_archive_copies_the_small_results_only(tmp_path):

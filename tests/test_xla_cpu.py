@@ -50,3 +50,16 @@ def test_flags_are_appended_once_and_the_users_win(fresh, caplog):
 def test_nothing_asked_leaves_xla_flags_alone(fresh):
     assert xla_cpu.xla_cpu_codegen(None, False) == []
     assert "XLA_FLAGS" not in xla_cpu.os.environ
+
+
+def test_a_child_process_gets_the_users_flags_back(fresh):
+    fresh.setenv("XLA_FLAGS", f"--xla_dump_to=/tmp/x {WIDTH}=128")
+    assert xla_cpu.xla_cpu_codegen(512, True) == [SCHEDULER]
+    env = xla_cpu.child_environ()
+    assert env["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {WIDTH}=128"  # the user's, not ours
+    assert SCHEDULER in xla_cpu.os.environ["XLA_FLAGS"]  # this process keeps its own
+    assert env["PATH"] == xla_cpu.os.environ["PATH"]
+    fresh.delenv("XLA_FLAGS")
+    fresh.setattr(xla_cpu, "_applied", [])
+    xla_cpu.xla_cpu_codegen(None, True)
+    assert "XLA_FLAGS" not in xla_cpu.child_environ()  # only ours: nothing left to pass
