@@ -34,8 +34,9 @@ def _tensors(logdir, tag):
 
 def test_every_config_parses():
     names = config.available_configs()
-    # 15 paper runs, their faithful twins, three ASR size variants, three AIR schedule variants
-    assert len(names) == 36
+    # 15 paper runs, their faithful twins, three ASR size variants, row 14's size + rate decay,
+    # three AIR schedule variants
+    assert len(names) == 37
     assert len([n for n in names if n.endswith("_faithful")]) == 15
     for name in names:
         config.parse([name])
@@ -69,6 +70,19 @@ def test_paper_weights_in_configs():
     for name in ("air_13", "air_pprior_24", "air_mnist_overlap"):
         config.parse([name])
         assert _constraints() == {}
+
+
+def test_row_14_decay_variant_is_the_size_variant_with_the_rate_cut_at_14000():
+    config.parse(["air_asr_14_size_decay"])
+    assert _constraints() == {"count_min": 10.0, "count_margin": 100.0, "size_equality": 10.0}
+    model, _, _ = runs.build_components(runs.run_spec())
+    optimizer = training.make_optimizer(model)
+    # 1e-3 for the updates of steps 1..14,000, 1e-4 from step 14,001 on
+    assert training.update_rate(optimizer, 14000) == pytest.approx(1e-3)
+    assert training.update_rate(optimizer, 14001) == pytest.approx(1e-4)
+    config.parse(["air_asr_14_size"])
+    optimizer = training.make_optimizer(runs.build_components(runs.run_spec())[0])
+    assert training.update_rate(optimizer, 20000) == pytest.approx(1e-3)
 
 
 def test_unknown_config_and_parameter_are_errors():
