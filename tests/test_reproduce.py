@@ -120,6 +120,13 @@ def test_plan_rows_seeds_and_variants(tmp_path):
         reproduce.parse_variant("size:x")
     with pytest.raises(ValueError, match="air_pprior_13_size"):
         reproduce.row_configs("13", ["pprior/size"])
+    # a variant name is matched whole: 'size' is not 'size_decay', which only row 14 has
+    both = reproduce.plan(str(tmp_path), ["13", "14"], asr_seeds=0, baseline_seeds=0,
+                          variants=["size:1", "size_decay:1"])
+    assert [r.config for r in both] == ["air_asr_13_size", "air_asr_14_size",
+                                        "air_asr_14_size_decay"]
+    assert reproduce.display_name("air_asr_14_size_decay") == "AIR-ASR (size_decay)"
+    assert reproduce.paper_row("air_asr_14_size_decay") == reproduce.paper_row("air_asr_14")
     assert reproduce.paper_row("air_asr_13_faithful")["se"] == (28.84, 1.11)
 
 
