@@ -337,11 +337,17 @@ def summarize(runs, steps, metrics, last=5):
     """Per config: mean and std over the seeds that reached ``steps``, and every run's result.
 
     Returns {config: {'seeds': [...], 'minutes': mean, metric: (mean, std), 'runs': {seed:
-    result or None}}} in the order of ``runs``."""
+    result or None}}} in the order of ``runs``. A variant with no run on disk is left out (a
+    variant applies to every row that has its config: ``asr/faithful:1`` trained on row 13
+    only lists no empty faithful lines for the other rows); a paper config always stays."""
     table = {}
     for run in runs:
         entry = table.setdefault(run.config, {"runs": {}})
         entry["runs"][run.seed] = run_result(run.results, steps, last, metrics)
+    for config in list(table):
+        untrained = all(r is None for r in table[config]["runs"].values())
+        if untrained and _CONFIG_NAME.fullmatch(config).group(3):
+            del table[config]
     for entry in table.values():
         done = {s: r for s, r in entry["runs"].items() if r and r["complete"]}
         entry["seeds"] = sorted(done)

@@ -71,6 +71,22 @@ def test_summarize_over_the_seeds_that_reached_the_budget(tmp_path):
     assert "| `air_pprior_14` seed 0 | – |" in runs_text
 
 
+def test_a_variant_without_runs_is_left_out_but_a_paper_config_stays(tmp_path):
+    runs_dir = str(tmp_path)
+    _write_run(runs_dir, "air_asr_13_faithful", 0, [(200, 0.9)])
+    rows = {}
+    for row in ("13", "14"):  # 'asr/faithful:1' plans both rows; only row 13's was trained
+        runs = [_run(runs_dir, c, 0) for c in (f"air_{row}", f"air_asr_{row}",
+                                               f"air_asr_{row}_faithful")]
+        rows[row] = reproduce.summarize(runs, 200, reproduce.METRICS[1], last=1)
+    assert list(rows["13"]) == ["air_13", "air_asr_13", "air_asr_13_faithful"]
+    assert list(rows["14"]) == ["air_14", "air_asr_14"]  # untrained paper configs stay
+    text = reproduce.markdown_table(1, rows, 200, last=1)
+    assert "`air_asr_13_faithful`) | 1 |" in text and "air_asr_14_faithful" not in text
+    assert "air_asr_14_faithful" not in reproduce.per_run_table(rows, 200)
+    assert "| `air_asr_14` seed 0 | – |" in reproduce.per_run_table(rows, 200)
+
+
 def test_table_2_has_no_count_metric(tmp_path):
     runs_dir = str(tmp_path)
     _write_run(runs_dir, "air_asr_dsprites_overlap", 0, [(200, 0.0)])
