@@ -35,8 +35,8 @@ def _tensors(logdir, tag):
 def test_every_config_parses():
     names = config.available_configs()
     # 15 paper runs, their faithful twins, three ASR size variants, row 14's size + rate decay,
-    # three AIR schedule variants
-    assert len(names) == 37
+    # Multi-dSprites overlap's rate decay, three AIR schedule variants
+    assert len(names) == 38
     assert len([n for n in names if n.endswith("_faithful")]) == 15
     for name in names:
         config.parse([name])
@@ -83,6 +83,14 @@ def test_row_14_decay_variant_is_the_size_variant_with_the_rate_cut_at_14000():
     config.parse(["air_asr_14_size"])
     optimizer = training.make_optimizer(runs.build_components(runs.run_spec())[0])
     assert training.update_rate(optimizer, 20000) == pytest.approx(1e-3)
+    # Multi-dSprites overlap's decay variant: its row's objective, the same rate cut
+    config.parse(["air_asr_dsprites_overlap"])
+    plain = _constraints()
+    config.parse(["air_asr_dsprites_overlap_decay"])
+    assert _constraints() == plain and "overlap" in plain
+    optimizer = training.make_optimizer(runs.build_components(runs.run_spec())[0])
+    assert training.update_rate(optimizer, 14000) == pytest.approx(1e-3)
+    assert training.update_rate(optimizer, 14001) == pytest.approx(1e-4)
 
 
 def test_unknown_config_and_parameter_are_errors():
