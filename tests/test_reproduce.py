@@ -313,6 +313,14 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     assert os.path.exists(os.path.join(out_dir, "runs", "air_13_s0", "metrics.jsonl"))
     assert "Multi-MNIST, 1 or 4 digits" in table  # both rows of `--rows 13 14`
     assert "| EPYC | abc1234; def5678 |" in table  # each run's machines and code, once each
+    # a scratch --out_dir reads finished runs from the archive named by --archive_dir
+    scratch = str(tmp_path / "scratch")
+    out = subprocess.run([a.replace(runs, str(tmp_path / "empty")).replace(out_dir, scratch)
+                          for a in tool] + ["--archive_dir", os.path.join(out_dir, "runs")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| AIR (`air_13`) | 1 | 500.0 |" in open(os.path.join(scratch, "table1.md")).read()
+    assert not os.path.exists(os.path.join(scratch, "runs"))
     out = subprocess.run(tool + ["--variants", "bogus"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "variant 'bogus'" in out.stderr

@@ -5,8 +5,8 @@
   python tools/reproduce.py --table 2 --report_only                          # tables from disk
   python tools/reproduce.py --table 1 --rows 13 --variants size,faithful:1
 
-Runs that reached --steps (in --runs_dir, or archived in --out_dir/runs: a new machine has no
-runs/) are skipped, runs cut short resume; --parallel runs train at once
+Runs that reached --steps (in --runs_dir, or archived in --archive_dir, default --out_dir/runs:
+a new machine has no runs/) are skipped, runs cut short resume; --parallel runs train at once
 with --threads threads each. The report (every table, per-run rows, curves and grids per row,
 the small results of every run archived) is rewritten from what is on disk.
 """
@@ -33,7 +33,11 @@ flags.DEFINE_integer("threads", 1, "TensorFlow threads of each run.")
 flags.DEFINE_float("max_minutes", None, "Stop every invocation after this much wall time "
                    "(resumable).")
 flags.DEFINE_string("runs_dir", "runs/tables", "Where the runs live.")
-flags.DEFINE_string("out_dir", "docs/results", "Where tables, figures and archived runs go.")
+flags.DEFINE_string("out_dir", "docs/results", "Where tables and figures go.")
+flags.DEFINE_string("archive_dir", None, "Where finished runs' small results are read from "
+                    "(a run missing from --runs_dir) and archived to; default <out_dir>/runs. "
+                    "Keep it the committed archive when --out_dir is a scratch folder, or the "
+                    "archived runs are trained again.")
 flags.DEFINE_string("results_md", "docs/RESULTS.md", "Markdown file whose marked sections "
                     "(<!-- begin table1 --> ... <!-- end table1 -->) get the tables; '' for none.")
 flags.DEFINE_bool("figures", True, "Write learning curves and image grids.")
@@ -49,10 +53,11 @@ def main(argv):
     if extra_rows and not FLAGS.rows:
         raise app.UsageError(f"unexpected arguments {extra_rows}")
     rows = (FLAGS.rows or []) + extra_rows or [r for t in FLAGS.table for r in reproduce.TABLES[t]]
+    archive_dir = FLAGS.archive_dir or os.path.join(FLAGS.out_dir, "runs")
+    print(f"finished runs: {FLAGS.runs_dir}, else the archive {archive_dir}")
     try:
         runs = reproduce.plan(FLAGS.runs_dir, rows, FLAGS.seeds, FLAGS.baseline_seeds,
-                              FLAGS.variants, FLAGS.variant_seeds,
-                              archive_dir=os.path.join(FLAGS.out_dir, "runs"))
+                              FLAGS.variants, FLAGS.variant_seeds, archive_dir=archive_dir)
     except ValueError as err:
         raise app.UsageError(str(err))
     if not FLAGS.report_only:
@@ -90,8 +95,8 @@ def main(argv):
     if FLAGS.results_md and FLAGS.figures:
         reproduce.replace_section(FLAGS.results_md, "figures", reproduce.figures_markdown(
             rows, FLAGS.out_dir, os.path.dirname(os.path.abspath(FLAGS.results_md))))
-    archived = reproduce.archive(runs, os.path.join(FLAGS.out_dir, "runs"))
-    print(f"archived {len(archived)} runs' small results under {FLAGS.out_dir}/runs")
+    archived = reproduce.archive(runs, archive_dir)
+    print(f"archived {len(archived)} runs' small results under {archive_dir}")
 
 
 if __name__ == "__main__":
