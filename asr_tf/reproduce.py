@@ -134,6 +134,12 @@ def row_of(config):
     return match.group(2) if match else None
 
 
+def variant_of(config):
+    """The variant of a config (``air_asr_13_size`` -> 'size'), None for a paper config."""
+    match = _CONFIG_NAME.fullmatch(config)
+    return match.group(3) if match else None
+
+
 def model_of(config):
     """'air', 'pprior' or 'asr' (variants included) for a row's config."""
     match = _CONFIG_NAME.fullmatch(config)
@@ -346,7 +352,7 @@ def summarize(runs, steps, metrics, last=5):
         entry["runs"][run.seed] = run_result(run.results, steps, last, metrics)
     for config in list(table):
         untrained = all(r is None for r in table[config]["runs"].values())
-        if untrained and _CONFIG_NAME.fullmatch(config).group(3):
+        if untrained and variant_of(config):
             del table[config]
     for entry in table.values():
         done = {s: r for s, r in entry["runs"].items() if r and r["complete"]}
@@ -386,7 +392,7 @@ def markdown_table(table_number, rows_tables, steps, last=5):
              "|---|---|---|" + "---|---|" * len(metrics) + "---|"]
     for row, table in rows_tables.items():
         for i, (config, entry) in enumerate(table.items()):
-            paper = {} if _CONFIG_NAME.fullmatch(config).group(3) else paper_row(config)
+            paper = {} if variant_of(config) else paper_row(config)
             ours = " | ".join(f"{_fmt(entry.get(m), m, len(entry['seeds']))} | "
                               f"{_fmt(paper.get(m), m)}" for m in metrics)
             m = entry.get("minutes")

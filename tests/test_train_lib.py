@@ -83,7 +83,9 @@ def test_row_14_decay_variant_is_the_size_variant_with_the_rate_cut_at_14000():
     config.parse(["air_asr_14_size"])
     optimizer = training.make_optimizer(runs.build_components(runs.run_spec())[0])
     assert training.update_rate(optimizer, 20000) == pytest.approx(1e-3)
-    # Multi-dSprites overlap's decay variant: its row's objective, the same rate cut
+
+
+def test_dsprites_overlap_decay_variant_is_its_row_config_with_the_rate_cut_at_14000():
     config.parse(["air_asr_dsprites_overlap"])
     plain = _constraints()
     config.parse(["air_asr_dsprites_overlap_decay"])
