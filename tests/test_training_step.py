@@ -39,6 +39,26 @@ def test_process_gradients_global_norm_option():
     np.testing.assert_allclose(per_var[1].numpy(), [0.0, 1.0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(7,), (300, 40), (2500, 1024), (6, 64, 300)])
+def test_squared_norm_and_clip_match_tf_clip_by_norm(shape):
+    """Small tensors take the reduction, large ones (>= MATVEC_NORM_MIN_SIZE) the matrix-vector
+    product; both give tf.clip_by_norm's values, eagerly and under XLA."""
+    g = tf.random.stateless_normal(shape, seed=(3, len(shape))) * 0.01
+    want = np.sum(np.square(g.numpy(), dtype=np.float64))
+    np.testing.assert_allclose(float(training.squared_norm(g)), want, rtol=1e-5)
+    jit = tf.function(lambda x: (training.squared_norm(x), training.clip_by_norm(x, 1.0)),
+                      jit_compile=True)
+    sq, clipped = jit(g * 1e3)
+    np.testing.assert_allclose(float(sq), want * 1e6, rtol=1e-5)
+    np.testing.assert_allclose(clipped.numpy(), tf.clip_by_norm(g * 1e3, 1.0).numpy(),
+                               rtol=1e-5, atol=1e-9)
+    assert np.linalg.norm(clipped.numpy()) == pytest.approx(1.0, rel=1e-5)
+    small = g * 1e-3  # |small| < 1: unchanged
+    np.testing.assert_array_equal(training.clip_by_norm(small, 1.0).numpy(), small.numpy())
+    zero = training.clip_by_norm(tf.zeros(shape), 1.0)
+    np.testing.assert_array_equal(zero.numpy(), np.zeros(shape, np.float32))
+
+
 def test_make_optimizer_hyper_parameters():
     keras.utils.set_random_seed(0)
     model = make_model("pprior", S, (1, 3))
