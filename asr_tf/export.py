@@ -302,7 +302,10 @@ def export_saved_model(model, export_dir, version=None, stochastic_default=False
     # Write beside the versions and rename: the server never sees a half-written version.
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
     try:
-        archive.write_out(tmp, verbose=False)
+        # No gradient functions: serving needs none, and the sampler's custom gradients hold
+        # XLA-only ops (asr_tf.nn.transformer) a model server may not have.
+        archive.write_out(tmp, verbose=False,
+                          options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
         if os.path.exists(path):
             raise FileExistsError(f"{path} appeared during the export: not overwriting it")
         os.rename(tmp, path)

@@ -316,6 +316,21 @@ def test_grpc_malformed_requests_under_load_get_invalid_argument(grpc_server, pp
 # ----------------------------------------------------------------------------- plain TF load
 
 @pytest.mark.slow
+def test_saved_model_holds_no_xla_only_ops(pprior):
+    """The sampler's gradients copy transposes behind XLA optimization barriers; the export
+    keeps no gradient functions, so a model server without the tf2xla ops loads it."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    sm = saved_model_pb2.SavedModel()
+    with open(os.path.join(pprior.path, "saved_model.pb"), "rb") as f:
+        sm.ParseFromString(f.read())
+    graph = sm.meta_graphs[0].graph_def
+    ops = {n.op for n in graph.node}
+    for fn in graph.library.function:
+        ops.update(n.op for n in fn.node_def)
+    assert "MatMul" in ops or "BatchMatMulV2" in ops  # the graph was read
+    assert not {op for op in ops if op.startswith("Xla")}, sorted(ops)
+
+
 def test_fresh_process_loads_without_asr_tf_or_tfp(pprior, tmp_path):
     np.save(tmp_path / "images.npy", pprior.images)
     script = textwrap.dedent(f"""
