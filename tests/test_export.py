@@ -331,6 +331,7 @@ def test_saved_model_holds_no_xla_only_ops(pprior):
     assert not {op for op in ops if op.startswith("Xla")}, sorted(ops)
 
 
+@pytest.mark.slow
 def test_fresh_process_loads_without_asr_tf_or_tfp(pprior, tmp_path):
     np.save(tmp_path / "images.npy", pprior.images)
     script = textwrap.dedent(f"""
