@@ -252,7 +252,8 @@ def evaluate_outputs(images, recon, nelbo, inf_count, scale, shift, gt_boxes_px,
 
 # ----------------------------------------------------------------------------- best selection
 
-def _jsonable(metrics: Mapping[str, Any]) -> Dict[str, Any]:
+def jsonable(metrics: Mapping[str, Any]) -> Dict[str, Any]:
+    """A metrics dict with numpy values as plain Python numbers and lists (for JSON)."""
     out = {}
     for k, v in metrics.items():
         if isinstance(v, (np.generic, np.ndarray)):
@@ -310,7 +311,7 @@ class BestTracker:
     # -- evaluation side
     def observe_eval(self, step: int, metrics: Mapping[str, Any]) -> Dict[str, bool]:
         """Records one test evaluation. Returns which records were updated."""
-        rec = _jsonable(metrics)
+        rec = jsonable(metrics)
         rec["step"] = int(step)
         self.last = dict(rec)
         updated = {"best": False, "best_by_test": False}

@@ -26,6 +26,8 @@ Hence the loss and update equal the single-process ones on the same weights, dat
 to float summation order (tests/test_distribute.py). All model randomness is drawn outside the
 compiled part from a checkpointable ``tf.random.Generator``.
 """
+import dataclasses
+
 import gin
 import keras
 import tensorflow as tf
@@ -64,10 +66,6 @@ def make_optimizer(model, learning_rate=1e-4, epsilon=1e-8, decay_steps=(), deca
     schedule = rate_schedule(learning_rate, decay_steps, decay_factors)
     optimizer = keras.optimizers.Adam(learning_rate=schedule, beta_1=0.9, beta_2=0.999,
                                       epsilon=epsilon)
-    # A checkpoint lists the optimizer's variables by position, and those written before the
-    # schedule hold a rate variable second: this unused one keeps the positions, so that they
-    # restore (tests/test_training_step.py).
-    optimizer.add_variable(shape=(), name="former_learning_rate")
     optimizer.build(model.trainable_variables)
     optimizer.rate_schedule = schedule
     return optimizer
@@ -210,9 +208,17 @@ def train_step(model, optimizer, generator, batch, step, objective, strategy=Non
 
 
 @tf.function
-def eval_step(model, images, noise, step):
-    """One test pass (hard z_pres, Q25-Q27) with the given noise. Returns (outputs, terms [B])."""
-    outputs = model(images, noise, step=step, training=False)
+def eval_step(model, images, noise, step, deterministic=False):
+    """One test pass (hard z_pres, Q25-Q27) with the given noise. Returns (outputs, terms [B]).
+
+    ``deterministic`` (a Python bool: one trace each): means and z_pres thresholded at 0.5
+    instead of one stochastic pass, whatever ``model.quirks.deterministic_eval`` says."""
+    configured = model.quirks
+    model.quirks = dataclasses.replace(configured, deterministic_eval=deterministic)
+    try:  # the quirk is read while tracing
+        outputs = model(images, noise, step=step, training=False)
+    finally:
+        model.quirks = configured
     terms = objectives.negative_elbo(images, outputs)
     terms["se"] = objectives.squared_error(images, outputs["recon"])
     return outputs, terms

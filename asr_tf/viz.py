@@ -19,8 +19,10 @@ import os
 from typing import Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from PIL import Image
 
 __all__ = [
@@ -242,7 +244,8 @@ def learning_curves_figure(records, keys: Sequence[str],
     Args:
       records: list of dicts, each with 'step' and some metric keys (missing/non-finite values
         are skipped); or a dict name -> such a list, one line per name (the same colour in every
-        panel), named in a legend below the panels.
+        panel), named in a legend below the panels; or a dict (name, member) -> such a list
+        (e.g. (run, seed)): a colour per name and a line style per member, both in the legend.
       keys: metric names, one panel each (y label ``METRIC_LABELS.get(key, key)``, x label
         'step'), in rows of two panels.
       panel_size: (width, height) of one panel in pixels (100 dpi).
@@ -252,8 +255,10 @@ def learning_curves_figure(records, keys: Sequence[str],
     keys = list(keys)
     if not keys:
         raise ValueError("learning curves need at least one metric key")
-    series = ({str(k): list(v) for k, v in records.items()} if isinstance(records, Mapping)
-              else {"": list(records)})
+    series = ({k if isinstance(k, tuple) else (str(k), ""): list(v) for k, v in records.items()}
+              if isinstance(records, Mapping) else {("", ""): list(records)})
+    names = list(dict.fromkeys(name for name, _ in series))
+    members = list(dict.fromkeys(member for _, member in series))
     ncols = min(2, len(keys))
     nrows = math.ceil(len(keys) / ncols)
     width_px, height_px = panel_size
@@ -263,24 +268,35 @@ def learning_curves_figure(records, keys: Sequence[str],
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[len(keys):]:
         fig.delaxes(ax)
-    handles = {}
     for ax, key in zip(axes, keys):
-        for i, (name, recs) in enumerate(series.items()):
+        for (name, member), recs in series.items():
             steps, values = _series(recs, key)
             if steps:
-                (line,) = ax.plot(steps, values, color=f"C{i % 10}", label=name,
-                                  marker="o" if len(steps) == 1 else None)
-                handles.setdefault(name, line)
+                ax.plot(steps, values, color=_colour(names.index(name)),
+                        linestyle=LINE_STYLES[members.index(member) % len(LINE_STYLES)],
+                        marker="o" if len(steps) == 1 else None)
         if not ax.lines:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center",
                     color="grey")
         ax.set_xlabel("step")
         ax.set_ylabel(METRIC_LABELS.get(key, key))
         ax.grid(True, alpha=0.3)
-    if len(series) > 1 and handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
-                   ncols=min(3, len(handles)), fontsize="small")
+    if len(series) > 1 and any(ax.lines for ax in axes[:len(keys)]):
+        handles = [Line2D([], [], color=_colour(i), label=name) for i, name in enumerate(names)
+                   if name] + [Line2D([], [], color="black", label=member,
+                                      linestyle=LINE_STYLES[i % len(LINE_STYLES)])
+                               for i, member in enumerate(members) if member and len(members) > 1]
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)),
+                   fontsize="small")
     return fig
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _colour(i):
+    """The i-th distinct colour: tab10, then tab20's light shades (20 before any repeats)."""
+    return f"C{i}" if i < 10 else matplotlib.colormaps["tab20"](2 * (i - 10) % 20 + 1)
 
 
 def learning_curves_png(records, keys: Sequence[str], path,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from asr_tf import config, objectives
+from asr_tf import objectives
+from asr_tf.run import config
 from asr_tf.models import build_model
 from asr_tf.models.air import AIR, annealed_prior_logit, count_prior_bias
 from asr_tf.models.base import RECORD_KEYS

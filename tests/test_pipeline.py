@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from asr_tf import benchmarks
+from asr_tf.lab import benchmarks
 from asr_tf.data import pipeline, scenes
 
 SMALL = dict(images_per_count=50, num_test=20)  # mnist_13: 100 scenes, 80 train, 20 test

@@ -1,4 +1,4 @@
-"""Throughput benchmarks; prints one JSON line. Modes live in asr_tf.benchmarks.BENCHMARKS.
+"""Throughput benchmarks; prints one JSON line. Modes live in asr_tf.lab.benchmarks.BENCHMARKS.
 
   python tools/benchmark.py --what data --dataset mnist_13
   python tools/benchmark.py --what train --config air_asr_14 --batches 50 --warmup_batches 5
@@ -17,9 +17,10 @@ import sys
 
 from absl import app, flags
 
-from asr_tf import benchmarks
+from asr_tf.lab import benchmarks, step_compare
 
-flags.DEFINE_string("what", "data", f"benchmark mode, one of {sorted(benchmarks.BENCHMARKS)}")
+flags.DEFINE_string("what", "data", f"benchmark mode, one of {sorted(benchmarks.BENCHMARKS)}; "
+                    "serve_steps is one side of --compare_with")
 flags.DEFINE_string("dataset", "mnist_13", "dataset name (data mode; serving mode: its test "
                     "scenes are the requests, give the model's own, e.g. mnist_14)")
 flags.DEFINE_integer("batch_size", 64, "batch size")
@@ -42,8 +43,9 @@ flags.DEFINE_string("compare_with", None, "train mode: another checkout (e.g. a 
 flags.DEFINE_multi_string("with_binding", [], "train mode, side by side: a gin binding for "
                           "this tree's step only (e.g. \"build_model.matmul_dtype = "
                           "'bfloat16'\"); the baseline is --compare_with or this tree without it")
-flags.DEFINE_integer("threads", None, "train mode, side by side: TensorFlow threads of the steps "
-                     "and of the matmul yardstick (default: all cores; 1 as the Tables runs train)")
+flags.DEFINE_integer("threads", None, "train mode, side by side (and serve_steps): TensorFlow "
+                     "threads of the steps and of the matmul yardstick (default: all cores; 1 as "
+                     "the Tables runs train)")
 FLAGS = flags.FLAGS
 
 
@@ -55,13 +57,21 @@ def main(argv):
                 "config", "kinds", "jit_modes", "export_path", "clients", "requests_per_client",
                 "serving_batch_sizes", "load_rounds")}
     try:
+        if FLAGS.what == "serve_steps":  # one side of --compare_with (asr_tf/lab/step_compare.py)
+            if FLAGS.threads:
+                import tensorflow as tf
+
+                tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+                tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
+            step_compare.serve_steps(with_bindings=FLAGS.with_binding, **options)
+            return 0
         if FLAGS.compare_with or FLAGS.with_binding:
             if FLAGS.what != "train":
                 raise ValueError("--compare_with / --with_binding compare training steps: use "
                                  "them with --what train")
-            result = benchmarks.compare_steps(FLAGS.compare_with,
-                                              with_bindings=FLAGS.with_binding,
-                                              threads=FLAGS.threads, **options)
+            result = step_compare.compare_steps(FLAGS.compare_with,
+                                                with_bindings=FLAGS.with_binding,
+                                                threads=FLAGS.threads, **options)
         else:
             result = benchmarks.run(FLAGS.what, **options)
     except ValueError as err:

@@ -6,9 +6,7 @@ glimpse step, and for plain AIR the nELBO of every count given the model's own g
 import json
 import os
 
-import numpy as np
 from absl import app, flags
-
 
 flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
 flags.DEFINE_string("checkpoint", None, "A checkpoint path (default: the latest).")
@@ -21,23 +19,9 @@ flags.DEFINE_string("out", None, "JSON output path (default: <workdir>/count_dia
 FLAGS = flags.FLAGS
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def main(argv):
     del argv
-    from asr_tf import diagnostics
+    from asr_tf.lab import diagnostics
 
     result = diagnostics.diagnose_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                                           num_test=FLAGS.num_test, seed=FLAGS.seed,
@@ -50,7 +34,8 @@ def main(argv):
     tag = "" if FLAGS.ledger_prior_logit is None else f"_prior{FLAGS.ledger_prior_logit:g}"
     out = FLAGS.out or os.path.join(FLAGS.workdir, f"count_diagnostics_{result['step']}{tag}.json")
     with open(out, "w") as f:
-        json.dump(_jsonable({k: v for k, v in result.items() if k != "markdown"}), f, indent=1)
+        json.dump(diagnostics.to_json({k: v for k, v in result.items() if k != "markdown"}), f,
+                  indent=1)
     print(out)
 
 

@@ -22,11 +22,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from asr_tf import evaluation
+    from asr_tf.run import trained
 
-    result = evaluation.evaluate_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
-                                        num_test=FLAGS.num_test, seed=FLAGS.seed,
-                                        deterministic=FLAGS.deterministic)
+    result = trained.evaluate_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
+                                      num_test=FLAGS.num_test, seed=FLAGS.seed,
+                                      deterministic=FLAGS.deterministic)
     text = json.dumps(result, indent=1)
     print(text)
     with open(FLAGS.out or os.path.join(FLAGS.workdir, "evaluation.json"), "w") as f:

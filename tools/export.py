@@ -25,10 +25,11 @@ def main(argv):
     del argv
     if not FLAGS["verbosity"].present:  # TF logs every saved function at INFO
         logging.set_verbosity(logging.WARNING)
-    from asr_tf import export, runs
+    from asr_tf import export
+    from asr_tf.run import trained
 
     try:
-        model, spec = runs.load_trained(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
+        model, spec, _ = trained.load_trained(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
         counts = tuple(spec.counts)  # the run's data set: AIR generates these counts
         path = export.export_saved_model(model, FLAGS.export_dir, version=FLAGS.version,
                                          stochastic_default=FLAGS.stochastic_default,

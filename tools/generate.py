@@ -16,10 +16,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from asr_tf import evaluation
+    from asr_tf.run import trained
 
-    path = evaluation.write_figure(FLAGS.workdir, FLAGS.out, reconstruct=FLAGS.reconstruct,
-                                  num=FLAGS.num, seed=FLAGS.seed, checkpoint=FLAGS.checkpoint)
+    path = trained.write_figure(FLAGS.workdir, FLAGS.out, reconstruct=FLAGS.reconstruct,
+                                num=FLAGS.num, seed=FLAGS.seed, checkpoint=FLAGS.checkpoint)
     print(path)
 
 

@@ -3,14 +3,13 @@
   python tools/reproduce.py --table 1 --rows 14 24 --steps 20000 --seeds 3   # train + report
   (--rows 14,24 too)
   python tools/reproduce.py --table 2 --report_only                          # tables from disk
-  python tools/reproduce.py --table 1 --rows 13 --variants size,faithful:1
+  python tools/reproduce.py --table 1 --rows 13 --variants size,asr/faithful:1,asr/size+decay
 
 Runs that reached --steps (in --runs_dir, or archived in --archive_dir, default --out_dir/runs:
 a new machine has no runs/) are skipped, runs cut short resume; --parallel runs train at once
 with --threads threads each. The report (every table, per-run rows, curves and grids per row,
 the small results of every run archived) is rewritten from what is on disk.
 """
-import json
 import os
 
 from absl import app, flags
@@ -21,9 +20,10 @@ flags.DEFINE_list("rows", None, "Rows (Table 1: 13, 14, 24; Table 2: mnist_overl
 flags.DEFINE_integer("steps", 20000, "Training iterations of every run (the budget).")
 flags.DEFINE_integer("seeds", 3, "AIR-ASR seeds.")
 flags.DEFINE_integer("baseline_seeds", 1, "AIR and AIR-pPrior seeds.")
-flags.DEFINE_list("variants", [], "Named variants trained and reported beside a row's configs, "
-                  "as [model/]name[:seeds]: configs/<model>_<row>_<name>.gin where it exists "
-                  "(size, floor20k, faithful); 'asr/faithful:1' only ASR's, one seed.")
+flags.DEFINE_list("variants", [], "Variants trained and reported beside a row's runs, as "
+                  "[model/]overlay[+overlay][:seeds] (overlays: faithful, size, decay, floor20k): "
+                  "'size' the size overlay on every run it fits (AIR-ASR of Table 1), "
+                  "'asr/faithful:1' AIR-ASR with faithful, one seed.")
 flags.DEFINE_integer("variant_seeds", None, "Seeds of the variants (default: --seeds).")
 flags.DEFINE_list("train_models", ["air", "pprior", "asr"], "Train only these models' runs "
                   "(air, pprior, asr: the ASR configs and their variants); report every run.")
@@ -47,7 +47,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from asr_tf import reproduce
+    from asr_tf.lab import report, reproduce
 
     extra_rows = argv[1:]  # `--rows 14 24`: the rows after the first arrive as arguments
     if extra_rows and not FLAGS.rows:
@@ -55,47 +55,24 @@ def main(argv):
     rows = (FLAGS.rows or []) + extra_rows or [r for t in FLAGS.table for r in reproduce.TABLES[t]]
     archive_dir = FLAGS.archive_dir or os.path.join(FLAGS.out_dir, "runs")
     print(f"finished runs: {FLAGS.runs_dir}, else the archive {archive_dir}")
+    unknown = set(FLAGS.train_models) - set(reproduce.MODEL_PREFIXES)
+    if unknown:
+        raise app.UsageError(f"--train_models: unknown {sorted(unknown)}")
     try:
         runs = reproduce.plan(FLAGS.runs_dir, rows, FLAGS.seeds, FLAGS.baseline_seeds,
                               FLAGS.variants, FLAGS.variant_seeds, archive_dir=archive_dir)
     except ValueError as err:
         raise app.UsageError(str(err))
     if not FLAGS.report_only:
-        unknown = set(FLAGS.train_models) - {"air", "pprior", "asr"}
-        if unknown:
-            raise app.UsageError(f"--train_models: unknown {sorted(unknown)}")
-        chosen = [r for r in runs if reproduce.model_of(r.config) in FLAGS.train_models]
+        chosen = [r for r in runs if reproduce.model_of(r.name) in FLAGS.train_models]
         codes = reproduce.train_runs(chosen, FLAGS.steps, FLAGS.parallel, FLAGS.threads,
                                      FLAGS.max_minutes, FLAGS.gin_param)
         failed = {w: c for w, c in codes.items() if c}
         if failed:
             print(f"runs that failed (see <workdir>.log): {failed}")
-    by_table = {}
-    for row in sorted(rows, key=reproduce.ROW_ORDER.index):
-        table = reproduce.table_of(row)
-        mine = [r for r in runs if reproduce.row_of(r.config) == row]
-        by_table.setdefault(table, {})[row] = reproduce.summarize(
-            mine, FLAGS.steps, reproduce.METRICS[table], FLAGS.last)
-        if FLAGS.figures:
-            for name, path in reproduce.write_figures(
-                    mine, row, os.path.join(FLAGS.out_dir, row), FLAGS.steps).items():
-                print(name, path)
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
-    for table, rows_tables in by_table.items():
-        text = (reproduce.markdown_table(table, rows_tables, FLAGS.steps, FLAGS.last) + "\n\n"
-                + reproduce.per_run_table(rows_tables, FLAGS.steps))
-        print(f"Table {table}:\n{text}\n")
-        with open(os.path.join(FLAGS.out_dir, f"table{table}.md"), "w") as f:
-            f.write(text + "\n")
-        with open(os.path.join(FLAGS.out_dir, f"table{table}.json"), "w") as f:
-            json.dump({"steps": FLAGS.steps, "last": FLAGS.last, "rows": rows_tables}, f,
-                      indent=1)
-        if FLAGS.results_md:
-            reproduce.replace_section(FLAGS.results_md, f"table{table}", text)
-    if FLAGS.results_md and FLAGS.figures:
-        reproduce.replace_section(FLAGS.results_md, "figures", reproduce.figures_markdown(
-            rows, FLAGS.out_dir, os.path.dirname(os.path.abspath(FLAGS.results_md))))
-    archived = reproduce.archive(runs, archive_dir)
+    report.write_report(runs, rows, FLAGS.steps, FLAGS.out_dir, FLAGS.results_md or None,
+                        FLAGS.figures, FLAGS.last)
+    archived = report.archive(runs, archive_dir)
     print(f"archived {len(archived)} runs' small results under {archive_dir}")
 
 

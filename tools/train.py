@@ -1,18 +1,21 @@
 """Trains one run: python tools/train.py --config configs/air_asr_14.gin [--workdir W].
 
-The run lives in --workdir, by default runs/<config> (runs/air_asr_14): running the same
-command again resumes it from its latest checkpoint. Several processes or devices: --strategy
-mirrored|multi_worker (docs/DISTRIBUTED.md).
+Overlays follow the run's config: ``--config air_asr_13 --config faithful`` (the original
+code's behaviour), ``--config size``, ``--config decay``, ``--config floor20k`` (WORKSPACE.md).
+The run lives in --workdir, by default runs/<configs joined by '+'> (runs/air_asr_14,
+runs/air_asr_13+faithful): running the same command again resumes it from its latest
+checkpoint. Several processes or devices: --strategy mirrored|multi_worker (docs/DISTRIBUTED.md).
 """
 from absl import app, flags
 
-from asr_tf import config
+from asr_tf.run import config
 
-flags.DEFINE_multi_string("config", [], "Config name or .gin path; repeatable. The configs: "
-                          + ", ".join(config.available_configs()))
+flags.DEFINE_multi_string("config", [], "Config name or .gin path; repeatable: a run's config, "
+                          "then overlays. The configs: " + ", ".join(config.available_configs())
+                          + "; the overlays: " + ", ".join(config.OVERLAYS))
 flags.DEFINE_multi_string("gin_param", [], "Extra gin binding, e.g. 'train_eval.eval_every=500'.")
-flags.DEFINE_string("workdir", None, "Run folder (default runs/<config>, relative to the current "
-                    "folder; the same command resumes it).")
+flags.DEFINE_string("workdir", None, "Run folder (default runs/<configs joined by '+'>, relative "
+                    "to the current folder; the same command resumes it).")
 flags.DEFINE_integer("seed", None, "The run's seed (train_eval.seed): initial weights, noise "
                      "and the order of the training scenes; the scenes and the test set are the "
                      "data set's (run_spec.data_seed).")
@@ -30,7 +33,7 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    from asr_tf import runs, train_lib
+    from asr_tf.run import loop, workdir as workdir_lib
 
     if FLAGS.threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
@@ -50,7 +53,7 @@ def main(argv):
         raise app.UsageError(str(err))
     if FLAGS.strategy == "multi_worker" and not FLAGS.workdir:
         raise app.UsageError("--strategy multi_worker needs --workdir (the same on every worker)")
-    workdir = FLAGS.workdir or runs.default_workdir(files)
+    workdir = FLAGS.workdir or config.default_workdir(files)
     kwargs = {}
     if FLAGS.max_steps is not None:  # this invocation only: not part of the run
         kwargs["max_steps"] = FLAGS.max_steps
@@ -58,10 +61,11 @@ def main(argv):
         kwargs["max_minutes"] = FLAGS.max_minutes
     print(f"workdir: {workdir}")
     try:
-        summary = train_lib.train_eval(workdir, **kwargs)
-    except (runs.RecordMismatchError, runs.CheckpointError, runs.WorkdirBusyError) as err:
+        summary = loop.train_eval(workdir, **kwargs)
+    except (workdir_lib.RecordMismatchError, workdir_lib.CheckpointError,
+            workdir_lib.WorkdirBusyError) as err:
         raise app.UsageError(str(err))
-    print(summary)
+    print(loop.summary_line(workdir, summary))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,15 @@
 """Evaluation of a run on its data set's fixed test scenes (spec §8): ACC, SE, nELBO, mIoU, box
-statistics; reconstruction and generation grids; the same from a trained workdir.
+statistics, the count histogram; reconstruction and generation grids.
 
 The test scenes are the data set's (``spec.data_seed``), the same for every seed of a run; the
-evaluation noise at step k comes from the run's seed and k, so ``evaluate_workdir`` on a
-checkpoint reproduces the evaluation the run logged at that step.
+evaluation noise at step k comes from the run's seed and k, so evaluating a checkpoint again
+(asr_tf/run/trained.py) reproduces the evaluation the run logged at that step.
 """
-import dataclasses
-
 import numpy as np
 import tensorflow as tf
 
-from asr_tf import diagnostics
+from asr_tf import counts
 from asr_tf import metrics as metrics_lib
-from asr_tf import runs
 from asr_tf import training
 from asr_tf import viz
 from asr_tf.data import pipeline
@@ -39,14 +36,20 @@ class Evaluator:
         self.num_test = int(self.test["image"].shape[0])
         self.batch_size = min(batch_size, self.num_test)
 
-    def __call__(self, step):
-        """Returns (metrics dict of floats, arrays dict for images) at training step ``step``."""
+    def __call__(self, step, deterministic=None):
+        """Returns (metrics dict of floats, arrays dict for images) at training step ``step``.
+
+        ``deterministic``: None, the model's configured pass (``Quirks.deterministic_eval``,
+        Q25-Q27); True, means and z_pres thresholded at 0.5; False, one stochastic pass."""
+        if deterministic is None:
+            deterministic = self.model.quirks.deterministic_eval
         gen = tf.random.Generator.from_seed(self.seed * 1_000_003 + int(step) + 7)
         outs, terms = [], []
         for lo in range(0, self.num_test, self.batch_size):
             images = self.test["image"][lo:lo + self.batch_size]
             noise = self.model.sample_noise(int(images.shape[0]), gen)
-            o, t = training.eval_step(self.model, images, noise, tf.constant(step, tf.int64))
+            o, t = training.eval_step(self.model, images, noise, tf.constant(step, tf.int64),
+                                      bool(deterministic))
             outs.append({k: v.numpy() for k, v in o.items() if k not in ("step_mask", "steps_executed")})
             terms.append({k: v.numpy() for k, v in t.items()})
         out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
@@ -62,7 +65,7 @@ class Evaluator:
         result.update(se_by_count(self.test["image"].numpy(), out["recon"],
                                    self.test["count"].numpy()))
         # count histogram per true count and presence per glimpse step (count_frac_*, pres_*)
-        result.update(diagnostics.count_report(out["count"], out["z_pres_prob"],
+        result.update(counts.count_report(out["count"], out["z_pres_prob"],
                                                self.test["count"].numpy())["scalars"])
         return result, out
 
@@ -131,38 +134,3 @@ def generate_scenes(model, num, generator, spec):
             parts.append(model.generate(sl, c))
         out = {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]}
     return {k: v.numpy() for k, v in out.items()}
-
-
-def evaluate_workdir(workdir, checkpoint=None, num_test=None, seed=None, deterministic=False):
-    """The four metrics (and diagnostics) of a trained run at a checkpoint, as a dict (with
-    ``step``, the checkpoint's).
-
-    By default on the run's own test scenes with its own evaluation noise (``num_test`` and
-    ``seed`` from its record): the evaluation the run logged at that step, if it logged one.
-    """
-    model, spec = runs.load_trained(workdir, checkpoint)
-    num_test = runs.recorded("num_test") if num_test is None else num_test
-    seed = runs.recorded("seed") if seed is None else seed
-    if deterministic:
-        model.quirks = dataclasses.replace(model.quirks, deterministic_eval=True)
-    step = runs.restored_step(workdir, checkpoint)
-    result, _ = Evaluator(model, spec, num_test, seed)(step)
-    return dict(step=step, **result)
-
-
-def write_figure(workdir, out_path, reconstruct=False, num=64, seed=None, checkpoint=None):
-    """Writes a PNG grid of prior samples, or of test reconstructions with inferred boxes
-    (the first ``num`` test scenes; ``seed`` default: the run's)."""
-    model, spec = runs.load_trained(workdir, checkpoint)
-    seed = runs.recorded("seed") if seed is None else seed
-    step = runs.restored_step(workdir, checkpoint)
-    if reconstruct:
-        evaluator = Evaluator(model, spec, num_test=num, seed=seed)
-        _, out = evaluator(step)
-        grid = boxed_panels(evaluator.test["image"].numpy()[..., 0], out["recon"], out,
-                             spec.canvas_px, n=num)
-    else:
-        samples = generate_scenes(model, num, tf.random.Generator.from_seed(seed), spec)
-        images = np.clip(samples["images"], 0.0, 1.0)
-        grid = viz.image_grid(images)
-    return viz.save_png(grid, out_path)

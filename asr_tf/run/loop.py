@@ -1,17 +1,6 @@
 """``train_eval``: the training loop (spec §7-§9).
 
-A run lives in one workdir::
-
-  config.gin, invocations.jsonl   the run's record (asr_tf/runs.py)
-  operative_config.gin            the bindings actually used
-  train/, eval/                   TensorBoard event files, live (asr_tf/summaries.py)
-  ckpt/                           tf.train.CheckpointManager (model, optimizer, noise generator,
-                                  step, best-selection state)
-  metrics.jsonl                   one line per evaluation (asr_tf/evaluation.py)
-  summary.json                    final, best (Q28) and best-by-test metrics
-  log.txt                         the console log
-
-Resume: the same command again restores the latest checkpoint and continues at its step
+A run lives in one workdir (its layout: asr_tf/run/workdir.py). Resume: the same command again restores the latest checkpoint and continues at its step
 with the same next batch (the data pipeline is random-access by step).
 
 One process or many (``strategy``, asr_tf/distribute.py): the same loop and the same step
@@ -29,16 +18,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from asr_tf import diagnostics
-from asr_tf import distribute
-from asr_tf import evaluation
+from asr_tf import counts
 from asr_tf import metrics as metrics_lib
 from asr_tf import objectives
-from asr_tf import runs
-from asr_tf import summaries
 from asr_tf import training
-from asr_tf import xla_cpu
 from asr_tf.data import pipeline
+from asr_tf.run import distribute
+from asr_tf.run import evaluation
+from asr_tf.run import summaries
+from asr_tf.run import workdir as workdir_lib
+from asr_tf.run import xla_cpu
 
 
 @gin.configurable(denylist=["workdir"])
@@ -69,19 +58,22 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
         or a tf.distribute.Strategy: ``batch_size`` is the global batch, split over the
         replicas. Non-chief workers write into a temporary folder and do not evaluate.
     Returns:
-      the summary dict written to summary.json.
+      the summary dict written to summary.json: ``final`` (the configured evaluation at the
+      last step), ``best`` (Q28), ``best_by_test``, and ``at_end``, the last step's paper
+      evaluation (one stochastic pass, Q25-Q27) and deterministic one side by side.
     """
     xla_cpu.xla_cpu_codegen()  # before the first XLA compilation of this process
     os.makedirs(workdir, exist_ok=True)
     dist = distribute.Distributed(strategy, batch_size)
     out = dist.output_dir(workdir)  # what this worker writes
-    runs.lock_workdir(out)  # one trainer per workdir
-    runs.write_record(out, start_step=runs.restored_step(workdir))  # refuses other seeds
+    workdir_lib.lock(out)  # one trainer per workdir
+    spec = workdir_lib.run_spec()
+    workdir_lib.write_record(out, seed, spec.data_seed,  # refuses other seeds
+                             start_step=workdir_lib.restored_step(workdir))
     log = _file_logger(out)
     keras.utils.set_random_seed(seed)  # initial weights
-    spec = runs.run_spec()
     with dist.scope():
-        model, objective, quirks = runs.build_components(spec)
+        model, objective, quirks = workdir_lib.build_components(spec)
         optimizer = training.make_optimizer(model)
         generator = tf.random.Generator.from_seed(seed + 1)
     dist.prepare(optimizer)
@@ -91,15 +83,13 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     best_var = tf.Variable(json.dumps(best.state()), dtype=tf.string, name="best_state")
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, generator=generator,
                                step=step_var, best_state=best_var)
-    manager = tf.train.CheckpointManager(ckpt, os.path.join(workdir, "ckpt"),
-                                         max_to_keep=keep_checkpoints)
+    manager = workdir_lib.checkpoint_manager(ckpt, workdir, keep_checkpoints)
     if manager.latest_checkpoint:
-        runs.restore_or_fail(ckpt, manager.latest_checkpoint)
+        workdir_lib.restore_or_fail(ckpt, manager.latest_checkpoint)
         best = metrics_lib.BestTracker.from_state(json.loads(best_var.numpy().decode()))
         log.info("restored %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
     if out != workdir:  # a non-chief worker saves too (collectively), into its temporary folder
-        manager = tf.train.CheckpointManager(ckpt, os.path.join(out, "ckpt"),
-                                             max_to_keep=keep_checkpoints)
+        manager = workdir_lib.checkpoint_manager(ckpt, out, keep_checkpoints)
     start = int(step_var.numpy())
 
     total = num_steps or pipeline.iterations_for_epochs(spec, num_epochs, batch_size)
@@ -156,7 +146,7 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
                         run_log.image("eval", tag, img, step)
                 log.info("step %d: %s", step, " ".join(  # the count histogram: TensorBoard only
                     f"{k}={v:.4g}" for k, v in result.items()
-                    if not k.startswith(diagnostics.COUNT_SCALAR_PREFIXES)))
+                    if not k.startswith(counts.COUNT_SCALAR_PREFIXES)))
             run_log.flush()  # live in TensorBoard; before the checkpoint of this step
             if step % checkpoint_every == 0 or step == stop_at:
                 best_var.assign(json.dumps(best.state()))
@@ -165,13 +155,30 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     finally:  # after an exception too: nothing queued is written after the next start's cut
         run_log.close()
     bar.close()
-    runs.write_operative_config(out)
+    workdir_lib.write_operative_config(out)
     summary = dict(step=step, total_steps=total, **best.summary())
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    if dist.is_chief and step > start:
+        summary["at_end"] = {"step": step, **{
+            name: metrics_lib.jsonable(evaluator(step, deterministic=det)[0])
+            for name, det in (("stochastic", False), ("deterministic", True))}}
+    workdir_lib.write_summary(out, summary)
     dist.finish()
-    runs.unlock_workdir(out)
+    workdir_lib.unlock(out)
     return summary
+
+
+def summary_line(workdir, summary):
+    """One line for the console at the end of an invocation (summary.json keeps the rest)."""
+    def metrics(result):
+        return " ".join(f"{name} {result[key]:.3g}" for key, name in (
+            ("acc", "ACC"), ("se", "SE"), ("miou", "mIoU"), ("nelbo", "nELBO")) if key in result)
+
+    end = summary.get("at_end")
+    text = (f"{workdir}: step {summary['step']:,}/{summary['total_steps']:,}; "
+            + (f"{metrics(end['stochastic'])} (one stochastic pass), "
+               f"{metrics(end['deterministic'])} (deterministic)" if end
+               else metrics(summary.get("final") or {})))
+    return text + f"; {os.path.join(workdir, workdir_lib.SUMMARY_FILE)}"
 
 
 def _stop_on_sigterm():
@@ -194,7 +201,7 @@ def _progress(start, stop, enabled):
 def _file_logger(workdir):
     log = logging.getLogger("asr_tf.train")
     log.setLevel(logging.INFO)
-    path = os.path.join(workdir, "log.txt")
+    path = os.path.join(workdir, workdir_lib.LOG_FILE)
     if not any(getattr(h, "baseFilename", None) == os.path.abspath(path) for h in log.handlers):
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

@@ -4,16 +4,21 @@
 ``serving_default``); the model's own code (asr_tf, TFP) is not used. This is the compute
 part of a request; a model server adds (de)serialisation and the network on top.
 
+``benchmark`` (``tools/benchmark.py --what serving``): both, with the server's memory watched.
+
 ``load``: concurrent gRPC clients against a PredictionService (``asr_tf.serving``, the
 servicer the tests use, or a model server): requests/s, latency p50/p99, errors, and
 malformed requests sent in the middle of the load, each of which must get INVALID_ARGUMENT
 while every other request succeeds.
 
-  from asr_tf import serving_benchmark
+  from asr_tf.lab import serving_benchmark
   serving_benchmark.run("models/air_asr_14/1")
   serving_benchmark.load("127.0.0.1:8500", "air_asr_14", images)
 """
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -235,3 +240,73 @@ def load(address, model_name, images, clients=8, requests_per_client=50, batch_s
             "max_ms": round(float(flat.max()), 2), "malformed": malformed,
             "malformed_ok": all(e["codes"] == {"INVALID_ARGUMENT": e["sent"]}
                                 for e in malformed.values())}
+
+
+SERVER_RSS_BOUND_MB = 32  # allowed growth of the server's memory after its first load
+
+
+def benchmark(export_path: str = None, dataset: str = "mnist_14", clients: int = 8,
+                      requests_per_client: int = 100, serving_batch_sizes: str = "1,16",
+                      load_rounds: int = 2, seed: int = 0, **unused) -> dict:
+    """A SavedModel's ``serving_default``: in-process latency, then gRPC under load.
+
+    In-process (:func:`run`): p50/p99 per batch size on test scenes of
+    ``dataset``. Under load: the PredictionService of ``asr_tf.serving`` (the servicer the
+    tests use) in its own process on 127.0.0.1; ``clients`` concurrent clients send
+    ``requests_per_client`` requests each, per batch size, ``load_rounds`` times over, with
+    every kind of malformed request in the middle (:func:`load`); each
+    well-formed response's counts are checked against the in-process model. The server's
+    resident memory is read after a warm-up and after each load; from the end of the first
+    round of loads to the end of the last it may grow by at most SERVER_RSS_BOUND_MB.
+    """
+    if not export_path:
+        raise ValueError("--export_path is required for --what serving (a <export_dir>/<version> folder)")
+    from asr_tf import serving
+    from asr_tf.data import pipeline, scenes
+
+    spec = scenes.get_spec(dataset)
+    test = next(iter(pipeline.make_dataset(spec, split="test", batch_size=spec.num_test,
+                                           seed=seed, repeat=False, drop_remainder=False)))
+    images = test["image"].numpy()  # [M, S, S, 1]
+    sizes = [int(n) for n in serving_batch_sizes.split(",")]
+    result = {"what": "serving", "dataset": dataset,
+              "in_process": run(export_path, batch_sizes=sizes, images=images, seed=seed)}
+    loaded = tf.saved_model.load(export_path)
+    infer = loaded.signatures["serving_default"]
+    expected = np.concatenate([infer(images=tf.constant(images[i:i + 250]))["count"].numpy()
+                               for i in range(0, len(images), 250)])
+    del loaded, infer
+    name = os.path.basename(os.path.dirname(os.path.abspath(export_path)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    server = subprocess.Popen([sys.executable, "-m", "asr_tf.serving", export_path, name,
+                               str(clients)], cwd=repo, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(server.stdout.readline())
+        address = f"127.0.0.1:{info['port']}"
+        for n in sizes:  # warm-up: every batch size once, and a malformed request
+            load(address, name, images, clients=2, requests_per_client=3, batch_size=n,
+                    malformed_rounds=1, expected_count=expected)
+        rss = [serving.rss_bytes(info["pid"])]
+        result["server_rss_mb_after_warmup"] = round(rss[0] / 2**20, 1)
+        for r in range(load_rounds):
+            for n in sizes:
+                out = load(address, name, images, clients=clients,
+                              requests_per_client=requests_per_client, batch_size=n,
+                              expected_count=expected)
+                rss.append(serving.rss_bytes(info["pid"]))
+                out["server_rss_mb_after"] = round(rss[-1] / 2**20, 1)
+                result[f"load_round{r + 1}_batch_{n}"] = out
+        # growth from the end of the first load to the end of the last (the first load's
+        # allocations are the server's working set; later loads must not add to it)
+        growth = (rss[-1] - rss[len(sizes)]) / 2**20
+        result["server_rss_growth_mb"] = round(growth, 1)
+        result["server_rss_bound_mb"] = SERVER_RSS_BOUND_MB
+        result["server_rss_within_bound"] = bool(growth <= SERVER_RSS_BOUND_MB)
+    finally:
+        server.stdin.close()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return result

@@ -29,12 +29,13 @@ reloads every 5 s; then a point every log interval (~2.5 s). The tiny test confi
 """
 import json
 import os
-import shutil
 import struct
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
+
+from asr_tf.run import workdir as workdir_lib
 
 RUNS = ("train", "eval")  # TensorBoard runs: subfolders of the workdir
 
@@ -50,8 +51,7 @@ class RunLog:
 
     def __init__(self, workdir, resumed_at):
         self.workdir = workdir
-        self.metrics_path = os.path.join(workdir, "metrics.jsonl")
-        _remove_two_phase_commit_files(workdir)
+        self.metrics_path = os.path.join(workdir, workdir_lib.METRICS_FILE)
         for run in RUNS:
             folder = os.path.join(workdir, run)
             for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
@@ -155,13 +155,3 @@ def _cut_metrics(path, last_step):
             f.write("".join(kept))
         os.replace(path + ".tmp", path)
 
-
-def _remove_two_phase_commit_files(workdir):
-    """Workdirs of the former design (summaries staged and committed at checkpoints, until
-    2026-11-30): what was staged is re-logged by this invocation or cut."""
-    staging = os.path.join(workdir, ".summaries_staging")
-    if os.path.isdir(staging):
-        shutil.rmtree(staging)
-    marker = os.path.join(workdir, "logged_through")
-    if os.path.exists(marker):
-        os.remove(marker)

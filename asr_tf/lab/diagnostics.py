@@ -1,98 +1,21 @@
-"""Count diagnostics: how a glimpse model counts on the test scenes (pure numpy functions).
+"""Count reports of a trained run (lab tooling): where its boxes are per glimpse step, the count
+histogram and presence per step as markdown (asr_tf/counts.py computes them), and for plain AIR
+the count ledger.
 
-Inputs are the evaluation outputs of one test pass (``Evaluator``): the inferred ``count``
-[N], the posterior presence probability ``z_pres_prob`` [N, T] of every executed step, and
-the true ``true_count`` [N].
-
-* :func:`count_histogram`: for each true count, the fraction of scenes with each inferred count.
-* :func:`presence_by_step`: for each true count, the mean presence probability p_t of each
-  glimpse step t, over the scenes that reached step t (their count >= t, so p_t decided whether
-  object t+1 exists), and over all scenes.
-* :func:`count_report` bundles both with flat scalars for logging; :func:`format_report`
-  renders it as markdown tables.
 * :func:`count_elbo_ledger` prices every count k = 0..T for plain AIR, whose proposals do not
   depend on z_pres (``AIR.glimpse_ledger``): the nELBO of the test pass had it stopped after
   k glimpses, with the presence prior charged as a Bernoulli, and the count it would choose.
+* :func:`diagnose_workdir` runs one test pass of a trained run and reports all of it
+  (tools/diagnose_counts.py).
 """
 import numpy as np
+import tensorflow as tf
 
+from asr_tf import objectives
+from asr_tf.counts import as_counts, count_histogram, count_report
+from asr_tf.models.air import AIR
 from asr_tf.objectives import BCE_EPS  # the loss's epsilon: the ledger prices what it trains
-
-# Prefixes of the scalars :func:`count_report` adds to every evaluation (TensorBoard only).
-COUNT_SCALAR_PREFIXES = ("count_frac_", "pres_")
-
-
-def _as_counts(name, values):
-    values = np.asarray(values)
-    if values.ndim != 1:
-        raise ValueError(f"{name} must be a vector [N], got shape {values.shape}")
-    if values.size and (np.any(values < 0) or np.any(values != np.round(values))):
-        raise ValueError(f"{name} must hold non-negative integers")
-    return values.astype(np.int64)
-
-
-def count_histogram(count, true_count, max_count):
-    """Fraction of scenes with each inferred count, per true count.
-
-    Args:
-      count: [N] inferred counts; true_count: [N] true counts; max_count: the largest count
-        to tabulate (T); larger inferred counts are an error.
-    Returns:
-      {true count c: (fractions [max_count + 1] over inferred counts 0..max_count, scenes n_c)}.
-    """
-    count, true_count = _as_counts("count", count), _as_counts("true_count", true_count)
-    if count.shape != true_count.shape:
-        raise ValueError(f"count {count.shape} and true_count {true_count.shape} differ in shape")
-    if count.size and count.max() > max_count:
-        raise ValueError(f"an inferred count {count.max()} exceeds max_count={max_count}")
-    out = {}
-    for c in np.unique(true_count):
-        sel = count[true_count == c]
-        out[int(c)] = (np.bincount(sel, minlength=max_count + 1) / sel.size, int(sel.size))
-    return out
-
-
-def presence_by_step(z_pres_prob, true_count, count=None, step_mask=None):
-    """Mean presence probability per glimpse step, per true count.
-
-    Args:
-      z_pres_prob: [N, T] sigmoid of the posterior z_pres logit at each step.
-      true_count: [N].
-      count: [N] inferred counts; if given, ``reached`` averages step t over the scenes with
-        count >= t (those for which step t decided about object t+1).
-      step_mask: [T] 1 for the steps the test pass executed (records after it are zeros);
-        default: every step.
-    Returns:
-      {true count c: {"all": [T], "reached": [T] or None, "reached_n": [T] or None}}; NaN at
-      steps not executed or reached by no scene.
-    """
-    p = np.asarray(z_pres_prob, np.float64)
-    if p.ndim != 2:
-        raise ValueError(f"z_pres_prob must be [N, T], got shape {p.shape}")
-    true_count = _as_counts("true_count", true_count)
-    if true_count.shape[0] != p.shape[0]:
-        raise ValueError(f"true_count has {true_count.shape[0]} scenes, z_pres_prob {p.shape[0]}")
-    t_max = p.shape[1]
-    executed = np.ones(t_max, bool) if step_mask is None else np.asarray(step_mask) > 0.5
-    if executed.shape != (t_max,):
-        raise ValueError(f"step_mask must be [{t_max}], got shape {executed.shape}")
-    if count is not None:
-        count = _as_counts("count", count)
-        if count.shape != true_count.shape:
-            raise ValueError(f"count {count.shape} and true_count {true_count.shape} differ")
-    out = {}
-    for c in np.unique(true_count):
-        rows = true_count == c
-        mean_all = np.where(executed, p[rows].mean(0), np.nan)
-        entry = {"all": mean_all, "reached": None, "reached_n": None}
-        if count is not None:
-            reached = count[rows][:, None] >= np.arange(t_max)[None, :]  # [n_c, T]
-            n = reached.sum(0)
-            total = np.where(reached, p[rows], 0.0).sum(0)
-            entry["reached"] = np.where(executed & (n > 0), total / np.maximum(n, 1), np.nan)
-            entry["reached_n"] = n
-        out[int(c)] = entry
-    return out
+from asr_tf.run import config, evaluation, trained
 
 
 def boxes_by_step(scale, shift, present, images, true_count, canvas_px):
@@ -114,7 +37,7 @@ def boxes_by_step(scale, shift, present, images, true_count, canvas_px):
     if shift.shape != (n, t_max, 2) or present.shape != (n, t_max):
         raise ValueError(f"scale {scale.shape}, shift {shift.shape} and present {present.shape} "
                          "must be [N, T], [N, T, 2], [N, T]")
-    true_count = _as_counts("true_count", true_count)
+    true_count = as_counts("true_count", true_count)
     x = np.asarray(images, np.float64).reshape(n, canvas_px, canvas_px)
     side = scale * canvas_px  # [N, T]
     centre = (shift + 1.0) * canvas_px / 2.0  # [N, T, 2]
@@ -157,26 +80,6 @@ def format_boxes(boxes):
             cells.append(f"{e['present'][t]:.2f} / {side} / {e['ink_covered'][t]:.2f}")
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def count_report(count, z_pres_prob, true_count, step_mask=None):
-    """Histogram and presence per step, plus flat float scalars for logging.
-
-    Scalars: ``count_frac_<c>obj_<k>`` (fraction of true-count-c scenes inferred as k),
-    ``pres_<c>obj_step<t>`` (mean p_t over the scenes that reached step t; NaN skipped).
-    """
-    p = np.asarray(z_pres_prob)
-    t_max = p.shape[1] if p.ndim == 2 else 0
-    hist = count_histogram(count, true_count, t_max)
-    pres = presence_by_step(p, true_count, count, step_mask)
-    scalars = {}
-    for c, (frac, _) in hist.items():
-        for k, f in enumerate(frac):
-            scalars[f"count_frac_{c}obj_{k}"] = float(f)
-        for t, v in enumerate(pres[c]["reached"]):
-            if np.isfinite(v):
-                scalars[f"pres_{c}obj_step{t}"] = float(v)
-    return {"histogram": hist, "presence": pres, "scalars": scalars}
 
 
 def format_report(report):
@@ -260,7 +163,7 @@ def ledger_summary(ledger, count, true_count):
     ``best_is_true`` (fraction with best_count == c), ``mean_gain`` [T] (mean reconstruction
     value of glimpse t, nats), ``mean_nelbo`` [T+1] (mean nELBO had every scene used k)}.
     """
-    count, true_count = _as_counts("count", count), _as_counts("true_count", true_count)
+    count, true_count = as_counts("count", count), as_counts("true_count", true_count)
     best = np.asarray(ledger["best_count"])
     t_max = ledger["gain"].shape[1]
     hist = count_histogram(best, true_count, t_max)
@@ -340,15 +243,9 @@ def diagnose_workdir(workdir, checkpoint=None, num_test=None, seed=None, ledger=
     ``ledger_summary`` and ``ledger_check`` (the largest |nll of the pass - ledger nll at the
     inferred count|, which must be ~0).
     """
-    import tensorflow as tf
-
-    from asr_tf import evaluation, objectives, runs
-    from asr_tf.models.air import AIR
-
-    model, spec = runs.load_trained(workdir, checkpoint)
-    num_test = runs.recorded("num_test") if num_test is None else num_test
-    seed = runs.recorded("seed") if seed is None else seed
-    step = runs.restored_step(workdir, checkpoint)
+    model, spec, step = trained.load_trained(workdir, checkpoint)
+    num_test = config.recorded("num_test") if num_test is None else num_test
+    seed = config.recorded("seed") if seed is None else seed
     scenes = evaluation.Evaluator(model, spec, num_test, seed).test
     images, true_count = scenes["image"], scenes["count"].numpy()
     gen = tf.random.Generator.from_seed(seed * 1_000_003 + step + 11)
@@ -383,3 +280,18 @@ def diagnose_workdir(workdir, checkpoint=None, num_test=None, seed=None, ledger=
         result["markdown"] += (f"\nLedger, presence priced at {priced}.\n\n"
                                + format_ledger_summary(result["ledger_summary"]))
     return result
+
+
+def to_json(value):
+    """A diagnosis (nested dicts, lists, numpy) as plain JSON values; NaN and inf as None."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_json(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -1,0 +1,267 @@
+"""A run's folder: the one owner of its layout, its record, its lock and its checkpoints.
+
+A workdir holds::
+
+  config.gin            every gin binding of the run (tools/train.py's flags included as
+                        ``train_eval.seed``, ``train_eval.strategy``); tools rebuild the run from it
+  invocations.jsonl     one line per invocation of the training: when, the command line, the
+                        code commit, the machine, the step it started at, the run's seeds
+  operative_config.gin  the bindings actually used (written at the end of an invocation)
+  train/, eval/         TensorBoard event files, live (asr_tf/run/summaries.py)
+  metrics.jsonl         one line per evaluation
+  summary.json          final, best (Q28) and best-by-test metrics; both evaluations at the end
+  log.txt               the console log
+  ckpt/                 tf.train.CheckpointManager (model, optimizer, noise generator, step,
+                        best-selection state)
+  .lock                 held by the process training in it
+
+so ``tools/evaluate.py``, ``generate.py`` and ``export.py`` need nothing but ``--workdir``.
+"""
+import datetime
+import fcntl
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+
+import gin
+import tensorflow as tf
+
+from asr_tf import objectives
+from asr_tf.data import scenes
+from asr_tf.models import build_model
+from asr_tf.quirks import Quirks
+
+CONFIG_FILE = "config.gin"
+INVOCATIONS_FILE = "invocations.jsonl"
+OPERATIVE_FILE = "operative_config.gin"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+LOG_FILE = "log.txt"
+CKPT_DIR = "ckpt"
+LOCK_FILE = ".lock"
+# The small results of a run, archived under docs/results/ (no checkpoints).
+RECORD_FILES = (METRICS_FILE, SUMMARY_FILE, CONFIG_FILE, OPERATIVE_FILE, INVOCATIONS_FILE,
+                LOG_FILE)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be restored (corrupt, or from another configuration)."""
+
+
+class RecordMismatchError(ValueError):
+    """An invocation whose seeds differ from the ones its workdir was started with."""
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another process is training in this workdir."""
+
+
+# ------------------------------------------------------------------ the run's parts
+@gin.configurable
+def run_spec(dataset="mnist_13", dataset_overrides=None, data_seed=0):
+    """The data set of a run: ``dataset`` names one of scenes.DATASETS; ``data_seed`` fixes its
+    scenes and its train/test split (0 for every run of the paper's tables, whatever the run's
+    own seed)."""
+    return scenes.get_spec(dataset, **dict(dataset_overrides or {}, data_seed=data_seed))
+
+
+def build_components(spec):
+    """Model, objective and quirks for a data set, from the gin bindings in force."""
+    quirks = Quirks()
+    model = build_model(canvas_px=spec.canvas_px, counts=spec.counts,
+                        size_range_px=spec.size_range_px, quirks=quirks)
+    objective = objectives.Objective(counts=tuple(spec.counts),
+                                     size_range_px=tuple(spec.size_range_px))
+    return model, objective, quirks
+
+
+# ------------------------------------------------------------------ the lock
+_held_locks = {}  # workdir -> open lock file, for the life of this process
+
+
+def lock(workdir):
+    """Takes the workdir's lock for this process (an advisory ``flock`` on ``<workdir>/.lock``,
+    released when the process exits, killed or not); WorkdirBusyError if another process holds
+    it: two trainings in one workdir would overwrite each other's checkpoints and logs."""
+    path = os.path.abspath(workdir)
+    if path in _held_locks:
+        return
+    f = open(os.path.join(path, LOCK_FILE), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise WorkdirBusyError(f"{workdir!r} is in use by {holder}: wait for it, or stop it "
+                               "(kill PID: it checkpoints and exits), or use another --workdir")
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    _held_locks[path] = f
+
+
+def unlock(workdir):
+    """Releases this process's lock on ``workdir`` (train_eval does at its end)."""
+    f = _held_locks.pop(os.path.abspath(workdir), None)
+    if f is not None:
+        f.close()
+
+
+def busy(workdir):
+    """Whether another process holds ``workdir``'s lock (a trainer there right now)."""
+    path = os.path.join(workdir, LOCK_FILE)
+    if os.path.abspath(workdir) in _held_locks or not os.path.exists(path):
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+# ------------------------------------------------------------------ the record
+def write_record(workdir, seed, data_seed, start_step=0, argv=None):
+    """Writes the bindings in force to ``config.gin`` (first invocation) and appends this
+    invocation, with the run's seeds, to ``invocations.jsonl``.
+
+    Seeds other than the first invocation's are refused (RecordMismatchError) before anything
+    is written: they would make another run. A later invocation with other bindings keeps the
+    original ``config.gin``, writes its own to ``config.gin.latest`` and warns.
+    """
+    seeds = {"seed": int(seed), "data_seed": int(data_seed)}
+    first = next(iter(invocations(workdir)), None)
+    if first is not None:
+        then = {k: first.get(k) for k in seeds}
+        if then != seeds:
+            raise RecordMismatchError(
+                f"{workdir!r} was started with {then}; this invocation has {seeds}. A different "
+                "seed is a different run: use another --workdir.")
+    path = os.path.join(workdir, CONFIG_FILE)
+    text = gin.config_str()
+    if os.path.exists(path) and open(path).read() != text:
+        logging.getLogger("asr_tf.train").warning(
+            "%s differs from the bindings of this invocation; keeping the original, writing %s",
+            path, path + ".latest")
+        path += ".latest"
+    with open(path, "w") as f:
+        f.write(text)
+    record = {"time": datetime.datetime.now().isoformat(timespec="seconds"),
+              "argv": list(sys.argv if argv is None else argv), "start_step": int(start_step),
+              "commit": _git_commit(), "machine": machine(), **seeds}
+    with open(os.path.join(workdir, INVOCATIONS_FILE), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def invocations(workdir):
+    """The invocation records of ``workdir`` (dicts, oldest first; none for a new workdir)."""
+    path = os.path.join(workdir, INVOCATIONS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)))
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine():
+    """One line about this machine: CPU model, cores, Python."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_operative_config(workdir):
+    with open(os.path.join(workdir, OPERATIVE_FILE), "w") as f:
+        f.write(gin.operative_config_str())
+
+
+def write_summary(workdir, summary):
+    with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
+        json.dump(summary, f, indent=1)
+
+
+def read_metrics(workdir):
+    """The evaluations of a run (metrics.jsonl), in step order ([] without any)."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return sorted(records, key=lambda r: r["step"])
+
+
+# ------------------------------------------------------------------ checkpoints
+def checkpoint_manager(checkpoint, workdir, keep=3):
+    """The run's tf.train.CheckpointManager (``<workdir>/ckpt``, ``ckpt-<step>``)."""
+    return tf.train.CheckpointManager(checkpoint, os.path.join(workdir, CKPT_DIR), max_to_keep=keep)
+
+
+def checkpoint_path(workdir, step):
+    """The path prefix of the checkpoint of training step ``step`` (whether it exists or not)."""
+    return os.path.join(workdir, CKPT_DIR, f"ckpt-{int(step)}")
+
+
+def has_checkpoint(workdir, step):
+    return os.path.exists(checkpoint_path(workdir, step) + ".index")
+
+
+def latest_checkpoint(workdir):
+    """The latest checkpoint's path prefix, None if the workdir has none."""
+    return tf.train.latest_checkpoint(os.path.join(workdir, CKPT_DIR))
+
+
+def restored_step(workdir, checkpoint=None):
+    """The training step of ``checkpoint`` (default: the workdir's latest; 0 if none), from its
+    name."""
+    path = checkpoint or latest_checkpoint(workdir)
+    try:
+        return int(path.rsplit("-", 1)[1])
+    except (AttributeError, IndexError, ValueError):
+        return 0
+
+
+def restore_or_fail(checkpoint, path, partial=False):
+    """Restores ``path`` into ``checkpoint``; a clear CheckpointError names the file otherwise.
+
+    ``partial``: the checkpoint may hold more than ``checkpoint`` tracks (the model alone out of
+    a training checkpoint). Nothing is deleted: a bad checkpoint stays on disk for inspection.
+    """
+    try:
+        status = checkpoint.restore(path)
+        if partial:
+            status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError, KeyError) as err:
+        raise CheckpointError(
+            f"cannot restore checkpoint {path!r}: it is corrupt or was written by a different "
+            f"configuration ({type(err).__name__}: {str(err).splitlines()[0][:300]}). "
+            "Nothing was deleted; use another --workdir, or remove or repair that file.") from err
+    return status
+
+
+def restore_model(workdir, model, checkpoint=None):
+    """Restores a trained model's weights from ``checkpoint`` (default: the workdir's latest);
+    FileNotFoundError without one, CheckpointError if it does not fit. Returns its step."""
+    path = checkpoint or latest_checkpoint(workdir)
+    if not path:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, CKPT_DIR)}")
+    restore_or_fail(tf.train.Checkpoint(model=model), path, partial=True)
+    return restored_step(workdir, path)
