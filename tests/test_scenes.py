@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from asr_tf.data import scenes
+from asr_tf.data import patches, scenes
 
 NUM_SCENES = 60  # scenes checked per dataset
 
@@ -111,22 +111,22 @@ def test_crop_non_empty_hand_checked():
     image[2:6, 10:20] = 1.0  # ink rows 2..5, cols 10..19
     # cx = 14.5, cy = 3.5, L = 4.5 -> cols int(10.0)..int(19.0), rows int(-1.0)..int(8.0),
     # the negative row start clamped to 0 (Q3: the original would wrap to an empty slice).
-    patch = scenes.crop_non_empty(image)
+    patch = patches.crop_non_empty(image)
     assert patch.shape == (9, 10)
     assert patch.sum() == image.sum()
     image = np.zeros([28, 28], np.float32)
     image[10:13, 4:6] = 0.5  # ink rows 10..12, cols 4..5: L = 1, cx = 4.5 -> cols 3..5
-    assert scenes.crop_non_empty(image).shape == (3, 3)
-    with pytest.raises(scenes._EmptyPatch):
-        scenes.crop_non_empty(np.zeros([5, 5]))
+    assert patches.crop_non_empty(image).shape == (3, 3)
+    with pytest.raises(patches.EmptyPatch):
+        patches.crop_non_empty(np.zeros([5, 5]))
 
 
 def test_rescale_patch_follows_the_spec():
-    digit = scenes._source_crops("mnist")[0]  # ~20 px crop of the first MNIST digit
-    patch = scenes.rescale_patch(digit, 0.6, 28)
+    digit = patches._source_crops("mnist")[0]  # ~20 px crop of the first MNIST digit
+    patch = patches.rescale_patch(digit, 0.6, 28)
     assert max(patch.shape) <= int(28 * 0.6)  # resampled onto a 16x16 canvas, then cropped
     assert patch.min() == 0.0 and patch.max() <= 1.0
-    assert patch[patch > 0].min() >= scenes.INK_FLOOR
+    assert patch[patch > 0].min() >= patches.INK_FLOOR
     assert patch.any(axis=0)[[0, -1]].any() and patch.any(axis=1)[[0, -1]].any()  # re-cropped
 
 
@@ -188,7 +188,7 @@ def test_images_and_boxes_are_consistent(name):
     assert (real[:, :2] >= 0).all() and (real[:, 2:] >= 1).all()
     assert (real[:, 0] + real[:, 2] <= size).all() and (real[:, 1] + real[:, 3] <= size).all()
     if spec.rescale:  # spec §2.5: ~12 px MNIST, ~12-16 px dSprites after the 0.6 rescale
-        assert real[:, 2:].max() <= int(scenes.SOURCE_SIDE_PX[spec.source] * 0.6)
+        assert real[:, 2:].max() <= int(patches.SOURCE_SIDE_PX[spec.source] * 0.6)
     for b in range(NUM_SCENES):  # all ink lies inside the union of the GT boxes
         covered = np.zeros([size, size], bool)
         for x, y, w, h in boxes[b][mask[b]].astype(int):

@@ -1,4 +1,5 @@
-"""Synthetic multi-object data: sources (MNIST, dSprites), numpy scenes, tf.data pipeline.
+"""Synthetic multi-object data: sources (MNIST, dSprites), numpy scenes (patches, placement,
+files), tf.data pipeline.
 
 The numpy parts import without TensorFlow; the pipeline names are loaded on first use.
 """
@@ -6,11 +7,11 @@ from asr_tf.data.scenes import (  # noqa: F401
     DATASETS,
     MAX_OBJECTS,
     DatasetSpec,
-    SceneSynthesisError,
     get_spec,
     synthesize_batch,
     synthesize_scene,
 )
+from asr_tf.data.placement import SceneSynthesisError  # noqa: F401
 from asr_tf.data.sources import MnistNotFoundError, dsprites_sprites, load_mnist  # noqa: F401
 
 _PIPELINE_NAMES = (

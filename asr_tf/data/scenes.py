@@ -1,16 +1,11 @@
-"""Numpy synthesis of multi-object scenes (spec §2.2-2.5): Multi-MNIST and Multi-dSprites.
+"""Multi-object scenes (spec §2.2-2.5), Multi-MNIST and Multi-dSprites: the five data sets,
+which scene is which, and their synthesis in numpy.
 
 One scene = a [S, S] float32 canvas in [0, 1] holding `count` objects, with one ground-truth
 box per object: (x, y, w, h) in pixels, the top-left and size of the placed square-ish crop
-(spec §2.5, Q4: not a tight ink box).
-
-Per object (spec §2.2): square crop (`crop_non_empty`, negative starts clamped to 0, Q3);
-optional rescale r ~ U(lo, hi) by an order-5 spline onto an int(D*r) square (D = 28 MNIST,
-30 dSprites), clip to [0, 1], zero below 0.05, crop again. Placement (§2.3): integer top-left
-x ~ U{0..S-w}, y ~ U{0..S-h}, up to 100 tries per object (the first object always fits),
-otherwise the whole scene restarts; overlap rule `pixel` (ink may not touch ink, Q2) or
-`bbox` (`x_only`: x-ranges may not intersect, the original's behaviour, Q1; `true_box`: boxes
-may not intersect). Objects are added into the canvas.
+(spec §2.5, Q4: not a tight ink box). The objects are patches of source images
+(asr_tf/data/patches.py: crop, optional rescale) placed under the data set's overlap rule
+(asr_tf/data/placement.py); `export_scenes` writes them to files (asr_tf/data/scene_files.py).
 
 Dataset identity (§2.4) is statistically, not bit-, equivalent to the original (Q6 allows
 this): every scene is drawn from its own RNG (Philox keyed by (data_seed, stream, id)), so any
@@ -18,48 +13,32 @@ scene can be made on its own, in any order, in any process. A fixed dataset has
 `images_per_count * len(counts)` scenes ("full-set ids"; id u has count
 counts[u // images_per_count], so counts are exactly balanced); one permutation of the ids,
 seeded by the data seed too, gives the split: its first `num_test` entries are the test split,
-the rest the training split. `split='fresh'` draws unlimited new scenes instead (own RNG stream, count uniform over
-the allowed counts), for training on never-repeating data.
+the rest the training split. `split='fresh'` draws unlimited new scenes instead (own RNG stream,
+count uniform over the allowed counts), for training on never-repeating data.
 
 The data seed (`DatasetSpec.data_seed`, default 0) is part of the data set, like the paper's one
 set of files: it fixes the scenes and the train/test split. A training run's own seed decides its
 initial weights, noise and the order in which it reads the training scenes, never which scenes
 are test scenes (asr_tf/data/pipeline.py). Each object's source image is drawn
 uniformly at random (the original walks one global permutation of the sources instead).
-
-Speed: the square crops of all source images are computed once (vectorised); with a fixed
-rescale factor (lo == hi, as in every paper dataset) the rescaled crop of each source image is
-cached the first time it is drawn (so the first pass over a rescaled MNIST set is slower,
-~0.3 ms per new digit). What remains per scene is RNG draws, the overlap tests (vectorised
-over candidate positions) and the additive paste: ~0.2 ms per mnist_13 scene.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import tempfile
 import threading
 
 import numpy as np
-import scipy.ndimage
 
-from asr_tf.data import sources
+from asr_tf.data import patches, placement, scene_files
+from asr_tf.data.placement import SceneSynthesisError  # noqa: F401  (raised by synthesize_*)
 
 MAX_OBJECTS = 4  # boxes are padded to this many
-MAX_ATTEMPTS_PER_OBJECT = 100
-MAX_RESTARTS = 1000  # whole-scene restarts before giving up with SceneSynthesisError
-INK_FLOOR = 0.05  # after rescaling, values below this become 0
-SOURCE_SIDE_PX = {"mnist": sources.MNIST_SIDE_PX, "dsprites": sources.DSPRITES_KEEP_PX}
 SPLITS = ("train", "test", "fresh")
 
 _STREAM_FIXED = 0  # RNG stream of the fixed dataset (train and test), keyed by full-set id
 _STREAM_FRESH = 1  # RNG stream of fresh scenes, keyed by a running index
 _STREAM_SPLIT = 2  # RNG stream of the train/test permutation
-
-
-class SceneSynthesisError(RuntimeError):
-    """A scene could not be made (its objects do not fit on the canvas)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +82,8 @@ class DatasetSpec:
         def is_int(v):
             return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
-        if self.source not in SOURCE_SIDE_PX:
-            fail("source", self.source, f"allowed: {sorted(SOURCE_SIDE_PX)}")
+        if self.source not in patches.SOURCE_SIDE_PX:
+            fail("source", self.source, f"allowed: {sorted(patches.SOURCE_SIDE_PX)}")
         if not is_int(self.canvas_px) or self.canvas_px <= 0:
             fail("canvas_px", self.canvas_px, "expected a positive int")
         try:
@@ -202,189 +181,6 @@ def _check_split(split: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-object preprocessing
-# ---------------------------------------------------------------------------------------------
-class _EmptyPatch(Exception):
-    """An object patch without ink (possible after rescaling); the scene restarts."""
-
-
-def _crop_bounds(ink_cols: np.ndarray, ink_rows: np.ndarray):
-    """Square-crop bounds from ink profiles [N, W] and [N, H] (bool). Returns 4 int arrays [N].
-
-    Centre c = (first + last) / 2 per axis, half-length L = max extent / 2; keep
-    int(c - L)..int(c + L) inclusive on both axes (int truncates), starts clamped to 0 (Q3).
-    """
-    width, height = ink_cols.shape[1], ink_rows.shape[1]
-    x0 = ink_cols.argmax(axis=1)
-    x1 = width - 1 - ink_cols[:, ::-1].argmax(axis=1)
-    y0 = ink_rows.argmax(axis=1)
-    y1 = height - 1 - ink_rows[:, ::-1].argmax(axis=1)
-    half = np.maximum(x1 - x0, y1 - y0) / 2.0
-    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    x_start = np.maximum(np.trunc(cx - half).astype(np.int64), 0)
-    y_start = np.maximum(np.trunc(cy - half).astype(np.int64), 0)
-    x_end = np.trunc(cx + half).astype(np.int64)  # inclusive; never past the last ink pixel
-    y_end = np.trunc(cy + half).astype(np.int64)
-    return x_start, x_end, y_start, y_end
-
-
-def crop_non_empty(image: np.ndarray) -> np.ndarray:
-    """Square-ish crop [h, w] around the ink of one image [H, W] (spec §2.2 step 1, Q3)."""
-    ink = image != 0
-    ink_cols, ink_rows = ink.any(axis=0), ink.any(axis=1)
-    if not ink_cols.any():
-        raise _EmptyPatch()
-    xs, xe, ys, ye = (int(b[0]) for b in _crop_bounds(ink_cols[None], ink_rows[None]))
-    return image[ys : ye + 1, xs : xe + 1]
-
-
-def rescale_patch(patch: np.ndarray, factor: float, side_px: int) -> np.ndarray:
-    """Rescale a cropped patch by `factor` (spec §2.2 step 2); returns the re-cropped patch.
-
-    Order-5 spline, output pixel o reads input o / factor, output shape int(side_px * factor)
-    squared (side_px = the source image side, not the crop's), then clip to [0, 1], zero
-    below INK_FLOOR, square crop again. Raises _EmptyPatch if no ink survives.
-    """
-    out_px = int(side_px * factor)
-    resampled = scipy.ndimage.affine_transform(
-        patch, np.array([1.0 / factor, 1.0 / factor]), output_shape=(out_px, out_px), order=5
-    )
-    resampled = np.clip(resampled, 0.0, 1.0)
-    resampled[resampled < INK_FLOOR] = 0.0
-    return crop_non_empty(resampled.astype(np.float32, copy=False))
-
-
-@functools.lru_cache(maxsize=None)
-def _source_crops(source: str) -> tuple:
-    """Square crops of every source image, a tuple of float32 arrays [h_i, w_i] (views)."""
-    images = sources.load_mnist() if source == "mnist" else sources.dsprites_sprites()
-    ink = images != 0  # [N, D, D]
-    ink_cols, ink_rows = ink.any(axis=1), ink.any(axis=2)  # [N, D] each
-    empty = ~ink_cols.any(axis=1)
-    if empty.any():
-        raise ValueError(f"{source}: source images without ink: {np.flatnonzero(empty)[:10]}")
-    x0, x1, y0, y1 = _crop_bounds(ink_cols, ink_rows)
-    return tuple(images[i, y0[i] : y1[i] + 1, x0[i] : x1[i] + 1] for i in range(len(images)))
-
-
-# (source, factor) -> {source index: rescaled patch, or None if no ink survived}
-_RESCALED_CACHE: dict = {}
-
-
-def _draw_patch(spec: DatasetSpec, rng: np.random.Generator) -> np.ndarray:
-    """One preprocessed object patch [h, w] float32 for a random source image."""
-    crops = _source_crops(spec.source)
-    index = int(rng.random() * len(crops))  # uniform source index
-    if spec.rescale is None:
-        return crops[index]
-    lo, hi = spec.rescale
-    side_px = SOURCE_SIDE_PX[spec.source]
-    if lo != hi:  # a random factor per object: nothing to cache
-        return rescale_patch(crops[index], rng.uniform(lo, hi), side_px)
-    cache = _RESCALED_CACHE.setdefault((spec.source, lo), {})
-    if index not in cache:
-        try:
-            patch = rescale_patch(crops[index], lo, side_px)
-            patch.flags.writeable = False  # shared by every scene that draws this source
-        except _EmptyPatch:
-            patch = None
-        cache[index] = patch
-    if cache[index] is None:
-        raise _EmptyPatch()
-    return cache[index]
-
-
-# ---------------------------------------------------------------------------------------------
-# Placement
-# ---------------------------------------------------------------------------------------------
-def _first_free_bbox(xs, ys, w, h, placed_xywh, true_box):
-    """First candidate index whose box passes the bbox rule, or None. xs, ys [A]."""
-    boxes = np.asarray(placed_xywh)  # [n, 4]
-    px, py, pw, ph = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    # Inclusive pixel ranges intersect: [x, x+w-1] vs [px, px+pw-1].
-    hit = (xs[:, None] <= px + pw - 1) & (px <= xs[:, None] + w - 1)  # [A, n]
-    if true_box:
-        hit &= (ys[:, None] <= py + ph - 1) & (py <= ys[:, None] + h - 1)
-    free = np.flatnonzero(~hit.any(axis=1))
-    return int(free[0]) if free.size else None
-
-
-def _first_free_pixel(xs, ys, patch_ink, canvas_ink, num_looped=4, chunk=24):
-    """First candidate index where the patch ink touches no canvas ink, or None.
-
-    xs, ys [A]; patch_ink [h, w] bool; canvas_ink [S, S] bool. The first few candidates are
-    tested one by one (usually one is free), the rest in vectorised chunks, always in order.
-    """
-    h, w = patch_ink.shape
-    for k in range(min(num_looped, len(xs))):
-        y, x = ys[k], xs[k]
-        if not (canvas_ink[y : y + h, x : x + w] & patch_ink).any():
-            return k
-    size = canvas_ink.shape[0]
-    windows = np.lib.stride_tricks.as_strided(  # [S-h+1, S-w+1, h, w] view, no copy
-        canvas_ink, shape=(size - h + 1, size - w + 1, h, w), strides=canvas_ink.strides * 2
-    )
-    for start in range(num_looped, len(xs), chunk):
-        stop = start + chunk
-        under = windows[ys[start:stop], xs[start:stop]]  # [chunk, h, w] canvas ink under patch
-        hits = (under & patch_ink).reshape(len(under), -1).any(axis=1)  # [chunk]
-        free = np.flatnonzero(~hits)
-        if free.size:
-            return start + int(free[0])
-    return None
-
-
-def _compose(spec: DatasetSpec, rng: np.random.Generator, count: int, canvas: np.ndarray):
-    """Place `count` objects on `canvas` [S, S] (zeroed first, filled in place).
-
-    Returns a list of (x_px, y_px, patch [h, w]) for the placed objects, in placement order.
-    Raises SceneSynthesisError after MAX_RESTARTS failed scenes.
-    """
-    size = spec.canvas_px
-    pixel_rule = spec.overlap == "pixel"
-    true_box = spec.bbox_overlap_mode == "true_box"
-    for _ in range(MAX_RESTARTS):
-        canvas[...] = 0.0
-        canvas_ink = np.zeros([size, size], bool) if pixel_rule else None
-        placed = []  # (x, y, patch)
-        placed_xywh = []
-        for obj in range(count):
-            try:
-                patch = _draw_patch(spec, rng)
-            except _EmptyPatch:
-                break
-            h, w = patch.shape
-            if h > size or w > size:
-                break
-            # Candidate top-left corners, uniform on {0..S-w} x {0..S-h}: [A] each.
-            uniform = rng.random((2, MAX_ATTEMPTS_PER_OBJECT))
-            xs = (uniform[0] * (size - w + 1)).astype(np.int64)
-            ys = (uniform[1] * (size - h + 1)).astype(np.int64)
-            patch_ink = patch != 0  # [h, w]
-            if obj == 0:
-                k = 0  # the first object always fits
-            elif pixel_rule:
-                k = _first_free_pixel(xs, ys, patch_ink, canvas_ink)
-            else:
-                k = _first_free_bbox(xs, ys, w, h, placed_xywh, true_box)
-            if k is None:
-                break  # 100 attempts failed: restart the whole scene
-            x, y = int(xs[k]), int(ys[k])
-            canvas[y : y + h, x : x + w] += patch
-            if pixel_rule:
-                canvas_ink[y : y + h, x : x + w] |= patch_ink
-            placed.append((x, y, patch))
-            placed_xywh.append((x, y, w, h))
-        else:
-            return placed
-    raise SceneSynthesisError(
-        f"dataset {spec.name!r}: {count} object(s) cannot fit on the canvas of "
-        f"{size}x{size} px ({spec.source}, overlap={spec.overlap}); gave up after "
-        f"{MAX_RESTARTS} restarts. Use a larger canvas_px, smaller counts or a smaller rescale."
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # Scenes, splits, batches
 # ---------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=32)
@@ -459,7 +255,7 @@ def _synthesize_into(spec, key, count, canvas):
     rng = _scene_rng(key)
     if count is None:  # fresh scene: uniform over the allowed counts
         count = spec.counts[int(rng.random() * len(spec.counts))]
-    return count, _compose(spec, rng, count, canvas)
+    return count, placement.place_objects(spec, rng, count, canvas)
 
 
 def _synthesize_objects(spec, index: int, split: str = "train"):
@@ -513,49 +309,8 @@ def synthesize_scene(spec, index: int, split: str = "train") -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Files (used by tools/make_dataset.py)
+# Files (tools/make_dataset.py)
 # ---------------------------------------------------------------------------------------------
-def save_preview_png(path: str, images, boxes_px, box_mask, columns: int = 8, max_images=64):
-    """Grid PNG of the first `max_images` scenes with their GT boxes drawn in red.
-
-    images [N, S, S] in [0, 1]; boxes_px [N, 4, 4] (x, y, w, h); box_mask [N, 4].
-    """
-    from PIL import Image, ImageDraw
-
-    images = np.asarray(images)[:max_images]
-    num, size = len(images), images.shape[1]
-    rows = max(1, -(-num // columns))
-    pad = 2
-    grid = Image.new("RGB", (columns * (size + pad) + pad, rows * (size + pad) + pad), "gray")
-    draw = ImageDraw.Draw(grid)
-    for n in range(num):
-        left = pad + (n % columns) * (size + pad)
-        top = pad + (n // columns) * (size + pad)
-        tile = (np.clip(images[n], 0.0, 1.0) * 255).astype(np.uint8)
-        grid.paste(Image.fromarray(tile, "L").convert("RGB"), (left, top))
-        for (x, y, w, h), real in zip(boxes_px[n], box_mask[n]):
-            if real:  # box covers pixels x..x+w-1, y..y+h-1
-                draw.rectangle(
-                    [left + x, top + y, left + x + w - 1, top + y + h - 1], outline=(255, 0, 0)
-                )
-    grid.save(path, format="PNG")
-
-
-def _atomic_write(path: str, write_fn):
-    """Write via a temporary file in the same folder, then rename (nothing left on failure)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def export_scenes(
     name: str,
     split: str,
@@ -577,11 +332,7 @@ def export_scenes(
         raise ValueError(f"num must be a positive int, got {num!r}")
     if limit is not None and num > limit:
         raise ValueError(f"num={num} exceeds the {limit} scenes of split {split!r} of {name!r}")
-    for path, suffix in ((out, ".npz"), (preview, ".png")):
-        if path is not None and not path.endswith(suffix):
-            raise ValueError(f"output {path!r} must end in {suffix}")
-        if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise ValueError(f"output folder of {path!r} does not exist")
+    scene_files.check_output_paths(out, preview)
     batch = synthesize_batch(spec, np.arange(num), split)
     arrays = dict(
         images=batch["image"],
@@ -589,10 +340,5 @@ def export_scenes(
         boxes_px=batch["boxes_px"],
         box_mask=batch["box_mask"],
     )
-    _atomic_write(out, lambda f: np.savez(f, **arrays))
-    if preview is not None:
-        _atomic_write(
-            preview,
-            lambda f: save_preview_png(f, arrays["images"], arrays["boxes_px"], arrays["box_mask"]),
-        )
+    scene_files.write_scenes(arrays, out, preview)
     return arrays
