@@ -274,7 +274,7 @@ def learning_curves_figure(records, keys: Sequence[str],
             if steps:
                 ax.plot(steps, values, color=_colour(names.index(name)),
                         linestyle=LINE_STYLES[members.index(member) % len(LINE_STYLES)],
-                        marker="o" if len(steps) == 1 else None)
+                        label=f"{name} {member}".strip(), marker="o" if len(steps) == 1 else None)
         if not ax.lines:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center",
                     color="grey")

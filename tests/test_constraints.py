@@ -267,15 +267,15 @@ def test_a_users_constraint_trains_through_one_gin_line(one_row_module, tmp_path
     """docs/constraints/air_asr_13_one_row.gin: registered, trained on, logged, recorded."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from asr_tf import config, evaluation, train_lib
+    from asr_tf.run import config, loop, trained
     from conftest import SMALL_RUN
 
     config.parse([str(ONE_ROW_DIR / "air_asr_13_one_row.gin")], SMALL_RUN)
     workdir = str(tmp_path / "one_row")
-    train_lib.train_eval(workdir, max_steps=3)
+    loop.train_eval(workdir, max_steps=3)
     acc = EventAccumulator(os.path.join(workdir, "train"), size_guidance={"tensors": 0})
     acc.Reload()
     values = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("one_row")]
     assert len(values) == 3 and all(np.isfinite(values)) and max(values) > 0
     assert "import one_row" in open(os.path.join(workdir, "config.gin")).read()
-    assert evaluation.evaluate_workdir(workdir)["step"] == 3  # the record rebuilds the run
+    assert trained.evaluate_workdir(workdir)["step"] == 3  # the record rebuilds the run

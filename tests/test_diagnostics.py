@@ -1,4 +1,4 @@
-"""Count diagnostics (asr_tf/diagnostics.py), AIR's glimpse ledger and its bindable prior schedule."""
+"""Count reports (asr_tf/lab/diagnostics.py), AIR's glimpse ledger and its bindable prior schedule."""
 import math
 
 import gin
@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from asr_tf import config, diagnostics, objectives
+from asr_tf import objectives
+from asr_tf.run import config
+from asr_tf.lab import diagnostics
 from asr_tf.models import build_model
 from asr_tf.models.air import AIR, PresencePriorSchedule
 from asr_tf.nn import concrete
@@ -15,56 +17,6 @@ from conftest import make_model
 
 S = 50
 T = 6
-
-
-# ------------------------------------------------------------ histogram / presence
-
-def test_count_histogram_hand_worked():
-    count = [1, 2, 2, 3, 3, 3, 1]
-    true = [1, 1, 1, 3, 3, 3, 3]
-    hist = diagnostics.count_histogram(count, true, max_count=4)
-    frac1, n1 = hist[1]
-    frac3, n3 = hist[3]
-    assert (n1, n3) == (3, 4)
-    np.testing.assert_allclose(frac1, [0, 1 / 3, 2 / 3, 0, 0])
-    np.testing.assert_allclose(frac3, [0, 1 / 4, 0, 3 / 4, 0])
-
-
-def test_count_histogram_rejects_bad_input():
-    with pytest.raises(ValueError, match="exceeds max_count"):
-        diagnostics.count_histogram([7], [1], max_count=6)
-    with pytest.raises(ValueError, match="differ in shape"):
-        diagnostics.count_histogram([1, 2], [1], max_count=6)
-    with pytest.raises(ValueError, match="non-negative integers"):
-        diagnostics.count_histogram([1.5], [1], max_count=6)
-
-
-def test_presence_by_step_averages_over_scenes_that_reached_the_step():
-    p = np.array([[0.9, 0.8, 0.1, 0.0],   # true 1, count 2: reached steps 0, 1, 2
-                  [0.7, 0.2, 0.6, 0.0],   # true 1, count 1: reached steps 0, 1
-                  [1.0, 1.0, 1.0, 0.4]])  # true 3, count 3: reached 0..3
-    pres = diagnostics.presence_by_step(p, [1, 1, 3], count=[2, 1, 3], step_mask=[1, 1, 1, 1])
-    np.testing.assert_allclose(pres[1]["reached"][:3], [0.8, 0.5, 0.1])
-    assert np.isnan(pres[1]["reached"][3])  # no one-object scene reached step 3
-    np.testing.assert_array_equal(pres[1]["reached_n"], [2, 2, 1, 0])
-    np.testing.assert_allclose(pres[1]["all"], [0.8, 0.5, 0.35, 0.0])
-    np.testing.assert_allclose(pres[3]["reached"], [1.0, 1.0, 1.0, 0.4])
-    masked = diagnostics.presence_by_step(p, [1, 1, 3], step_mask=[1, 1, 1, 0])
-    assert np.isnan(masked[3]["all"][3]) and masked[3]["reached"] is None
-    with pytest.raises(ValueError, match="step_mask"):
-        diagnostics.presence_by_step(p, [1, 1, 3], step_mask=[1, 1])
-
-
-def test_count_report_scalars_and_markdown():
-    p = np.array([[0.9, 0.8, 0.1], [0.95, 0.3, 0.2]])
-    report = diagnostics.count_report([2, 1], p, [1, 1])
-    sc = report["scalars"]
-    assert sc["count_frac_1obj_1"] == 0.5 and sc["count_frac_1obj_2"] == 0.5
-    assert sc["pres_1obj_step0"] == pytest.approx(0.925)
-    assert sc["pres_1obj_step2"] == pytest.approx(0.1)  # only the count-2 scene reached step 2
-    text = diagnostics.format_report(report)
-    assert "| 1 | 2 | 0.000 | 0.500 | 0.500 | 0.000 |" in text
-    assert "0.100 (1)" in text
 
 
 # ------------------------------------------------------------------ count ledger
@@ -237,7 +189,7 @@ def test_diagnose_counts_tool_on_a_tiny_air_run(tmp_path, repo_root):
     import subprocess
     import sys
 
-    from asr_tf import train_lib
+    from asr_tf.run import loop
 
     small = ["build_model.lstm_units = 16", "train_eval.batch_size = 8", "train_eval.num_test = 16",
              "train_eval.eval_every = 3", "train_eval.checkpoint_every = 3",
@@ -246,7 +198,7 @@ def test_diagnose_counts_tool_on_a_tiny_air_run(tmp_path, repo_root):
     try:
         config.parse(["air_13"], small)
         workdir = str(tmp_path / "w")
-        train_lib.train_eval(workdir, max_steps=3)
+        loop.train_eval(workdir, max_steps=3)
     finally:
         gin.clear_config()
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
@@ -268,7 +220,7 @@ def test_diagnose_counts_tool_on_a_tiny_air_run(tmp_path, repo_root):
 @pytest.mark.parametrize("row", ["13", "14", "24"])
 def test_floor20k_variants_reach_the_floor_within_the_budget(row):
     try:
-        config.parse([f"air_{row}_floor20k"])
+        config.parse([f"air_{row}", "floor20k"])
         schedule = PresencePriorSchedule()  # gin-configured, as build_model takes it
         assert gin.query_parameter("build_model.kind") == "air"
         assert (schedule.start_odds, schedule.floor_odds) == (1e4, 1e-9)  # the original's

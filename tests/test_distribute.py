@@ -25,7 +25,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from asr_tf import config, runs, train_lib
+from asr_tf.run import config, loop, trained, workdir as workdir_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +79,7 @@ def test_two_workers_match_single_process(tmp_path):
         # Meanwhile the single-process reference, on the same global batch of 8.
         config.parse(["air_asr_13"], SMALL)
         ref_dir = str(tmp_path / "single")
-        train_lib.train_eval(ref_dir, max_steps=STEPS)
+        loop.train_eval(ref_dir, max_steps=STEPS)
         for p in procs:
             p.wait(timeout=600)
     finally:
@@ -115,8 +115,8 @@ def test_two_workers_match_single_process(tmp_path):
     assert np.all(np.isfinite([v for _, v in got]))
 
     # The chief's checkpoint restores in a single process.
-    model, _ = runs.load_trained(workdir)
-    ref_model, _ = runs.load_trained(ref_dir)
+    model, _, _ = trained.load_trained(workdir)
+    ref_model, _, _ = trained.load_trained(ref_dir)
     diffs = np.concatenate([np.abs(a - b).ravel()
                             for a, b in zip(model.get_weights(), ref_model.get_weights())])
     print(f"weights after {STEPS} steps: max |dw| {diffs.max():.2e}")
@@ -151,7 +151,8 @@ def _mirrored_check():
     the data rows, the logs, the Adam moments, the noise generator; then checkpoints both ways."""
     import keras
 
-    from asr_tf import distribute, training
+    from asr_tf import training
+    from asr_tf.run import distribute
 
     config.parse(["air_asr_13"], ["build_model.lstm_units = 32", "make_strategy.logical_cpus = 2"])
     dist = distribute.Distributed("mirrored", 8)
@@ -159,11 +160,11 @@ def _mirrored_check():
     assert not dist.jit_allowed
     single = distribute.Distributed("default", 8)
     assert (single.num_replicas, single.is_chief, single.jit_allowed) == (1, True, True)
-    spec = runs.run_spec()
+    spec = workdir_lib.run_spec()
 
     def components():
         keras.utils.set_random_seed(0)
-        model, objective, _ = runs.build_components(spec)
+        model, objective, _ = workdir_lib.build_components(spec)
         return model, training.make_optimizer(model), tf.random.Generator.from_seed(1), objective
 
     m1, o1, g1, objective = components()
@@ -220,7 +221,7 @@ def _mirrored_check():
         else:
             target = components()[:3]
         ckpt = _checkpoint(*target, tf.Variable(0, dtype=tf.int64), tf.Variable(""))
-        runs.restore_or_fail(ckpt, path)
+        workdir_lib.restore_or_fail(ckpt, path)
         for a, b in zip(model.weights + opt.variables, target[0].weights + target[1].variables):
             for replica in local(b.value) if target_in_scope else [b]:
                 np.testing.assert_array_equal(np.asarray(replica.numpy()), np.asarray(a.numpy()))

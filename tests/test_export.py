@@ -294,7 +294,7 @@ def test_grpc_predict_and_bad_requests(grpc_server, pprior):
 def test_grpc_malformed_requests_under_load_get_invalid_argument(grpc_server, pprior):
     """Concurrent clients with every kind of malformed request in between: each malformed one
     gets INVALID_ARGUMENT, every well-formed one the right counts."""
-    from asr_tf import serving_benchmark
+    from asr_tf.lab import serving_benchmark
 
     result = serving_benchmark.load(grpc_server.address, "pprior_model", pprior.images,
                                     clients=4, requests_per_client=6, batch_size=2,
@@ -398,7 +398,7 @@ def test_versions_and_refuse_overwrite(pprior):
 
 @pytest.mark.slow
 def test_serving_benchmark_runs(pprior):
-    from asr_tf import serving_benchmark
+    from asr_tf.lab import serving_benchmark
 
     result = serving_benchmark.run(pprior.path, batch_sizes=(1, 4), iterations=3, warmup=1,
                                    images=pprior.images)

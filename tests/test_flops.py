@@ -2,7 +2,8 @@
 import pytest
 import tensorflow as tf
 
-from asr_tf import flops, objectives
+from asr_tf import objectives
+from asr_tf.lab import flops
 from asr_tf.models.air import PresencePriorSchedule
 from conftest import MODEL_VALUES, make_model
 
@@ -38,7 +39,7 @@ def test_analytic_count_matches_compiled_graph(kind):
 
 @pytest.mark.slow
 def test_train_benchmark_reports_consistent_figures():
-    from asr_tf import benchmarks
+    from asr_tf.lab import benchmarks
 
     result = benchmarks.run("train", config="air_asr_14", batch_size=4, batches=3,
                             warmup_batches=1, kinds="asr", jit_modes="0")
@@ -62,7 +63,7 @@ def test_train_benchmark_reports_consistent_figures():
 
 
 def test_sampler_benchmark_times_both_samplers():
-    from asr_tf import benchmarks
+    from asr_tf.lab import benchmarks
 
     result = benchmarks.run("sampler", batch_size=4, batches=2, warmup_batches=1)
     for name in ("separable", "separable_jit", "gather", "gather_jit"):
@@ -72,19 +73,22 @@ def test_sampler_benchmark_times_both_samplers():
 @pytest.mark.slow
 def test_side_by_side_steps_report_consistent_figures(monkeypatch):
     """Two step processes (here: this tree without and with a no-op binding), alternating."""
-    from asr_tf import benchmarks, xla_cpu
+    from asr_tf.lab import step_compare
+    from asr_tf.run import xla_cpu
 
     with pytest.raises(ValueError, match="nothing to compare"):
-        benchmarks.compare_steps(None)
+        step_compare.compare_steps(None)
+    with pytest.raises(ValueError, match="no tools/benchmark.py there"):
+        step_compare.compare_steps("/tmp")
     binding = "xla_cpu_codegen.concurrency_scheduler = False"
     # as after an in-process train_eval (earlier tests): this process's flags must not reach
     # the workers, whose own bindings decide theirs
     monkeypatch.setattr(xla_cpu, "_applied", [])
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     xla_cpu.xla_cpu_codegen()
-    result = benchmarks.compare_steps(None, config="air_asr_14", kinds="asr", jit_modes="0",
-                                      batch_size=4, batches=4, warmup_batches=1, block=2,
-                                      with_bindings=[binding])
+    result = step_compare.compare_steps(None, config="air_asr_14", kinds="asr", jit_modes="0",
+                                        batch_size=4, batches=4, warmup_batches=1, block=2,
+                                        with_bindings=[binding])
     assert result["this"]["bindings"] == [binding]
     assert result["baseline"]["path"] == result["this"]["path"]
     # each worker set its XLA flags (asr_tf/xla_cpu.py) before compiling: the binding took
@@ -110,7 +114,8 @@ def test_side_by_side_steps_report_consistent_figures(monkeypatch):
 
 def test_model_kind_bindings_give_a_config_the_kinds_own_values():
     # the train benchmark times AIR on an ASR config's data: AIR's values, not pPrior's
-    from asr_tf import benchmarks, config
+    from asr_tf.run import config
+    from asr_tf.lab import benchmarks
     from asr_tf.models import build_model
 
     air = benchmarks.model_kind_bindings("air")

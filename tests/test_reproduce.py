@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from asr_tf import reproduce
+from asr_tf.lab import report, reproduce
+from asr_tf.run import workdir as workdir_lib
 
 
 def _write_run(runs_dir, config, seed, rows, extra_files=()):
@@ -58,7 +59,7 @@ def test_summarize_over_the_seeds_that_reached_the_budget(tmp_path):
     mean, std = table["air_asr_14"]["acc"]  # seeds: mean of 0.8, 0.9 and of 0.6, 0.7
     assert mean == pytest.approx(0.75) and std == pytest.approx(0.1)
     assert table["air_pprior_14"]["seeds"] == [] and table["air_pprior_14"]["runs"] == {0: None}
-    text = reproduce.markdown_table(1, {"14": table}, 400, last=2)
+    text = report.markdown_table(1, {"14": table}, 400, last=2)
     line = [l for l in text.splitlines() if "`air_asr_14`" in l][0]
     assert line.startswith("|  | AIR-ASR (`air_asr_14`) | 2 |")  # the row's name on its first line
     assert "| Multi-MNIST, 1 or 4 digits | AIR (`air_14`) |" in text
@@ -66,25 +67,25 @@ def test_summarize_over_the_seeds_that_reached_the_budget(tmp_path):
     assert "70.0 ± 0.0 | 41.1 ± 7.1" in line  # ours, then the paper's SE (41.05, half up)
     pprior = [l for l in text.splitlines() if "`air_pprior_14`" in l][0]
     assert "| 0 | – | 519.1 ± 5.5 |" in pprior  # no seed finished: no number of ours
-    runs_text = reproduce.per_run_table({"14": table}, 400)
+    runs_text = report.per_run_table({"14": table}, 400)
     assert "| `air_asr_14` seed 2 | 200 (of 400) | 1 |" in runs_text
     assert "| `air_pprior_14` seed 0 | – |" in runs_text
 
 
 def test_a_variant_without_runs_is_left_out_but_a_paper_config_stays(tmp_path):
     runs_dir = str(tmp_path)
-    _write_run(runs_dir, "air_asr_13_faithful", 0, [(200, 0.9)])
+    _write_run(runs_dir, "air_asr_13+faithful", 0, [(200, 0.9)])
     rows = {}
     for row in ("13", "14"):  # 'asr/faithful:1' plans both rows; only row 13's was trained
         runs = [_run(runs_dir, c, 0) for c in (f"air_{row}", f"air_asr_{row}",
-                                               f"air_asr_{row}_faithful")]
+                                               f"air_asr_{row}+faithful")]
         rows[row] = reproduce.summarize(runs, 200, reproduce.METRICS[1], last=1)
-    assert list(rows["13"]) == ["air_13", "air_asr_13", "air_asr_13_faithful"]
-    assert list(rows["14"]) == ["air_14", "air_asr_14"]  # untrained paper configs stay
-    text = reproduce.markdown_table(1, rows, 200, last=1)
-    assert "`air_asr_13_faithful`) | 1 |" in text and "air_asr_14_faithful" not in text
-    assert "air_asr_14_faithful" not in reproduce.per_run_table(rows, 200)
-    assert "| `air_asr_14` seed 0 | – |" in reproduce.per_run_table(rows, 200)
+    assert list(rows["13"]) == ["air_13", "air_asr_13", "air_asr_13+faithful"]
+    assert list(rows["14"]) == ["air_14", "air_asr_14"]  # untrained paper runs stay
+    text = report.markdown_table(1, rows, 200, last=1)
+    assert "`air_asr_13+faithful`) | 1 |" in text and "air_asr_14+faithful" not in text
+    assert "air_asr_14+faithful" not in report.per_run_table(rows, 200)
+    assert "| `air_asr_14` seed 0 | – |" in report.per_run_table(rows, 200)
 
 
 def test_table_2_has_no_count_metric(tmp_path):
@@ -92,58 +93,62 @@ def test_table_2_has_no_count_metric(tmp_path):
     _write_run(runs_dir, "air_asr_dsprites_overlap", 0, [(200, 0.0)])
     runs = [_run(runs_dir, "air_asr_dsprites_overlap", 0)]
     table = reproduce.summarize(runs, 200, reproduce.METRICS[2])
-    text = reproduce.markdown_table(2, {"dsprites_overlap": table}, 200)
+    text = report.markdown_table(2, {"dsprites_overlap": table}, 200)
     assert "ACC" not in text.splitlines()[2] and "20.9 ± 2.1" in text  # paper SE
 
 
 def test_plan_rows_seeds_and_variants(tmp_path):
     runs = reproduce.plan(str(tmp_path), ["13", "14"], asr_seeds=2, baseline_seeds=1,
                           variants=["size:1", "asr/faithful"], variant_seeds=1)
-    names = [(r.config, r.seed) for r in runs]
+    names = [(r.name, r.seed) for r in runs]
     seed0 = [n for n in names if n[1] == 0]
     assert names[:len(seed0)] == seed0  # every seed 0 first: a partial pass covers every row
     assert set(seed0) == {("air_13", 0), ("air_pprior_13", 0), ("air_asr_13", 0),
-                          ("air_asr_13_size", 0), ("air_asr_13_faithful", 0), ("air_14", 0),
-                          ("air_pprior_14", 0), ("air_asr_14", 0), ("air_asr_14_size", 0),
-                          ("air_asr_14_faithful", 0)}
+                          ("air_asr_13+size", 0), ("air_asr_13+faithful", 0), ("air_14", 0),
+                          ("air_pprior_14", 0), ("air_asr_14", 0), ("air_asr_14+size", 0),
+                          ("air_asr_14+faithful", 0)}
     assert [n for n in names if n[1] == 1] == [("air_asr_13", 1), ("air_asr_14", 1)]
     assert runs[0].workdir == os.path.join(str(tmp_path), "air_13_s0")
-    assert reproduce.row_configs("13", ["size"])[-1] == "air_asr_13_size"
-    with pytest.raises(ValueError, match="air_asr_mnist_overlap_size"):
-        reproduce.row_configs("mnist_overlap", ["size"])
+    assert reproduce.row_runs("13", ["size"])[-1] == "air_asr_13+size"
+    with pytest.raises(ValueError, match="variant 'size' fits no run of row mnist_overlap"):
+        reproduce.row_runs("mnist_overlap", ["size"])  # the count rows' overlay
     with pytest.raises(ValueError, match="row '99'"):
         reproduce.plan(str(tmp_path), ["99"])
-    with pytest.raises(ValueError, match="variant 'size'"):
+    with pytest.raises(ValueError, match="variant 'size' fits no run"):
         reproduce.plan(str(tmp_path), ["mnist_overlap"], variants=["size"])
-    assert reproduce.display_name("air_asr_13_size") == "AIR-ASR (size)"
+    assert reproduce.display_name("air_asr_13+size") == "AIR-ASR (size)"
     assert reproduce.row_of("air_pprior_dsprites_overlap") == "dsprites_overlap"
-    assert [reproduce.model_of(c) for c in ("air_24", "air_pprior_24", "air_asr_13_size")] == [
+    assert [reproduce.model_of(c) for c in ("air_24", "air_pprior_24", "air_asr_13+size")] == [
         "air", "pprior", "asr"]
     three = reproduce.plan(str(tmp_path), ["13"], asr_seeds=1, baseline_seeds=0,
-                           variants=["size:3", "asr/faithful:1", "air/floor20k:2"])
-    assert [(r.config, r.seed) for r in three] == [
-        ("air_asr_13", 0), ("air_asr_13_size", 0), ("air_asr_13_faithful", 0),
-        ("air_13_floor20k", 0), ("air_asr_13_size", 1), ("air_13_floor20k", 1),
-        ("air_asr_13_size", 2)]
-    # without a model, a variant is every model's config of that name
-    assert reproduce.row_configs("24", ["faithful"])[3:] == [
-        "air_24_faithful", "air_pprior_24_faithful", "air_asr_24_faithful"]
-    assert reproduce.display_name("air_13_floor20k") == "AIR (floor20k)"
-    assert reproduce.paper_row("air_13_floor20k")["acc"] == (0.81, 0.23)
+                           variants=["size:3", "asr/faithful:1", "floor20k:2"])
+    assert [(r.name, r.seed) for r in three] == [
+        ("air_asr_13", 0), ("air_asr_13+size", 0), ("air_asr_13+faithful", 0),
+        ("air_13+floor20k", 0), ("air_asr_13+size", 1), ("air_13+floor20k", 1),
+        ("air_asr_13+size", 2)]
+    assert three[1].configs == ["air_asr_13", "size"]
+    # without a model, a variant is every model's run that the overlays fit
+    assert reproduce.row_runs("24", ["faithful"])[3:] == [
+        "air_24+faithful", "air_pprior_24+faithful", "air_asr_24+faithful"]
+    assert reproduce.display_name("air_13+floor20k") == "AIR (floor20k)"
+    assert reproduce.paper_row("air_13+floor20k")["acc"] == (0.81, 0.23)
     with pytest.raises(ValueError, match="model 'asrr'"):
         reproduce.plan(str(tmp_path), ["13"], variants=["asrr/size"])
     with pytest.raises(ValueError, match="seeds 'x'"):
         reproduce.parse_variant("size:x")
-    with pytest.raises(ValueError, match="air_pprior_13_size"):
-        reproduce.row_configs("13", ["pprior/size"])
-    # a variant name is matched whole: 'size' is not 'size_decay', which only row 14 has
-    both = reproduce.plan(str(tmp_path), ["13", "14"], asr_seeds=0, baseline_seeds=0,
-                          variants=["size:1", "size_decay:1"])
-    assert [r.config for r in both] == ["air_asr_13_size", "air_asr_14_size",
-                                        "air_asr_14_size_decay"]
-    assert reproduce.display_name("air_asr_14_size_decay") == "AIR-ASR (size_decay)"
-    assert reproduce.paper_row("air_asr_14_size_decay") == reproduce.paper_row("air_asr_14")
-    assert reproduce.paper_row("air_asr_13_faithful")["se"] == (28.84, 1.11)
+    with pytest.raises(ValueError, match="'size_decay'"):
+        reproduce.parse_variant("size_decay")  # not an overlay: overlays join with '+'
+    with pytest.raises(ValueError, match="does not fit model 'pprior'"):
+        reproduce.row_runs("13", ["pprior/size"])
+    both = reproduce.plan(str(tmp_path), ["14", "dsprites_overlap"], asr_seeds=0,
+                          baseline_seeds=0, variants=["asr/size+decay:1", "asr/decay:1"])
+    assert [r.name for r in both] == ["air_asr_14+size+decay", "air_asr_14+decay",
+                                      "air_asr_dsprites_overlap+decay"]
+    assert both[0].configs == ["air_asr_14", "size", "decay"]
+    assert reproduce.display_name("air_asr_14+size+decay") == "AIR-ASR (size+decay)"
+    assert reproduce.variant_of("air_asr_14+size+decay") == "size+decay"
+    assert reproduce.paper_row("air_asr_14+size+decay") == reproduce.paper_row("air_asr_14")
+    assert reproduce.paper_row("air_asr_13+faithful")["se"] == (28.84, 1.11)
 
 
 def test_train_runs_skips_finished_runs_and_resumes_the_others(tmp_path, monkeypatch):
@@ -191,7 +196,7 @@ def test_archive_copies_the_small_results_only(tmp_path):
     workdir = _write_run(runs_dir, "air_13", 0, [(200, 0.1)],
                          extra_files=("summary.json", "config.gin", "invocations.jsonl"))
     open(os.path.join(workdir, "ckpt", "ckpt-200.index"), "w").write("big")
-    (target,) = reproduce.archive([_run(runs_dir, "air_13", 0), _run(runs_dir, "air_13", 1)],
+    (target,) = report.archive([_run(runs_dir, "air_13", 0), _run(runs_dir, "air_13", 1)],
                                   str(tmp_path / "archive"))
     assert sorted(os.listdir(target)) == ["config.gin", "invocations.jsonl", "log.txt",
                                           "metrics.jsonl", "summary.json"]
@@ -200,8 +205,8 @@ def test_archive_copies_the_small_results_only(tmp_path):
 def test_replace_section_keeps_the_rest_of_the_page(tmp_path):
     path = str(tmp_path / "R.md")
     open(path, "w").write("# Results\n\n<!-- begin table1 -->\nold\n<!-- end table1 -->\n\nafter\n")
-    reproduce.replace_section(path, "table1", "new | table")
-    reproduce.replace_section(path, "table2", "second")
+    report.replace_section(path, "table1", "new | table")
+    report.replace_section(path, "table2", "second")
     assert open(path).read() == ("# Results\n\n<!-- begin table1 -->\nnew | table\n"
                                  "<!-- end table1 -->\n\nafter\n\n<!-- begin table2 -->\n"
                                  "second\n<!-- end table2 -->\n")
@@ -243,7 +248,7 @@ def test_a_new_machine_reads_archived_runs_and_trains_the_rest(tmp_path, monkeyp
         reproduce.workdir_for(archive_dir, "air_asr_14", 0),
         reproduce.workdir_for(archive_dir, "air_asr_14", 1), here.workdir)
     started, logged = [], []
-    import asr_tf.runs  # noqa: F401 (imports TensorFlow, which runs `uname`, before Popen is faked)
+    import asr_tf.run.workdir  # noqa: F401 (imports TensorFlow, which runs `uname`, before Popen is faked)
 
     class FakeProcess:
         def __init__(self, cmd, **kwargs):
@@ -264,10 +269,10 @@ def test_a_new_machine_reads_archived_runs_and_trains_the_rest(tmp_path, monkeyp
     # once the new seed-1 run has evaluations, it is read and archived over the old one
     _write_run(runs_dir, "air_asr_14", 1, [(200, 0.6)])
     assert cut.results == cut.workdir
-    reproduce.archive(runs, archive_dir)
-    assert reproduce.read_metrics(cut.archived)[0]["acc"] == 0.6
+    report.archive(runs, archive_dir)
+    assert workdir_lib.read_metrics(cut.archived)[0]["acc"] == 0.6
     assert not os.path.exists(os.path.join(cut.archived, "summary.json"))  # the old run's
-    assert reproduce.read_metrics(done.archived)[-1]["acc"] == 0.9  # left as it was
+    assert workdir_lib.read_metrics(done.archived)[-1]["acc"] == 0.9  # left as it was
 
 
 def test_minutes_of_runs_without_a_start_record_are_left_out(tmp_path):
@@ -283,7 +288,7 @@ def test_minutes_of_runs_without_a_start_record_are_left_out(tmp_path):
     runs = [_run(str(tmp_path), "air_asr_14", s) for s in (0, 1)]
     rows = {"14": reproduce.summarize(runs, 200, reproduce.METRICS[1], last=1)}
     assert rows["14"]["air_asr_14"]["minutes"] == 6.0 and rows["14"]["air_asr_14"]["seeds"] == [0, 1]
-    per_run = reproduce.per_run_table(rows, 200)
+    per_run = report.per_run_table(rows, 200)
     assert "| `air_asr_14` seed 0 | 200 | 1 | 6 |" in per_run
     assert "| `air_asr_14` seed 1 | 200 | 1 | – |" in per_run and "nan" not in per_run
 
@@ -292,7 +297,7 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     runs, out_dir = str(tmp_path / "runs"), str(tmp_path / "out")
     results_md = str(tmp_path / "RESULTS.md")
     open(results_md, "w").write("# R\n<!-- begin table1 -->\n<!-- end table1 -->\ntext\n")
-    _write_run(runs, "air_asr_13_size", 0, [(200, 0.5), (400, 0.9)])
+    _write_run(runs, "air_asr_13+size", 0, [(200, 0.5), (400, 0.9)])
     air = _write_run(runs, "air_13", 0, [(200, 0.1), (400, 0.2)])
     with open(os.path.join(air, "invocations.jsonl"), "w") as f:  # resumed with newer code
         for commit in ("abc1234", "abc1234", "def5678"):
@@ -306,9 +311,9 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     assert out.returncode == 0, out.stderr[-2000:]
     table = open(os.path.join(out_dir, "table1.md")).read()
     # one seed: its value, no "± 0.0"; a variant leaves the paper's cells to its plain config
-    assert "| AIR-ASR (size) (`air_asr_13_size`) | 1 | 500.0 | – | 0.90 | – |" in table
+    assert "| AIR-ASR (size) (`air_asr_13+size`) | 1 | 500.0 | – | 0.90 | – |" in table
     assert "| AIR (`air_13`) | 1 |" in table and "| 404.4 ± 4.6 |" in table
-    assert reproduce._round(0.125, 2) == "0.13" and reproduce._round(28.84, 1) == "28.8"
+    assert report._round(0.125, 2) == "0.13" and report._round(28.84, 1) == "28.8"
     assert table.strip() in open(results_md).read() and open(results_md).read().endswith("text\n")
     assert os.path.exists(os.path.join(out_dir, "runs", "air_13_s0", "metrics.jsonl"))
     assert "Multi-MNIST, 1 or 4 digits" in table  # both rows of `--rows 13 14`
@@ -324,16 +329,17 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     out = subprocess.run(tool + ["--variants", "bogus"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "variant 'bogus'" in out.stderr
+    assert "not among ['faithful', 'size', 'decay', 'floor20k']" in out.stderr
 
 
 def test_figures_markdown_links_what_is_on_disk(tmp_path):
     out_dir = tmp_path / "docs" / "results"
     row = out_dir / "13"
     row.mkdir(parents=True)
-    for name in ("13_curves.png", "air_asr_13_size_reconstruction.png", "air_13_reconstruction.png",
-                 "air_13_generation.png"):
+    for name in ("13_curves.png", "air_asr_13+size_reconstruction.png",
+                 "air_13_reconstruction.png", "air_13_generation.png"):
         (row / name).write_bytes(b"")
-    text = reproduce.figures_markdown(["13", "24"], str(out_dir), str(tmp_path / "docs"))
+    text = report.figures_markdown(["13", "24"], str(out_dir), str(tmp_path / "docs"))
     lines = text.splitlines()
     assert lines[0] == "### Multi-MNIST, 1 or 3 digits"
     assert "![13 curves](results/13/13_curves.png)" in lines
@@ -342,25 +348,25 @@ def test_figures_markdown_links_what_is_on_disk(tmp_path):
     assert grid_rows == [
         "| AIR (`air_13`) | ![](results/13/air_13_reconstruction.png) | "
         "![](results/13/air_13_generation.png) |",
-        "| AIR-ASR (size) (`air_asr_13_size`) | "
-        "![](results/13/air_asr_13_size_reconstruction.png) | – |"]
+        "| AIR-ASR (size) (`air_asr_13+size`) | "
+        "![](results/13/air_asr_13+size_reconstruction.png) | – |"]
     assert "2 or 4" not in text  # no folder for row 24: no section
 
 
 def test_write_figures_grids_only_for_runs_at_the_budget(tmp_path):
     """A run with the budget's checkpoint gets its grids; one still short of it gets only its
     curve (its grids would not be the budget's)."""
-    from asr_tf import config, train_lib
+    from asr_tf.run import config, loop
     from conftest import SMALL_RUN
 
     runs_dir = str(tmp_path / "runs")
     done = reproduce.Run("air_asr_13", 0, reproduce.workdir_for(runs_dir, "air_asr_13", 0))
     short = reproduce.Run("air_13", 0, reproduce.workdir_for(runs_dir, "air_13", 0))
     for run, steps in ((done, 3), (short, 3)):
-        config.parse([run.config], SMALL_RUN + [f"train_eval.seed = {run.seed}"])
-        train_lib.train_eval(run.workdir, max_steps=steps)
+        config.parse(run.configs, SMALL_RUN + [f"train_eval.seed = {run.seed}"])
+        loop.train_eval(run.workdir, max_steps=steps)
     os.remove(os.path.join(short.workdir, "ckpt", "ckpt-3.index"))  # as if cut before step 3
-    paths = reproduce.write_figures([done, short], "13", str(tmp_path / "out"), 3)
+    paths = report.write_figures([done, short], "13", str(tmp_path / "out"), 3)
     assert sorted(paths) == ["air_asr_13_generation", "air_asr_13_reconstruction", "curves"]
     for path in paths.values():
         assert os.path.getsize(path) > 1000  # a PNG with content

@@ -1,4 +1,5 @@
 """Checks of asr_tf.viz (spec section 9, quirk Q37)."""
+import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
@@ -145,6 +146,26 @@ def test_learning_curves_figure_holds_exactly_the_series():
     assert colors == {"a": {"C0"}, "b": {"C1"}}           # one colour per run in every panel
     (legend,) = fig.legends                   # one legend for the figure, every run once
     assert [t.get_text() for t in legend.get_texts()] == ["a", "b"]
+
+
+def test_learning_curves_colour_per_name_line_style_per_seed():
+    """(run, seed) series: one colour per run (12 runs, 12 colours), one line style per seed."""
+    series = {(f"run{r}", f"s{s}"): [{"step": 0, "acc": r + s / 10}, {"step": 1, "acc": r}]
+              for r in range(12) for s in range(3)}
+    fig = viz.learning_curves_figure(series, ["acc"])
+    (ax,) = fig.axes
+    by_run, by_seed = {}, {}
+    for ln in ax.lines:
+        run, seed = ln.get_label().split()
+        by_run.setdefault(run, set()).add(matplotlib.colors.to_hex(ln.get_color()))
+        by_seed.setdefault(seed, set()).add(ln.get_linestyle())
+    assert all(len(c) == 1 for c in by_run.values())
+    assert len({c for cs in by_run.values() for c in cs}) == 12  # no two runs share a colour
+    assert [len(s) for s in by_seed.values()] == [1, 1, 1]
+    assert len({s for ss in by_seed.values() for s in ss}) == 3
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [f"run{r}" for r in range(12)] + [
+        "s0", "s1", "s2"]
 
 
 def test_learning_curves_single_run_and_empty_panel():

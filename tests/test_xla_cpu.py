@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from asr_tf import xla_cpu
+from asr_tf.run import xla_cpu
 
 WIDTH = "--xla_cpu_prefer_vector_width"
 SCHEDULER = "--xla_cpu_enable_concurrency_optimized_scheduler=true"

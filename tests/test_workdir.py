@@ -1,5 +1,6 @@
-"""A run's record and its fixed data set: every seed tests on the same scenes, the workdir knows
-how it was started, and the tools evaluate a run exactly as it evaluated itself."""
+"""A run's folder (asr_tf/run/workdir.py): its record, lock and checkpoints; and its fixed data
+set: every seed tests on the same scenes, the workdir knows how it was started, and the tools
+evaluate a run exactly as it evaluated itself."""
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import gin
 import numpy as np
 import pytest
 
-from asr_tf import config, distribute, evaluation, runs
+from asr_tf.run import config, distribute, evaluation, trained, workdir as workdir_lib
 from asr_tf.models import build_model
 from conftest import MODEL_VALUES, SMALL_RUN
 
@@ -25,7 +26,7 @@ def _train_tool(repo_root, workdir, *args):
 
 def test_every_seed_tests_on_the_same_scenes_never_trained_on():
     config.parse(["air_asr_13"], TINY_DATA)
-    spec = runs.run_spec()
+    spec = workdir_lib.run_spec()
     assert spec.data_seed == 0 and spec.num_train == 80
     model = build_model("pprior", spec.canvas_px, spec.counts, lstm_units=8)
     tests = {seed: evaluation.Evaluator(model, spec, seed=seed).test for seed in (0, 1, 2)}
@@ -41,24 +42,48 @@ def test_every_seed_tests_on_the_same_scenes_never_trained_on():
     assert len({x.tobytes() for x in seen}) == 80  # one epoch: every training scene once
 
 
-def test_migrate_record_of_older_runs():
-    old = ("build_model.max_steps = 6\nPenaltyWeights.counts = (1, 3)\n"
-           "PenaltyWeights.gamma_b = 1.0\nPenaltyWeights.gamma_s = 10.0\n"
-           "PenaltyWeights.gamma_ne = 0.0\ntrain_eval.seed = 2\n")
-    new = runs.migrate_record(old)
-    assert "PenaltyWeights" not in new and "build_model.max_glimpses = 6" in new
-    assert ("Objective.constraints = [('overlap', 1.0), ('out_of_image', 1.0), "
-            "('size_equality', 10.0)]") in new
-    assert runs.migrate_record(new) == new  # today's records pass unchanged
-    # build_model's per-model values, resolved from the kind before configs bound them
-    for kind, values in MODEL_VALUES.items():
-        record = runs.migrate_record(f"build_model.kind = '{kind}'\ntrain_eval.seed = 2\n")
-        assert runs.migrate_record(record) == record
-        gin.parse_config(record)
-        assert {k: gin.query_parameter(f"build_model.{k}") for k in values} == values
-        gin.clear_config()
-    kept = runs.migrate_record("build_model.kind = 'air'\nbuild_model.stop_threshold = 0.5\n")
-    assert "build_model.stop_threshold = 0.5" in kept and "stop_threshold = 0.99" not in kept
+def test_record_keeps_the_seeds_and_refuses_others(tmp_path):
+    """The first invocation's seeds are the run's; another seed is another run: refused before
+    anything is written."""
+    workdir = str(tmp_path / "w")
+    os.makedirs(workdir)
+    gin.parse_config("train_eval.seed = 1")
+    workdir_lib.write_record(workdir, seed=1, data_seed=0, argv=["train.py"])
+    workdir_lib.write_record(workdir, seed=1, data_seed=0, start_step=6, argv=["train.py"])
+    first, second = workdir_lib.invocations(workdir)
+    assert (first["seed"], first["data_seed"], first["start_step"]) == (1, 0, 0)
+    assert second["start_step"] == 6 and first["commit"] == second["commit"]
+    before = open(os.path.join(workdir, "invocations.jsonl")).read()
+    for seed, data_seed in ((2, 0), (1, 3)):
+        with pytest.raises(workdir_lib.RecordMismatchError,
+                           match=r"started with \{'seed': 1, 'data_seed': 0\}"):
+            workdir_lib.write_record(workdir, seed=seed, data_seed=data_seed)
+    assert open(os.path.join(workdir, "invocations.jsonl")).read() == before
+    # Other bindings on resume: the original record stays, this invocation's beside it.
+    gin.parse_config("train_eval.eval_every = 7")
+    workdir_lib.write_record(workdir, seed=1, data_seed=0, start_step=9)
+    assert "eval_every" not in open(os.path.join(workdir, "config.gin")).read()
+    assert "train_eval.eval_every = 7" in open(os.path.join(workdir, "config.gin.latest")).read()
+
+
+def test_checkpoint_paths_and_restore_errors(tmp_path):
+    """One owner of the ckpt/ layout: the step from a checkpoint's name, clear errors."""
+    workdir = str(tmp_path / "w")
+    assert workdir_lib.latest_checkpoint(workdir) is None and workdir_lib.restored_step(workdir) == 0
+    model = build_model("pprior", 50, (1, 3), lstm_units=8, **MODEL_VALUES["pprior"])
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        workdir_lib.restore_model(workdir, model)
+    import tensorflow as tf
+
+    v = tf.Variable(3.0)
+    manager = workdir_lib.checkpoint_manager(tf.train.Checkpoint(v=v), workdir, keep=2)
+    for step in (4, 8, 12):
+        manager.save(checkpoint_number=step)
+    assert workdir_lib.latest_checkpoint(workdir) == workdir_lib.checkpoint_path(workdir, 12)
+    assert workdir_lib.restored_step(workdir) == 12
+    assert workdir_lib.has_checkpoint(workdir, 8) and not workdir_lib.has_checkpoint(workdir, 4)
+    with pytest.raises(workdir_lib.CheckpointError, match="ckpt-12"):
+        workdir_lib.restore_model(workdir, model)  # holds no model: does not fit
 
 
 @pytest.mark.slow
@@ -83,7 +108,7 @@ def test_record_and_evaluate_tool_reproduce_a_seed_1_run(tmp_path, repo_root):
     for key in ("acc", "se", "nelbo", "miou", "kl_pres", "box_side_px", "se_1obj"):
         assert result[key] == pytest.approx(logged[key], rel=1e-6, abs=1e-9), key
     # Another noise seed is another evaluation of the same scenes.
-    other = evaluation.evaluate_workdir(workdir, seed=5)
+    other = trained.evaluate_workdir(workdir, seed=5)
     assert other["nelbo"] != pytest.approx(logged["nelbo"], rel=1e-6)
 
     # A resume with another seed would be another run: refused, nothing written.
@@ -107,18 +132,18 @@ def test_one_trainer_per_workdir(tmp_path):
     workdir = str(tmp_path / "w")
     os.makedirs(workdir)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from asr_tf import runs; "
-         f"runs.lock_workdir({workdir!r}); print('locked', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", "import sys, time; from asr_tf.run import workdir; "
+         f"workdir.lock({workdir!r}); print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert runs.workdir_busy(workdir)
-        with pytest.raises(runs.WorkdirBusyError, match=f"in use by pid {holder.pid}"):
-            runs.lock_workdir(workdir)
+        assert workdir_lib.busy(workdir)
+        with pytest.raises(workdir_lib.WorkdirBusyError, match=f"in use by pid {holder.pid}"):
+            workdir_lib.lock(workdir)
     finally:
         holder.kill()
         holder.wait()
-    assert not runs.workdir_busy(workdir)  # killed: the lock went with it
-    runs.lock_workdir(workdir)
-    runs.lock_workdir(workdir)  # this process again: fine
-    runs.unlock_workdir(workdir)
+    assert not workdir_lib.busy(workdir)  # killed: the lock went with it
+    workdir_lib.lock(workdir)
+    workdir_lib.lock(workdir)  # this process again: fine
+    workdir_lib.unlock(workdir)

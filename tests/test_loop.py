@@ -1,9 +1,8 @@
-"""The training toolchain: configs, smoke training with TensorBoard read-back, exact resume,
-corrupt checkpoints, the run's record, evaluation and figures from a workdir."""
+"""The training loop (asr_tf/run/loop.py): smoke training with TensorBoard read-back, exact
+resume, corrupt checkpoints, both evaluations at the end, evaluation and figures from a workdir."""
 import glob
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -12,13 +11,13 @@ import time
 import urllib.parse
 import urllib.request
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from asr_tf import config, evaluation, runs, summaries, train_lib, training
+from asr_tf import training
+from asr_tf.run import config, evaluation, loop, trained, workdir as workdir_lib
 from conftest import SMALL_RUN as SMALL
 
 
@@ -32,85 +31,12 @@ def _tensors(logdir, tag):
                   key=lambda step_value: step_value[0])
 
 
-def test_every_config_parses():
-    names = config.available_configs()
-    # 15 paper runs, their faithful twins, three ASR size variants, row 14's size + rate decay,
-    # Multi-dSprites overlap's rate decay, three AIR schedule variants
-    assert len(names) == 38
-    assert len([n for n in names if n.endswith("_faithful")]) == 15
-    for name in names:
-        config.parse([name])
-        spec = runs.run_spec()
-        model_kind = gin.query_parameter("build_model.kind")
-        assert model_kind in ("air", "pprior")
-        assert spec.name in ("mnist_13", "mnist_14", "mnist_24", "mnist_bbox3", "dsprites_bbox3")
-        edge = gin.query_parameter("Quirks.sampler_edge")
-        assert edge == ("hard" if name.endswith("_faithful") else "zero_pad")
-
-
-def _constraints():
-    return dict(runs.build_components(runs.run_spec())[1].constraints)
-
-
-def test_paper_weights_in_configs():
-    config.parse(["air_asr_14"])
-    assert _constraints() == {"count_min": 10.0, "count_margin": 100.0}
-    config.parse(["air_asr_dsprites_overlap_faithful"])
-    # -gb = 1 ties F1 and F2-F5 (Q18); F7 10, F6 20
-    assert _constraints() == {"overlap": 1.0, "out_of_image": 1.0, "size_equality": 10.0,
-                              "area": 20.0}
-    assert gin.query_parameter("make_optimizer.learning_rate") == 1e-4
-    assert runs.run_spec().canvas_px == 64
-    config.parse(["air_asr_13"])
-    assert "size_equality" not in _constraints()  # the paper's row 13: counts only
-    for name in ("air_asr_13_size", "air_asr_14_size", "air_asr_24_size"):
-        config.parse([name])
-        assert _constraints() == {"count_min": 10.0, "count_margin": 100.0, "size_equality": 10.0}
-        assert runs.run_spec().name == "mnist_" + name.split("_")[2]
-    for name in ("air_13", "air_pprior_24", "air_mnist_overlap"):
-        config.parse([name])
-        assert _constraints() == {}
-
-
-def test_row_14_decay_variant_is_the_size_variant_with_the_rate_cut_at_14000():
-    config.parse(["air_asr_14_size_decay"])
-    assert _constraints() == {"count_min": 10.0, "count_margin": 100.0, "size_equality": 10.0}
-    model, _, _ = runs.build_components(runs.run_spec())
-    optimizer = training.make_optimizer(model)
-    # 1e-3 for the updates of steps 1..14,000, 1e-4 from step 14,001 on
-    assert training.update_rate(optimizer, 14000) == pytest.approx(1e-3)
-    assert training.update_rate(optimizer, 14001) == pytest.approx(1e-4)
-    config.parse(["air_asr_14_size"])
-    optimizer = training.make_optimizer(runs.build_components(runs.run_spec())[0])
-    assert training.update_rate(optimizer, 20000) == pytest.approx(1e-3)
-
-
-def test_dsprites_overlap_decay_variant_is_its_row_config_with_the_rate_cut_at_14000():
-    config.parse(["air_asr_dsprites_overlap"])
-    plain = _constraints()
-    config.parse(["air_asr_dsprites_overlap_decay"])
-    assert _constraints() == plain and "overlap" in plain
-    optimizer = training.make_optimizer(runs.build_components(runs.run_spec())[0])
-    assert training.update_rate(optimizer, 14000) == pytest.approx(1e-3)
-    assert training.update_rate(optimizer, 14001) == pytest.approx(1e-4)
-
-
-def test_unknown_config_and_parameter_are_errors():
-    with pytest.raises(ValueError, match="unknown config 'air_asr_99'.*air_asr_14"):
-        config.parse(["air_asr_99"])
-    with pytest.raises(ValueError, match="bogus"):
-        config.parse(["air_asr_13"], ["train_eval.bogus = 1"])
-    with pytest.raises(ValueError, match="unknown constraint 'bogus'"):
-        config.parse(["air_asr_13"], ["Objective.constraints = [('bogus', 1.0)]"])
-        runs.build_components(runs.run_spec())
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["air_13", "air_pprior_13", "air_asr_13"])
 def test_smoke_train_writes_tensorboard(tmp_path, name):
     config.parse([name], SMALL)
     workdir = str(tmp_path / name)
-    summary = train_lib.train_eval(workdir, max_steps=3)
+    summary = loop.train_eval(workdir, max_steps=3)
     assert summary["step"] == 3
     losses = _tensors(os.path.join(workdir, "train"), "loss")
     assert [s for s, _ in losses] == [1, 2, 3]
@@ -125,6 +51,16 @@ def test_smoke_train_writes_tensorboard(tmp_path, name):
     saved = json.load(open(os.path.join(workdir, "summary.json")))
     assert saved["final"]["step"] == 3 and set(saved) >= {"final", "best", "best_by_test"}
     assert os.path.exists(os.path.join(workdir, "operative_config.gin"))
+    # Both evaluations of the last step: the paper's pass is the one the run logged, the
+    # deterministic one what tools/evaluate.py --deterministic gives.
+    end = saved["at_end"]
+    assert end["step"] == 3
+    for key in ("acc", "se", "nelbo", "miou"):
+        assert end["stochastic"][key] == pytest.approx(saved["final"][key], rel=1e-6)
+    again = trained.evaluate_workdir(workdir, deterministic=True)
+    for key in ("acc", "se", "nelbo", "miou", "count_frac_1obj_1"):
+        assert end["deterministic"][key] == pytest.approx(again[key], rel=1e-6, abs=1e-9)
+    assert summary["at_end"] == end
 
 
 class _Crash(Exception):
@@ -136,8 +72,8 @@ def test_resume_after_crash_is_exact_and_logs_nothing_twice(tmp_path, monkeypatc
     # Uninterrupted reference: 6 steps.
     config.parse(["air_asr_13"], SMALL)
     ref_dir = str(tmp_path / "ref")
-    train_lib.train_eval(ref_dir, max_steps=6)
-    ref_model, _ = runs.load_trained(ref_dir)
+    loop.train_eval(ref_dir, max_steps=6)
+    ref_model, _, _ = trained.load_trained(ref_dir)
     ref_weights = [w.copy() for w in ref_model.get_weights()]
 
     # Crash at step 5 (the last checkpoint is step 3), then the same command again.
@@ -154,12 +90,12 @@ def test_resume_after_crash_is_exact_and_logs_nothing_twice(tmp_path, monkeypatc
 
     monkeypatch.setattr(training, "train_step", crashing)
     with pytest.raises(_Crash):
-        train_lib.train_eval(run_dir, max_steps=6)
+        loop.train_eval(run_dir, max_steps=6)
     monkeypatch.setattr(training, "train_step", real_step)
     config.parse(["air_asr_13"], SMALL)
-    train_lib.train_eval(run_dir, max_steps=6)
+    loop.train_eval(run_dir, max_steps=6)
 
-    model, _ = runs.load_trained(run_dir)
+    model, _, _ = trained.load_trained(run_dir)
     for a, b in zip(ref_weights, model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     steps = [s for s, _ in _tensors(os.path.join(run_dir, "train"), "loss")]
@@ -177,11 +113,11 @@ def test_resume_with_another_rate_and_schedule(tmp_path):
     # the logged rate is the configured one (tests/test_training_step.py: the updates too).
     workdir = str(tmp_path / "w")
     config.parse(["air_asr_13"], SMALL + ["make_optimizer.learning_rate = 1e-3"])
-    train_lib.train_eval(workdir, max_steps=3)
+    loop.train_eval(workdir, max_steps=3)
     config.parse(["air_asr_13"], SMALL + ["make_optimizer.learning_rate = 5e-4",
                                           "make_optimizer.decay_steps = (4,)",
                                           "make_optimizer.decay_factors = (0.1,)"])
-    train_lib.train_eval(workdir, max_steps=6)
+    loop.train_eval(workdir, max_steps=6)
     rates = _tensors(os.path.join(workdir, "train"), "learning_rate")
     assert [s for s, _ in rates] == [1, 2, 3, 4, 5, 6]
     assert [v for _, v in rates] == pytest.approx([1e-3] * 3 + [5e-4, 5e-5, 5e-5])
@@ -191,12 +127,12 @@ def test_resume_with_another_rate_and_schedule(tmp_path):
 def test_bad_checkpoints_name_the_file_and_are_kept(tmp_path):
     config.parse(["air_pprior_13"], SMALL)
     workdir = str(tmp_path / "w")
-    train_lib.train_eval(workdir, max_steps=3)
+    loop.train_eval(workdir, max_steps=3)
 
     # A checkpoint of another configuration (a different LSTM width) is refused clearly.
     config.parse(["air_pprior_13"], SMALL + ["build_model.lstm_units = 16"])
-    with pytest.raises(runs.CheckpointError, match="ckpt-3"):
-        train_lib.train_eval(workdir, max_steps=6)
+    with pytest.raises(workdir_lib.CheckpointError, match="ckpt-3"):
+        loop.train_eval(workdir, max_steps=6)
 
     # A corrupt data file too; nothing is deleted or rewritten.
     data_files = glob.glob(os.path.join(workdir, "ckpt", "ckpt-3.data-*"))
@@ -206,8 +142,8 @@ def test_bad_checkpoints_name_the_file_and_are_kept(tmp_path):
     before = sorted(os.listdir(os.path.join(workdir, "ckpt")))
     size = os.path.getsize(data_files[0])
     config.parse(["air_pprior_13"], SMALL)
-    with pytest.raises(runs.CheckpointError, match="ckpt-3"):
-        train_lib.train_eval(workdir, max_steps=6)
+    with pytest.raises(workdir_lib.CheckpointError, match="ckpt-3"):
+        loop.train_eval(workdir, max_steps=6)
     assert sorted(os.listdir(os.path.join(workdir, "ckpt"))) == before
     assert os.path.getsize(data_files[0]) == size
 
@@ -216,7 +152,7 @@ def test_bad_checkpoints_name_the_file_and_are_kept(tmp_path):
 def test_evaluate_and_generate_tools(tmp_path, repo_root):
     config.parse(["air_asr_13"], SMALL)
     workdir = str(tmp_path / "w")
-    train_lib.train_eval(workdir, max_steps=3)
+    loop.train_eval(workdir, max_steps=3)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     out = subprocess.run([sys.executable, str(repo_root / "tools" / "evaluate.py"),
                           "--workdir", workdir, "--num_test", "16"],
@@ -232,13 +168,6 @@ def test_evaluate_and_generate_tools(tmp_path, repo_root):
     from PIL import Image
 
     assert Image.open(png).size[0] > 100
-
-
-def test_train_tool_rejects_unknown_config(repo_root):
-    out = subprocess.run([sys.executable, str(repo_root / "tools" / "train.py"),
-                          "--config", "air_asr_99"], capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0
-    assert "unknown config 'air_asr_99'" in out.stderr
 
 
 def _wait_for(predicate, proc, timeout_s):
@@ -305,23 +234,23 @@ def test_kill9_resume_live_tensorboard_via_the_train_tool(tmp_path, repo_root):
                        default=0)
 
         # kill -9 at least 2 steps after a checkpoint (>= 10), well before the next one
-        assert _wait_for(lambda: logged() >= 12 and 2 <= logged() - runs.restored_step(workdir)
+        assert _wait_for(lambda: logged() >= 12 and 2 <= logged() - workdir_lib.restored_step(workdir)
                          <= 6, proc, 400), "no checkpoint"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        killed_at, resumed_from = logged(), runs.restored_step(workdir)
+        killed_at, resumed_from = logged(), workdir_lib.restored_step(workdir)
         assert 10 <= resumed_from < killed_at
         assert _wait_for(lambda: max(served(), default=0) == killed_at, tensorboard, 60)
 
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)  # the same command
         procs.append(proc)
-        assert _wait_for(lambda: runs.restored_step(workdir) >= resumed_from + 20, proc, 400)
+        assert _wait_for(lambda: workdir_lib.restored_step(workdir) >= resumed_from + 20, proc, 400)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
         last = json.load(open(os.path.join(workdir, "summary.json")))["step"]
-        assert runs.restored_step(workdir) == last < 500
+        assert workdir_lib.restored_step(workdir) == last < 500
         # each invocation set XLA's code generation flags before compiling (asr_tf/xla_cpu.py)
         log_txt = open(os.path.join(workdir, "log.txt")).read()
         assert log_txt.count("--xla_cpu_enable_concurrency_optimized_scheduler=true") == 2
@@ -347,17 +276,6 @@ def test_kill9_resume_live_tensorboard_via_the_train_tool(tmp_path, repo_root):
             p.wait()
 
 
-def test_train_tool_help_lists_the_configs_and_the_default_workdir(repo_root):
-    out = subprocess.run([sys.executable, str(repo_root / "tools" / "train.py"), "--help"],
-                         capture_output=True, text=True, timeout=120)
-    listed = " ".join(out.stdout.split())  # absl wraps the help text
-    assert "The configs: " + ", ".join(config.available_configs()) + ";" in listed
-    assert "default runs/<config>" in listed
-    assert runs.default_workdir(["configs/air_asr_14.gin"]) == os.path.join("runs", "air_asr_14")
-    assert runs.default_workdir(["air_asr_13", "extra.gin"]) == os.path.join(
-        "runs", "air_asr_13+extra")
-
-
 def test_box_diagnostics_and_se_by_count_hand_worked():
     # Canvas 50 px. Image 0: boxes of 35 px (centred) and 15 px (shift 0.5, 0.5 -> centre 37.5,
     # extends to 45 < 50: inside); image 1: one 20 px box whose centre (x = 0) puts half of it
@@ -378,106 +296,3 @@ def test_box_diagnostics_and_se_by_count_hand_worked():
     assert se["se_1obj"] == pytest.approx(3.0) and se["se_3obj"] == pytest.approx(0.5)
 
 
-def _logged(workdir):
-    """(train loss (step, value)s, eval acc steps, metrics.jsonl steps) as readers find them."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    lines = open(path).read().splitlines() if os.path.exists(path) else []
-    return (_tensors(os.path.join(workdir, "train"), "loss"),
-            [s for s, _ in _tensors(os.path.join(workdir, "eval"), "acc")],
-            [json.loads(line)["step"] for line in lines])
-
-
-def _log_steps(run_log, first, last, value_scale, checkpoint_at=None):
-    """What the loop logs: a loss each step, an evaluation every 3 steps, a flush each step.
-    Returns the files' sizes after the flush of step ``checkpoint_at``."""
-    sizes = None
-    for s in range(first, last + 1):
-        run_log.scalar("train", "loss", s * value_scale, s)
-        if s % 3 == 0:
-            run_log.scalar("eval", "acc", s * value_scale, s)
-            run_log.metrics_line({"step": s})
-        run_log.flush()
-        if s == checkpoint_at:
-            sizes = {path: os.path.getsize(path) for path in _run_files(run_log.workdir)}
-    return sizes
-
-
-def _run_files(workdir):
-    return sorted(glob.glob(os.path.join(workdir, "*", "*tfevents*"))
-                  + [os.path.join(workdir, "metrics.jsonl")])
-
-
-def _expected_after_resume(last):
-    return ([(s, float(s) if s <= 3 else 10.0 * s) for s in range(1, last + 1)],
-            list(range(3, last + 1, 3)), list(range(3, last + 1, 3)))
-
-
-def test_resume_after_a_kill_at_any_byte_logs_each_step_once(tmp_path):
-    """A kill -9 leaves every file a prefix of what the killed process wrote (it only appends):
-    for each file and each of its lengths after the step-3 checkpoint (the other files
-    complete), the run resumed from step 3 has every step once, and the resumed values."""
-    killed = str(tmp_path / "killed")
-    run_log = summaries.RunLog(killed, resumed_at=0)
-    at_checkpoint = _log_steps(run_log, 1, 6, 1.0, checkpoint_at=3)
-    run_log.close()
-    full = {path: open(path, "rb").read() for path in _run_files(killed)}
-    assert set(full) == set(at_checkpoint) and len(full) == 3
-    trials = 0
-    for torn, data in full.items():
-        for length in range(at_checkpoint[torn], len(data) + 1):
-            workdir = str(tmp_path / f"trial{trials}")
-            shutil.copytree(killed, workdir)
-            with open(torn.replace(killed, workdir), "wb") as f:
-                f.write(data[:length])
-            run_log = summaries.RunLog(workdir, resumed_at=3)
-            _log_steps(run_log, 4, 7, 10.0)
-            run_log.close()
-            assert _logged(workdir) == _expected_after_resume(7), (torn, length)
-            shutil.rmtree(workdir)
-            trials += 1
-    assert trials > 200  # every byte of the records after step 3
-
-
-def test_kill_during_the_cut_then_resume(tmp_path, monkeypatch):
-    workdir = str(tmp_path)
-    run_log = summaries.RunLog(workdir, resumed_at=0)
-    _log_steps(run_log, 1, 6, 1.0)
-    run_log.close()
-    real_replace = os.replace
-
-    def killed_at_second_replace(src, dst):
-        killed_at_second_replace.calls += 1
-        if killed_at_second_replace.calls == 2:
-            raise _Crash()
-        real_replace(src, dst)
-
-    killed_at_second_replace.calls = 0
-    monkeypatch.setattr(summaries.os, "replace", killed_at_second_replace)
-    with pytest.raises(_Crash):
-        summaries.RunLog(workdir, resumed_at=3)  # one file cut, the next one's copy written
-    monkeypatch.undo()
-    assert glob.glob(os.path.join(workdir, "*", summaries._CUT_TMP))
-    run_log = summaries.RunLog(workdir, resumed_at=3)
-    assert not glob.glob(os.path.join(workdir, "*", summaries._CUT_TMP))
-    _log_steps(run_log, 4, 6, 10.0)
-    run_log.close()
-    assert _logged(workdir) == _expected_after_resume(6)
-
-
-def test_workdir_of_the_two_phase_commit_design_resumes(tmp_path):
-    """Until 2026-11-30 summaries were staged and committed at checkpoints, with a marker."""
-    workdir = str(tmp_path)
-    run_log = summaries.RunLog(workdir, resumed_at=0)
-    _log_steps(run_log, 1, 3, 1.0)
-    run_log.close()
-    staged = tmp_path / ".summaries_staging" / "6" / "train"
-    staged.mkdir(parents=True)
-    (staged / "events.out.tfevents.1.host.1.1.v2").write_bytes(b"")
-    (tmp_path / "logged_through").write_text('{"logged_through": 6, "pending": {"stage": "6"}}')
-    run_log = summaries.RunLog(workdir, resumed_at=3)
-    assert sorted(os.listdir(workdir)) == ["eval", "metrics.jsonl", "train"]
-    _log_steps(run_log, 4, 6, 10.0)
-    run_log.close()
-    assert _logged(workdir) == _expected_after_resume(6)
-    with pytest.raises(ValueError, match="unknown summary run 'test'"):
-        run_log.scalar("test", "loss", 1.0, 7)
