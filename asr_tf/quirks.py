@@ -10,6 +10,9 @@ import dataclasses
 
 import gin
 
+# Q30's values (asr_tf.nn.transformer.EDGE_MODES; kept here so this module needs no TF).
+SAMPLER_EDGES = ("four_gathers", "hard", "zero_pad")
+
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
@@ -17,10 +20,14 @@ class Quirks:
     """Switches between the original's behaviour (default) and the fix.
 
     Attributes:
-      sampler_edge: Q30. 'hard': clipped-corner bilinear sampler, exactly 0 and no
-        gradient outside the source. 'zero_pad': true bilinear with zeros outside
-        (boxes that leave the ink still get a gradient). The learning configs use
-        'zero_pad'; the ``*_faithful`` configs keep 'hard'.
+      sampler_edge: Q30. 'four_gathers': the original's float32 arithmetic, four
+        gathered clipped corners summed (canvas summed step by step); outside the source
+        the terms cancel only up to rounding, so tiny residues of either sign (|r| up to
+        ~1e-5) sit left and right of each rendered box, where the BCE's 1/(r + 1e-10)
+        gives large gradients. 'hard': the exact clipped-corner sampler, exactly 0 and no
+        gradient outside the source (inside, the same values up to rounding). 'zero_pad':
+        true bilinear with zeros outside (boxes that leave the ink still get a gradient).
+        The learning configs use 'zero_pad'; the ``*_faithful`` configs 'four_gathers'.
       learned_scale_prior: Q12. False: fixed scale prior N(-1, 0.05) (pre-sigmoid).
         True: the paper's learned p(scale | previous objects) from the prior LSTM.
       zpres_prior_lag: Q13. True: the z_pres prior at step t reads the prior-LSTM
@@ -46,7 +53,7 @@ class Quirks:
         True: the Keras default orthogonal recurrent kernel.
       tight_gt: Q4. False: GT box [x, y, x+w, y+h] under the "+1" IoU. True: [x, y, x+w-1, y+h-1].
     """
-    sampler_edge: str = "hard"
+    sampler_edge: str = "four_gathers"
     learned_scale_prior: bool = False
     zpres_prior_lag: bool = True
     mask_penalties_by_presence: bool = False
@@ -60,7 +67,8 @@ class Quirks:
     tight_gt: bool = False
 
     def __post_init__(self):
-        if self.sampler_edge not in ("hard", "zero_pad"):
-            raise ValueError(f"Quirks.sampler_edge={self.sampler_edge!r}: use 'hard' or 'zero_pad'")
+        if self.sampler_edge not in SAMPLER_EDGES:
+            raise ValueError(f"Quirks.sampler_edge={self.sampler_edge!r}: use one of "
+                             + ", ".join(repr(e) for e in SAMPLER_EDGES))
         if self.area_penalty not in ("mean_offset", "paper"):
             raise ValueError(f"Quirks.area_penalty={self.area_penalty!r}: use 'mean_offset' or 'paper'")

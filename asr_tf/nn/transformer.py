@@ -10,10 +10,15 @@ batched matmuls, which XLA and MKL handle well.
 Coordinates follow the original: the target grid is ``linspace(-1, 1)`` on each
 axis; a source point ``x_s`` maps to pixels as ``p = (x_s + 1) * (W - 1.001) / 2``.
 
-Two edge modes (gin switch ``sampler_edge``):
-  * ``'hard'`` (Q30, faithful): corner indices are clipped *before* the weights
-    are computed, so any sample with ``p`` outside ``[0, W-1)`` is exactly 0 and
-    carries no gradient.
+Three edge modes (gin switch ``sampler_edge``, quirk Q30):
+  * ``'four_gathers'`` (the original's arithmetic, :mod:`asr_tf.nn.four_gathers`): four
+    gathers of clipped corners summed in float32; outside the source the terms cancel only
+    up to rounding, leaving tiny residues of either sign left and right of a rendered box.
+    Not separable: :func:`extract_glimpse`, :func:`render_glimpse` and
+    :func:`render_glimpses_summed` hand it to that module.
+  * ``'hard'`` (exact): corner indices are clipped *before* the weights are computed, so
+    any sample with ``p`` outside ``[0, W-1)`` is exactly 0 and carries no gradient; inside
+    the source the same values as 'four_gathers' up to rounding.
   * ``'zero_pad'`` (remedy): true bilinear interpolation with zeros outside the
     source; samples near the border blend with zeros, so gradients pull boxes
     back onto the ink.
@@ -21,12 +26,19 @@ Two edge modes (gin switch ``sampler_edge``):
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-EDGE_MODES = ("hard", "zero_pad")
+from asr_tf.nn import four_gathers
+
+SEPARABLE_EDGES = ("hard", "zero_pad")  # the edge modes of the separable sampler
+EDGE_MODES = ("four_gathers",) + SEPARABLE_EDGES
 
 
-def _check_edge(edge):
-    if edge not in EDGE_MODES:
-        raise ValueError(f"sampler edge mode {edge!r} is not one of {EDGE_MODES}")
+def _check_edge(edge, allowed=SEPARABLE_EDGES):
+    if edge in allowed:
+        return
+    if edge in EDGE_MODES:  # 'four_gathers' asked of the separable sampler
+        raise ValueError(f"sampler edge mode {edge!r} is not separable: the separable sampler "
+                         f"takes {allowed}; use extract_glimpse / render_glimpse(s_summed)")
+    raise ValueError(f"sampler edge mode {edge!r} is not one of {allowed}")
 
 
 def _source_pixels(target_px, source_px, scale, offset):
@@ -128,7 +140,8 @@ def sample_separable(images, scale_x, scale_y, offset_x, offset_y, out_hw, edge=
 
 
 def sample_gather(images, theta, out_hw):
-    """Reference gather-based bilinear sampler of the original code (hard edges, Q30).
+    """Reference gather-based bilinear sampler: the original's formula with hard edges, not
+    its float32 rounding (that is :func:`asr_tf.nn.four_gathers.sample`).
 
     Args:
       images: [N, H, W] source images.
@@ -187,10 +200,13 @@ def extract_glimpse(canvas, scale, shift, glimpse_px=28, edge="hard"):
       scale: [N] window half-width in normalised units (window side = scale * S px).
       shift: [N, 2] window centre in [-1, 1] (x = column, y = row).
       glimpse_px: output side.
-      edge: 'hard' (Q30) or 'zero_pad'.
+      edge: one of EDGE_MODES (Q30).
     Returns:
       [N, glimpse_px, glimpse_px] glimpses.
     """
+    _check_edge(edge, EDGE_MODES)
+    if edge == "four_gathers":
+        return four_gathers.extract_glimpse(canvas, scale, shift, glimpse_px)
     return sample_separable(canvas, scale, scale, shift[:, 0], shift[:, 1],
                             (glimpse_px, glimpse_px), edge)
 
@@ -202,10 +218,13 @@ def render_glimpse(glimpse, scale, shift, canvas_px, edge="hard"):
       glimpse: [N, G, G] windows.
       scale, shift: as in :func:`extract_glimpse`.
       canvas_px: int S.
-      edge: 'hard' (Q30) or 'zero_pad'.
+      edge: one of EDGE_MODES (Q30).
     Returns:
-      [N, S, S] canvases, zero outside the box.
+      [N, S, S] canvases, zero outside the box (up to rounding residues with 'four_gathers').
     """
+    _check_edge(edge, EDGE_MODES)
+    if edge == "four_gathers":
+        return four_gathers.render_glimpse(glimpse, scale, shift, canvas_px)
     inv = 1.0 / scale
     return sample_separable(glimpse, inv, inv, -shift[:, 0] * inv, -shift[:, 1] * inv,
                             (canvas_px, canvas_px), edge)
@@ -226,10 +245,14 @@ def render_glimpses_summed(glimpses, weights, scale, shift, canvas_px, edge="har
       weights: [B, K] factor of each rendering (e.g. present * z_pres).
       scale: [B, K]; shift: [B, K, 2], as in :func:`render_glimpse`.
       canvas_px: int S.
-      edge: 'hard' (Q30) or 'zero_pad'.
+      edge: one of EDGE_MODES (Q30); 'four_gathers' renders K glimpses and sums the
+        weighted renderings step by step, as the original's running canvas.
     Returns:
       [B, S, S] canvases.
     """
+    _check_edge(edge, EDGE_MODES)
+    if edge == "four_gathers":
+        return four_gathers.render_glimpses_summed(glimpses, weights, scale, shift, canvas_px)
     g = glimpses.shape[-1]
     k = tf.shape(glimpses)[1]
     inv = tf.reshape(1.0 / scale, [-1])  # [B*K]

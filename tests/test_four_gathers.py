@@ -1,0 +1,196 @@
+"""Q30 'four_gathers': the original's sampler arithmetic (asr_tf/nn/four_gathers.py) against the
+exact sampler inside the source, a hand-worked float32 residue outside it, a numpy float32
+re-derivation of the original's formula, and eager / graph / XLA agreement bit for bit."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from asr_tf.nn import four_gathers as F
+from asr_tf.nn import transformer as T
+from asr_tf.quirks import SAMPLER_EDGES, Quirks
+
+f32 = np.float32
+
+
+def _c(a):
+    return tf.constant(np.asarray(a, np.float32))
+
+
+def _numpy_original(images, sx, sy, ox, oy, out_hw):
+    """The original's formula, one float32 numpy op at a time (numpy rounds every op, no
+    fused multiply-add): [N, H, W] -> [N, H', W']."""
+    n, h, w = images.shape
+    out = np.zeros((n,) + tuple(out_hw), np.float32)
+    gy = f32(-1) + (f32(2) / f32(out_hw[0] - 1)) * np.arange(out_hw[0], dtype=f32)
+    gx = f32(-1) + (f32(2) / f32(out_hw[1] - 1)) * np.arange(out_hw[1], dtype=f32)
+    for k in range(n):
+        x = ((sx[k] * gx + ox[k]) + f32(1)) * (f32(w) - f32(1.001)) / f32(2)  # [W']
+        y = ((sy[k] * gy + oy[k]) + f32(1)) * (f32(h) - f32(1.001)) / f32(2)  # [H']
+        x0 = np.floor(x).astype(np.int64)
+        y0 = np.floor(y).astype(np.int64)
+        x0, x1 = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
+        y0, y1 = np.clip(y0, 0, h - 1), np.clip(y0 + 1, 0, h - 1)
+        xf0, xf1 = x0.astype(f32)[None], x1.astype(f32)[None]  # [1, W']
+        yf0, yf1 = y0.astype(f32)[:, None], y1.astype(f32)[:, None]  # [H', 1]
+        xx, yy = x[None], y[:, None]
+        u = images[k]
+        a = ((xf1 - xx) * (yf1 - yy)) * u[y0[:, None], x0[None]]
+        b = ((xf1 - xx) * (yy - yf0)) * u[y1[:, None], x0[None]]
+        c = ((xx - xf0) * (yf1 - yy)) * u[y0[:, None], x1[None]]
+        d = ((xx - xf0) * (yy - yf0)) * u[y1[:, None], x1[None]]
+        out[k] = ((a + b) + c) + d
+    return out
+
+
+# ----------------------------------------------------------------- outside: hand-worked residues
+
+def test_hand_worked_residues_left_of_the_source():
+    # U is 2 x 3; A = [[0.5, 0, -1], [0, 0.5, 0.1]], output 3 x 3, grid (-1, 0, 1).
+    # Column 0: x_s = -1.5, x = (-1.5 + 1) * (3 - 1.001) / 2 = -0.49975: left of the source,
+    # x0 = x1 = 0 after clipping. Rows: y_s = (-0.4, 0.1, 0.6), y = (y_s + 1) * 0.999 / 2 =
+    # (0.2997, 0.54945, 0.7992), inside [0, 1): y0 = 0, y1 = 1.
+    # Then wc = -wa, wd = -wb, Ic = Ia, Id = Ib: out = ((A + B) - A) - B, the float32 rounding
+    # error of A + B, with A = 0.49975 (1 - y) U[0, 0] and B = 0.49975 y U[1, 0].
+    img = np.array([[0.7, 0.2, 0.9], [0.3, 0.6, 0.1]], np.float32)
+    args = (_c(img[None]), _c([0.5]), _c([0.5]), _c([-1.0]), _c([0.1]), (3, 3))
+    out = F.sample(*args).numpy()[0]
+    # by hand, row 0: A = fl(fl(0.49975 * 0.7003) * 0.7) = 0.24498242,
+    # B = fl(fl(0.49975 * 0.2997) * 0.3) = 0.044932522; A + B = 0.28991494... lies in
+    # [0.25, 0.5) where float32 steps by 2^-25 and rounds down by 2^-27.
+    x, y0 = f32(-0.49975), f32(0.2997)
+    a = ((f32(0) - x) * (f32(1) - y0)) * f32(0.7)
+    b = ((f32(0) - x) * (y0 - f32(0))) * f32(0.3)
+    assert a == f32(0.24498242) and b == f32(0.044932522)
+    residue = ((a + b) - a) - b
+    assert residue == f32(-2.0 ** -27) == float(a + b) - (float(a) + float(b))
+    assert out[0, 0] == f32(-2.0 ** -27)  # -7.450581e-09: negative
+    assert out[1, 0] == f32(2.0 ** -27)   # row 1 rounds up: positive
+    assert out[2, 0] == 0.0               # row 2: A + B is exact
+    # the exact sampler gives exactly 0 in that column; inside, the two agree to rounding
+    hard = T.sample_separable(*args, "hard").numpy()[0]
+    assert np.all(hard[:, 0] == 0.0)
+    np.testing.assert_allclose(out[:, 1:], hard[:, 1:], atol=1e-6)
+    assert np.all(out[:, 1:] > 0.3)
+
+
+def test_residues_only_left_and_right_of_a_rendered_box():
+    # x outside, y inside: the rounding error of A + B. y outside: B = -A and D = -C, so
+    # ((A - A) + C) - C = 0 exactly, also in the corners.
+    rng = np.random.default_rng(5)
+    n, g, s = 8, 28, 50
+    glimpse = _c(rng.uniform(0.05, 1.0, (n, g, g)))  # decoder-like: never 0
+    scale, shift = _c(rng.uniform(0.25, 0.6, n)), _c(rng.uniform(-0.4, 0.4, (n, 2)))
+    out = T.render_glimpse(glimpse, scale, shift, s, "four_gathers").numpy()
+    hard = T.render_glimpse(glimpse, scale, shift, s, "hard").numpy()
+    inv = tf.math.divide_no_nan(1.0, scale)
+
+    def inside(axis):  # [n, S]: 0 <= source position < G - 1 (float32, as the sampler)
+        pos = F._source_pixels(s, g, inv, -shift[:, axis] / scale).numpy()
+        return (pos >= 0) & (pos < g - 1)
+
+    col_in, row_in = inside(0), inside(1)
+    for k in range(n):
+        rows_out = ~row_in[k]
+        assert np.all(out[k][rows_out] == 0.0)  # above, below and the corners: exact zeros
+        band = out[k][np.ix_(row_in[k], ~col_in[k])]  # left and right of the box
+        assert np.all(np.abs(band) < 2e-5)
+        assert np.mean(band > 0) > 0.1 and np.mean(band < 0) > 0.1  # both signs, often
+    assert np.all(hard[~(row_in[:, :, None] & col_in[:, None, :])] == 0.0)
+
+
+def test_equals_numpy_float32_original_bit_for_bit():
+    rng = np.random.default_rng(6)
+    n, h, w = 12, 20, 30
+    images = rng.uniform(size=(n, h, w)).astype(np.float32)
+    sx, sy = rng.uniform(0.1, 1.6, n).astype(f32), rng.uniform(0.1, 1.6, n).astype(f32)
+    ox, oy = rng.uniform(-1.5, 1.5, n).astype(f32), rng.uniform(-1.5, 1.5, n).astype(f32)
+    got = F.sample(_c(images), _c(sx), _c(sy), _c(ox), _c(oy), (7, 11)).numpy()
+    want = _numpy_original(images, sx, sy, ox, oy, (7, 11))
+    np.testing.assert_array_equal(got, want)
+    assert np.mean(want != 0) > np.mean(T.sample_separable(
+        _c(images), _c(sx), _c(sy), _c(ox), _c(oy), (7, 11), "hard").numpy() != 0)
+
+
+def _render_inputs(seed, n=4, steps=3, g=28):
+    rng = np.random.default_rng(seed)
+    return (_c(rng.uniform(0.05, 1.0, (n, steps, g, g))), _c(rng.uniform(0.2, 1.0, (n, steps))),
+            _c(rng.uniform(0.2, 0.7, (n, steps))), _c(rng.uniform(-0.9, 0.9, (n, steps, 2))))
+
+
+def test_summed_canvas_is_the_step_by_step_running_sum():
+    glimpses, weights, scale, shift = _render_inputs(7)
+    got = T.render_glimpses_summed(glimpses, weights, scale, shift, 50, "four_gathers").numpy()
+    canvas = np.zeros((4, 50, 50), np.float32)
+    for t in range(3):  # the original: running_recon += z_pres * window_recon, in order
+        rendered = T.render_glimpse(glimpses[:, t], scale[:, t], shift[:, t], 50, "four_gathers")
+        canvas = canvas + weights.numpy()[:, t, None, None] * rendered.numpy()
+    np.testing.assert_array_equal(got, canvas)
+    assert np.mean((got != 0) & (np.abs(got) < 1e-4)) > 0.02  # residues survive the sum
+
+
+@pytest.mark.parametrize("mode", ["graph", "xla"])
+def test_eager_graph_and_xla_agree_bit_for_bit(mode):
+    # XLA would fuse a product and its sum into one multiply-add, grappler regroup sums and
+    # round 1 / s differently: the module fences all three.
+    args = _render_inputs(8)
+    images = _c(np.random.default_rng(8).uniform(size=(4, 50, 50)))
+
+    def both(glimpses, weights, scale, shift, images):
+        canvas = T.render_glimpses_summed(glimpses, weights, scale, shift, 50, "four_gathers")
+        window = T.extract_glimpse(images, scale[:, 0], shift[:, 0] * 1.3, 28, "four_gathers")
+        return canvas, window
+
+    run = tf.function(both, jit_compile=(mode == "xla"))
+    for got, want in zip(run(*args, images), both(*args, images)):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+# ----------------------------------------------------------------- inside: the exact sampler
+
+def _value_and_grads(fn, inputs, probe):
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        out = fn(*inputs)
+        value = tf.reduce_sum(out * probe)
+    return [out] + tape.gradient(value, inputs)
+
+
+def test_inside_the_source_equals_the_exact_sampler_values_and_gradients():
+    rng = np.random.default_rng(9)
+    n, s, g = 16, 50, 28
+    canvas, glimpse = _c(rng.uniform(size=(n, s, s))), _c(rng.uniform(size=(n, g, g)))
+    scale = _c(rng.uniform(0.2, 0.5, n))
+    shift = _c(rng.uniform(-1, 1, (n, 2)) * (0.95 - scale.numpy()[:, None]))  # box on canvas
+    inputs, probe = [canvas, scale, shift], _c(rng.normal(size=(n, g, g)))
+    got, want = (_value_and_grads(lambda c, sc, sh, e=e: T.extract_glimpse(c, sc, sh, g, e),
+                                  inputs, probe) for e in ("four_gathers", "hard"))
+    assert np.all(want[0].numpy() != 0)  # every sample inside
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    # rendering: probe only the canvas pixels whose source is inside the glimpse
+    hard = T.render_glimpse(glimpse, scale, shift, s, "hard").numpy()
+    probe = _c(rng.normal(size=(n, s, s)) * (hard != 0))
+    inputs = [glimpse, scale, shift]
+    got, want = (_value_and_grads(lambda gl, sc, sh, e=e: T.render_glimpse(gl, sc, sh, s, e),
+                                  inputs, probe) for e in ("four_gathers", "hard"))
+    inside = hard != 0
+    np.testing.assert_allclose(got[0].numpy()[inside], want[0].numpy()[inside], atol=1e-5)
+    assert np.all(np.abs(got[0].numpy()[~inside]) < 1e-5)  # only residues outside
+    for a, b in zip(got[1:], want[1:]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-3)
+        assert np.abs(b.numpy()).max() > 0.1
+
+
+# ----------------------------------------------------------------- the switch
+
+def test_quirks_sampler_edge_values():
+    assert Quirks().sampler_edge == "four_gathers"  # the original's arithmetic is the default
+    assert set(SAMPLER_EDGES) == set(T.EDGE_MODES)
+    for edge in SAMPLER_EDGES:
+        assert Quirks(sampler_edge=edge).sampler_edge == edge
+    with pytest.raises(ValueError, match="'four_gathers', 'hard', 'zero_pad'"):
+        Quirks(sampler_edge="reflect")
+    with pytest.raises(ValueError, match="not separable"):  # the separable sampler refuses it
+        T.interpolation_matrix(_c([[0.5]]), 4, "four_gathers")
+    with pytest.raises(ValueError, match="not one of"):
+        T.extract_glimpse(_c(np.zeros((1, 8, 8))), _c([0.5]), _c([[0.0, 0.0]]), 4, "reflect")
