@@ -1,6 +1,7 @@
 """AIR and AIR-pPrior/ASR forward passes (spec sections 4, 5, 9; quirks Q12-Q17, Q34, Q35)."""
 import functools
 import math
+import warnings
 
 import gin
 import keras
@@ -503,6 +504,21 @@ def test_model_only_checkpoint_round_trips_every_variable(kind, tmp_path):
     tf.train.Checkpoint(model=target).restore(path).assert_consumed()
     for a, b in zip(source.variables, target.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+@pytest.mark.parametrize("kind", ["air", "pprior"])
+def test_models_are_built_at_construction(kind):
+    """Every variable exists once the model is made, and Keras knows it: the first call builds
+    nothing (no "`build()` was called on layer ..." warning) and creates no variable."""
+    keras.utils.set_random_seed(0)
+    model = make_model(kind, S, (1, 3))
+    names = [v.path for v in model.variables]
+    assert model.built and len(names) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any Keras warning fails the test
+        model(_images(2), _noise(model, 2), training=True)
+        model(_images(2), _noise(model, 2), training=False)
+    assert [v.path for v in model.variables] == names
 
 
 @pytest.mark.parametrize("kind", ["air", "pprior"])

@@ -110,6 +110,7 @@ class AIRNet(keras.Model):
         self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
         self.shift_log_var = rnn.mlp_head(head_units, 2, units, "shift_log_var")
         self.z_pres = rnn.mlp_head(head_units, 1, units, "z_pres")
+        self.built = True  # every sub-layer is built above: nothing left for the first call
 
     def project_image(self, images_flat):
         return self.lstm.project(0, images_flat)  # [B, 4u]
@@ -149,6 +150,7 @@ class AIR(GlimpseModel):
             count_prior_bias(add_prior_counts, max_glimpses) if self.add_prior
             else np.zeros(max_glimpses, np.float32))  # [T]
         self.zpres_prior = zpres_prior or PresencePriorSchedule(1e4, 3000.0, 1e-9)  # spec §5
+        self.built = True  # every variable exists (GlimpseModel: all state is made in __init__)
 
     def _image_context(self, images_flat):
         return self.net.project_image(images_flat)

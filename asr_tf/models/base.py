@@ -104,6 +104,11 @@ class GlimpseModel(keras.Model):
     * ``_readout(images, traces, noise, step, training) -> records``: from ``traces``
       ([T, B, ...], plus ``present`` and ``active_before`` of the stopping rule) every record
       of RECORD_KEYS except ``present`` as [T, B, ...], batched over the T steps.
+
+    All state is created in ``__init__`` (every sub-layer built there: no variable may be
+    created inside the glimpse loop), so a subclass ends its ``__init__`` with
+    ``self.built = True``: Keras then has nothing to build on the first call (no warning about
+    a missing ``build()``, no symbolic trace of ``call``).
     """
 
     def __init__(self, canvas_px, max_glimpses=6, glimpse_px=28, z_what_dim=50,

@@ -54,6 +54,7 @@ class InferenceRNN(keras.Model):
         for layer in (self.scale_loc, self.scale_log_var):
             layer.build((None, head_units + 2))
         self.z_pres = rnn.mlp_head(head_units, 1, units, "z_pres")
+        self.built = True  # every sub-layer is built above: nothing left for the first call
 
     def project_image(self, images_flat):
         """[B, S*S] -> [B, 4u], computed once per pass (the image is the same at every step)."""
@@ -92,6 +93,7 @@ class PriorRNN(keras.Model):
         self.scale_loc = rnn.mlp_head(head_units, 1, units, "scale_loc")  # Q12: used only if learned
         self.scale_log_var = rnn.mlp_head(head_units, 1, units, "scale_log_var")
         self.z_pres = rnn.mlp_head(head_units, 1, units, "z_pres")
+        self.built = True  # every sub-layer is built above: nothing left for the first call
 
     def call(self, z_what_prev, where_prev, state):
         """One LSTM step. Returns (g [B, u], state)."""
@@ -149,6 +151,7 @@ class PPriorAIR(GlimpseModel):
         self.prior = PriorRNN(z_what_dim, lstm_units, orthogonal_recurrent=ortho,
                               matmul_dtype=matmul_dtype)
         self.vae = GlimpseVAE(z_what_dim, glimpse_px, matmul_dtype)
+        self.built = True  # every variable exists (GlimpseModel: all state is made in __init__)
 
     def _image_context(self, images_flat):
         return self.inference.project_image(images_flat)  # [B, 4u]

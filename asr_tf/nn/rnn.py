@@ -39,6 +39,7 @@ class LSTMCore(keras.layers.Layer):
         bias = [0.0] * (2 * units) + [1.0] * units + [0.0] * units  # forget gate starts at 1
         self.bias = self.add_weight(shape=(4 * units,), initializer=keras.initializers.Constant(bias),
                                     name="bias")
+        self.built = True  # every weight exists: nothing for Keras to build on the first call
 
     @property
     def kernels(self):

@@ -40,6 +40,7 @@ class GlimpseEncoder(_HiddenStack, keras.Model):
         self.log_var = keras.layers.Dense(z_dim, name="log_var")
         self.loc.build((None, hidden[-1]))
         self.log_var.build((None, hidden[-1]))
+        self.built = True  # every sub-layer is built above: nothing left for the first call
 
     def call(self, glimpse_flat):
         h = glimpse_flat  # [N, 784]
@@ -58,6 +59,7 @@ class GlimpseDecoder(_HiddenStack, keras.Model):
         self._num_hidden = _dense_stack(self, (z_dim,) + tuple(hidden), matmul_dtype)
         self.logits = precision.Dense(glimpse_px * glimpse_px, matmul_dtype, name="logits")
         self.logits.build((None, hidden[-1]))
+        self.built = True  # every sub-layer is built above: nothing left for the first call
 
     def call(self, z_what):
         h = z_what  # [N, z]
@@ -78,6 +80,7 @@ class GlimpseVAE(keras.Model):
                                       matmul_dtype=matmul_dtype)
         self.decoder = GlimpseDecoder(z_dim=z_dim, glimpse_px=glimpse_px,
                                       matmul_dtype=matmul_dtype)
+        self.built = True  # both parts are built at construction
 
     def encode(self, glimpse_flat, eps):
         """Returns (q(z_what), z_what sample [N, z]) for the noise ``eps`` [N, z]."""
