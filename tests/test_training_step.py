@@ -205,22 +205,3 @@ def test_configured_rate_and_schedule_hold_on_resume(tmp_path):
                                     decay_factors=(0.1,))
     tf.train.Checkpoint(optimizer=third, v=holder.v).restore(path).assert_consumed()
     assert _moves(third, holder, 2) == pytest.approx([1e-3, 1e-4], rel=1e-2)
-
-
-def test_checkpoints_of_the_rate_variable_optimizer_restore(tmp_path):
-    """Before the schedule (2026-11-30) the rate was an Adam variable, listed second."""
-    holder = _OneVariable()
-    old = keras.optimizers.Adam(learning_rate=1e-3, epsilon=1e-8)
-    old.build(holder.trainable_variables)
-    _moves(old, holder, 2)
-    saved = [v.numpy() for v in old.variables]  # iterations, rate, momentum, velocity
-    assert saved[0] == 2 and saved[1] == pytest.approx(1e-3)
-    path = tf.train.Checkpoint(optimizer=old).save(str(tmp_path / "old"))
-    new = training.make_optimizer(_OneVariable(), learning_rate=5e-4)
-    tf.train.Checkpoint(optimizer=new).restore(path).assert_existing_objects_matched()
-    restored = [v.numpy() for v in new.variables]
-    assert restored[0] == 2
-    np.testing.assert_array_equal(restored[2], saved[2])  # momentum, velocity
-    np.testing.assert_array_equal(restored[3], saved[3])
-    assert saved[2][0] > 0 and saved[3][0] > 0
-    assert float(new.learning_rate) == pytest.approx(5e-4)  # the configured rate
