@@ -22,11 +22,15 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     from asr_tf.lab import diagnostics
+    from asr_tf.run import workdir as workdir_lib
 
-    result = diagnostics.diagnose_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
-                                          num_test=FLAGS.num_test, seed=FLAGS.seed,
-                                          ledger=FLAGS.ledger,
-                                          ledger_prior_logit=FLAGS.ledger_prior_logit)
+    try:
+        result = diagnostics.diagnose_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
+                                              num_test=FLAGS.num_test, seed=FLAGS.seed,
+                                              ledger=FLAGS.ledger,
+                                              ledger_prior_logit=FLAGS.ledger_prior_logit)
+    except (FileNotFoundError, workdir_lib.CheckpointError) as err:
+        raise app.UsageError(str(err))
     print(result["markdown"])
     if "ledger_check" in result:
         print(f"ledger check (|nll of the pass - ledger nll at the inferred count|, max): "

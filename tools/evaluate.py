@@ -22,11 +22,14 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from asr_tf.run import trained
+    from asr_tf.run import trained, workdir as workdir_lib
 
-    result = trained.evaluate_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
-                                      num_test=FLAGS.num_test, seed=FLAGS.seed,
-                                      deterministic=FLAGS.deterministic)
+    try:
+        result = trained.evaluate_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
+                                          num_test=FLAGS.num_test, seed=FLAGS.seed,
+                                          deterministic=FLAGS.deterministic)
+    except (FileNotFoundError, workdir_lib.CheckpointError) as err:
+        raise app.UsageError(str(err))
     text = json.dumps(result, indent=1)
     print(text)
     with open(FLAGS.out or os.path.join(FLAGS.workdir, "evaluation.json"), "w") as f:

@@ -16,10 +16,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from asr_tf.run import trained
+    from asr_tf.run import trained, workdir as workdir_lib
 
-    path = trained.write_figure(FLAGS.workdir, FLAGS.out, reconstruct=FLAGS.reconstruct,
-                                num=FLAGS.num, seed=FLAGS.seed, checkpoint=FLAGS.checkpoint)
+    try:
+        path = trained.write_figure(FLAGS.workdir, FLAGS.out, reconstruct=FLAGS.reconstruct,
+                                    num=FLAGS.num, seed=FLAGS.seed, checkpoint=FLAGS.checkpoint)
+    except (FileNotFoundError, workdir_lib.CheckpointError) as err:
+        raise app.UsageError(str(err))
     print(path)
 
 

@@ -1,0 +1,59 @@
+"""How the tools start and end: quietly (no TensorFlow load-time INFO lines, warnings still
+shown), with a clear one-line error for a workdir that is not one, and one line at the end."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from asr_tf.run import loop
+
+LOAD_TIME_LINES = ("oneDNN custom operations are on", "Could not find cuda drivers",
+                   "All log messages before absl::InitializeLog")
+
+
+def _python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={k: v for k, v in dict(os.environ, **env).items()
+                                            if v is not None})
+
+
+def test_importing_asr_tf_hides_tensorflows_load_time_lines_only():
+    quiet = _python("import asr_tf.run.loop; import sys; print('warning: kept', file=sys.stderr)",
+                    TF_CPP_MIN_LOG_LEVEL=None)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert not any(line in quiet.stderr for line in LOAD_TIME_LINES), quiet.stderr
+    assert "warning: kept" in quiet.stderr
+    # A user's level 0 shows everything: the lines are TensorFlow's, and the filter hid them.
+    loud = _python("import asr_tf.run.loop", TF_CPP_MIN_LOG_LEVEL="0")
+    assert LOAD_TIME_LINES[0] in loud.stderr or LOAD_TIME_LINES[1] in loud.stderr
+    # An import error still reaches the user.
+    broken = _python("import asr_tf; import tensorflow; raise SystemExit('boom: kept')",
+                     TF_CPP_MIN_LOG_LEVEL=None)
+    assert "boom: kept" in broken.stderr
+
+
+@pytest.mark.parametrize("tool, args", [("evaluate.py", []),
+                                        ("generate.py", ["--out", "x.png"]),
+                                        ("diagnose_counts.py", [])])
+def test_tools_name_a_workdir_that_is_not_one(tmp_path, repo_root, tool, args):
+    out = subprocess.run([sys.executable, str(repo_root / "tools" / tool), "--workdir",
+                          str(tmp_path / "nowhere"), *args], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode != 0
+    assert "nowhere/config.gin not found" in out.stderr and "Traceback" not in out.stderr
+    assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_summary_line_is_one_line_with_both_end_evaluations():
+    end = {"step": 9, "stochastic": {"acc": 0.9123, "se": 30.04, "miou": 0.61, "nelbo": 350.2,
+                                     "count_frac_1obj_2": 0.07},
+           "deterministic": {"acc": 1.0, "se": 29.5, "miou": 0.62, "nelbo": 349.0}}
+    line = loop.summary_line("runs/w", {"step": 9, "total_steps": 20000, "at_end": end,
+                                        "final": end["stochastic"]})
+    assert "\n" not in line
+    assert line == ("runs/w: step 9/20,000; ACC 0.912 SE 30 mIoU 0.61 nELBO 350 (one stochastic "
+                    "pass), ACC 1 SE 29.5 mIoU 0.62 nELBO 349 (deterministic); "
+                    "runs/w/summary.json")
+    resumed_at_end = loop.summary_line("w", {"step": 5, "total_steps": 5, "final": {"acc": 0.5}})
+    assert resumed_at_end == "w: step 5/5; ACC 0.5; w/summary.json"
