@@ -98,6 +98,37 @@ def test_residues_only_left_and_right_of_a_rendered_box():
     assert np.all(hard[~(row_in[:, :, None] & col_in[:, None, :])] == 0.0)
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_band_pixels_pass_rounding_level_gradients_the_exact_sampler_none(jit):
+    # A BCE-sized upstream gradient (1e8, as 1 / (r + 1e-10) under ink) on the residue pixels:
+    # the four terms cancel only up to rounding in the backward pass too, so a rounding-level
+    # part of it reaches the box's shift and scale and the glimpse's edge columns (the only
+    # ones the band reads); the exact sampler passes exactly nothing.
+    rng = np.random.default_rng(10)
+    n, g, s = 8, 28, 50
+    glimpse = _c(rng.uniform(0.05, 1.0, (n, g, g)))
+    scale, shift = _c(rng.uniform(0.25, 0.6, n)), _c(rng.uniform(-0.4, 0.4, (n, 2)))
+    out = T.render_glimpse(glimpse, scale, shift, s, "four_gathers").numpy()
+    hard = T.render_glimpse(glimpse, scale, shift, s, "hard").numpy()
+    probe = _c(((hard == 0) & (out != 0)) * 1e8)
+    grads = {}
+    for edge in ("four_gathers", "hard"):
+        def fn(gl, sc, sh, edge=edge):
+            with tf.GradientTape() as tape:
+                tape.watch([gl, sc, sh])
+                value = tf.reduce_sum(T.render_glimpse(gl, sc, sh, s, edge) * probe)
+            return tape.gradient(value, [gl, sc, sh])
+        run = tf.function(fn, jit_compile=True) if jit else fn
+        grads[edge] = [x.numpy() for x in run(glimpse, scale, shift)]
+    for x in grads["hard"]:
+        np.testing.assert_array_equal(x, 0.0)
+    d_glimpse, d_scale, d_shift = grads["four_gathers"]
+    assert np.all(d_scale != 0) and np.all(d_shift != 0)
+    np.testing.assert_array_equal(d_glimpse[:, :, 1:-1], 0.0)
+    edges = np.abs(d_glimpse[:, :, [0, -1]])
+    assert edges.max() > 0 and edges.mean() < 1e8 * 1e-4  # rounding-level share of the probe
+
+
 def test_equals_numpy_float32_original_bit_for_bit():
     rng = np.random.default_rng(6)
     n, h, w = 12, 20, 30

@@ -23,8 +23,9 @@ the terms cancel in exact arithmetic, but not always in float32:
 
 The canvas of a glimpse loop is summed step by step, ``canvas += z * rendered``, starting from
 zeros; the residues of every step are kept. The reconstruction BCE divides by (r + 1e-10), so
-a residue r ~ 1e-7 under ink gives |dL/dr| ~ 1e6: the original's boxes get large gradients at
-their left and right borders where the exact sampler gives none.
+a positive residue r ~ 1e-7 under ink has a BCE gradient ~1e7 (a negative one is clipped to 0,
+no gradient), which the sampler's own rounding-level gradients pass on: the original's boxes
+get large gradients from their left and right borders, where the exact sampler gives none.
 
 Every rounding step above is kept in eager, graph and XLA execution alike (tests check the
 three agree bit for bit):
@@ -42,8 +43,13 @@ three agree bit for bit):
 * The target grid is a constant computed as the original's LinSpace kernel (TF 1.12):
   start + step * i in float32, step = (stop - start) / (num - 1).
 
-Gradients are TensorFlow's autodiff of these ops (the fences pass gradients through), computed
-by the kernels of this TF (and XLA): only the forward values are the original's bit for bit.
+Gradients are TensorFlow's autodiff of these ops (the fences pass gradients through). As in
+the original, the positions are per output pixel and every weight has its own subtractions, so
+a position's gradient sums its four terms pixel by pixel, where they cancel only up to
+rounding. The sums run in this TF's (and XLA's) order, not TF 1.12's: only the forward values
+are the original's bit for bit. The gathers are one-hot products (the same values for finite
+images; a NaN or inf pixel would spread to its whole row and column), whose gradient is two
+products instead of a scatter (slow on XLA:CPU).
 """
 import numpy as np
 import tensorflow as tf
@@ -95,8 +101,22 @@ def _corners(pos_px, source_px):
     return lo, hi, tf.cast(lo, tf.float32), tf.cast(hi, tf.float32)
 
 
+def _picked(images, rows, cols):
+    """The gathered values ``images[n, rows[n, i], cols[n, j]]``: [N, R, C] from images
+    [N, H, W], rows [N, R] and cols [N, C] (int32), as one-hot products: 1 * U[i, j] plus exact
+    zeros, the gathered value bit for bit when the images are finite."""
+    rows = tf.one_hot(rows, images.shape[1])  # [N, R, H]
+    cols = tf.one_hot(cols, images.shape[2])  # [N, C, W]
+    return tf.matmul(rows, tf.matmul(images, cols, transpose_b=True))
+
+
 def sample(images, scale_x, scale_y, offset_x, offset_y, out_hw):
     """The original's bilinear sampler under an axis-aligned affine (see the module docstring).
+
+    As the original, the positions are per output pixel (their gradient sums the four weights'
+    terms pixel by pixel) and the four weights and products are formed one by one. The four
+    gathers U[y0, x0], U[y1, x0], U[y0, x1], U[y1, x1] come as one block array, rows y0 then y1
+    and columns x0 then x1: [[Ia, Ic], [Ib, Id]] (the same values).
 
     Args:
       images: [N, H, W] source images.
@@ -105,27 +125,26 @@ def sample(images, scale_x, scale_y, offset_x, offset_y, out_hw):
     Returns:
       [N, H', W'] samples, with the original's float32 residues outside the source.
     """
-    n = tf.shape(images)[0]
     src_h, src_w = images.shape[1], images.shape[2]
-    out_h, out_w = out_hw
-    x = _source_pixels(out_w, src_w, scale_x, offset_x)[:, None, :]  # [N, 1, W']
-    y = _source_pixels(out_h, src_h, scale_y, offset_y)[:, :, None]  # [N, H', 1]
-    x0, x1, x0_f, x1_f = _corners(x, src_w)  # [N, 1, W'] each
-    y0, y1, y0_f, y1_f = _corners(y, src_h)  # [N, H', 1] each
-    flat = tf.reshape(images, [n, src_h * src_w])  # [N, H*W]
-
-    def gather(yy, xx):
-        idx = tf.reshape(yy * src_w + xx, [n, out_h * out_w])  # [N, H'*W'] flat indices
-        return tf.reshape(tf.gather(flat, idx, batch_dims=1), [n, out_h, out_w])
-
-    wa = (x1_f - x) * (y1_f - y)  # [N, H', W']
-    wb = (x1_f - x) * (y - y0_f)
-    wc = (x - x0_f) * (y1_f - y)
-    wd = (x - x0_f) * (y - y0_f)
-    a = _fenced(wa * gather(y0, x0))
-    b = _fenced(wb * gather(y1, x0))
-    c = _fenced(wc * gather(y0, x1))
-    d = _fenced(wd * gather(y1, x1))
+    h, w = out_hw
+    x = _source_pixels(w, src_w, scale_x, offset_x)  # [N, W']
+    y = _source_pixels(h, src_h, scale_y, offset_y)  # [N, H']
+    x0, x1, x0_f, x1_f = _corners(x, src_w)  # [N, W'] each
+    y0, y1, y0_f, y1_f = _corners(y, src_h)  # [N, H'] each
+    picked = _picked(images, tf.concat([y0, y1], 1), tf.concat([x0, x1], 1))  # [N, 2H', 2W']
+    shape = tf.stack([tf.shape(images)[0], h, w])
+    xx = tf.broadcast_to(x[:, None, :], shape)  # [N, H', W'], the original's flat x
+    yy = tf.broadcast_to(y[:, :, None], shape)
+    x0_f, x1_f = x0_f[:, None, :], x1_f[:, None, :]  # [N, 1, W']
+    y0_f, y1_f = y0_f[:, :, None], y1_f[:, :, None]  # [N, H', 1]
+    wa = (x1_f - xx) * (y1_f - yy)  # [N, H', W'] each
+    wb = (x1_f - xx) * (yy - y0_f)
+    wc = (xx - x0_f) * (y1_f - yy)
+    wd = (xx - x0_f) * (yy - y0_f)
+    a = _fenced(wa * picked[:, :h, :w])  # wa * Ia
+    b = _fenced(wb * picked[:, h:, :w])  # wb * Ib
+    c = _fenced(wc * picked[:, :h, w:])  # wc * Ic
+    d = _fenced(wd * picked[:, h:, w:])  # wd * Id
     return _fenced(_fenced(a + b) + c) + d  # the original's add_n, left to right
 
 
@@ -167,7 +186,7 @@ def render_glimpses_summed(glimpses, weights, scale, shift, canvas_px):
     g, steps = glimpses.shape[-1], glimpses.shape[1]
     rendered = render_glimpse(tf.reshape(glimpses, [-1, g, g]), tf.reshape(scale, [-1]),
                               tf.reshape(shift, [-1, 2]), canvas_px)  # [B*K, S, S]
-    rendered = tf.reshape(rendered, tf.stack([-1, steps, canvas_px, canvas_px]))  # [B, K, S, S]
+    rendered = tf.reshape(rendered, [-1, steps, canvas_px, canvas_px])  # [B, K, S, S]
     terms = _fenced(weights[..., None, None] * rendered)  # [B, K, S, S]
     canvas = tf.zeros_like(terms[:, 0])  # [B, S, S]
     for k in range(steps):
