@@ -35,9 +35,15 @@ MODEL_VALUES = {
 
 
 def make_model(kind, canvas_px, counts, **kwargs):
-    """build_model with the kind's MODEL_VALUES (overridable), outside any config."""
+    """build_model with the kind's MODEL_VALUES (overridable), outside any config, and the exact
+    sampler (Q30 'hard') unless ``quirks`` says otherwise: the original's 'four_gathers' (the
+    Quirks default) leaves rounding residues outside every box, which would blur the exact
+    zeros, FLOP counts and jit/non-jit agreement these tests check (tests/test_four_gathers.py
+    tests that value)."""
     from asr_tf.models import build_model
+    from asr_tf.quirks import Quirks
 
+    kwargs.setdefault("quirks", Quirks(sampler_edge="hard"))
     return build_model(kind, canvas_px, counts, **{**MODEL_VALUES.get(kind, {}), **kwargs})
 
 
