@@ -12,14 +12,18 @@ user's own value wins), before any of its modules imports TensorFlow:
 * ``TF_CPP_MIN_LOG_LEVEL=1``: TensorFlow's C++ INFO lines hidden (the CPU-feature notice,
   XLA service lines), its warnings and errors shown.
 
-and imports TensorFlow once, quietly: TF 2.21 prints its load-time INFO lines ("oneDNN custom
-operations are on", "Could not find cuda drivers", the CPU-feature notice) twice, once from
-libtensorflow_framework.so.2 and once from the profiler plugin, which carries its own copy of
-that start-up code, and absl writes them before its logging is initialised, whatever the log
-level (upstream: tensorflow/tensorflow#100442). While TensorFlow loads, the process's stderr
-goes to a temporary file; what it wrote is then passed on except those INFO lines, so a warning
-or an error of the import still shows. ``TF_CPP_MIN_LOG_LEVEL=0`` (the user's) shows them all.
+and has TensorFlow's first import run quietly, whenever a module imports it (the numpy parts
+of asr_tf/data import without it): TF 2.21 prints its load-time INFO lines ("oneDNN custom
+operations are on", "Could not find cuda drivers") twice, once from libtensorflow_framework.so.2
+and once from the profiler plugin, which carries its own copy of that start-up code, and absl
+writes them before its logging is initialised, whatever the log level (upstream:
+tensorflow/tensorflow#100442). While TensorFlow's package executes, the process's stderr goes to
+a temporary file; what it wrote is then passed on except those INFO lines, so a warning or an
+error of the import still shows. ``TF_CPP_MIN_LOG_LEVEL=0`` (the user's) shows them all.
 """
+import contextlib as _contextlib
+import importlib.abc as _importlib_abc
+import importlib.machinery as _importlib_machinery
 import os as _os
 import re as _re
 import sys as _sys
@@ -36,15 +40,16 @@ _LOAD_TIME_INFO = _re.compile(
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler")
 
 
-def _import_tensorflow_quietly():
-    if "tensorflow" in _sys.modules or _os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
-        return
+@_contextlib.contextmanager
+def _load_time_lines_hidden():
+    """Captures file descriptor 2 while the body runs, then writes back all but the load-time
+    INFO lines."""
     _sys.stderr.flush()
     saved = _os.dup(2)
     with _tempfile.TemporaryFile() as captured:
         _os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            yield
         finally:
             _sys.stderr.flush()
             _os.dup2(saved, 2)
@@ -56,6 +61,35 @@ def _import_tensorflow_quietly():
             _sys.stderr.flush()
 
 
-_import_tensorflow_quietly()
+class _QuietLoader(_importlib_abc.Loader):
+    """TensorFlow's own loader, its package executed under :func:`_load_time_lines_hidden`."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__spec__.loader = module.__loader__ = self.loader  # TensorFlow's own, after
+        with _load_time_lines_hidden():
+            self.loader.exec_module(module)
+
+
+class _QuietTensorFlowFinder(_importlib_abc.MetaPathFinder):
+    """Finds the first ``import tensorflow`` as usual and hands it to :class:`_QuietLoader`."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        _sys.meta_path.remove(self)
+        spec = _importlib_machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+if "tensorflow" not in _sys.modules and _os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
+    _sys.meta_path.insert(0, _QuietTensorFlowFinder())
 
 __version__ = "0.1.0"

@@ -27,6 +27,9 @@ def test_importing_asr_tf_hides_tensorflows_load_time_lines_only():
     # A user's level 0 shows everything: the lines are TensorFlow's, and the filter hid them.
     loud = _python("import asr_tf.run.loop", TF_CPP_MIN_LOG_LEVEL="0")
     assert LOAD_TIME_LINES[0] in loud.stderr or LOAD_TIME_LINES[1] in loud.stderr
+    # The numpy parts of the data package load without TensorFlow.
+    numpy_only = _python("import sys, asr_tf.data.scenes; print('tensorflow' in sys.modules)")
+    assert numpy_only.stdout.strip() == "False", numpy_only.stderr[-2000:]
     # An import error still reaches the user.
     broken = _python("import asr_tf; import tensorflow; raise SystemExit('boom: kept')",
                      TF_CPP_MIN_LOG_LEVEL=None)
