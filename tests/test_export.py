@@ -291,6 +291,7 @@ def test_grpc_predict_and_bad_requests(grpc_server, pprior):
     assert gen["images"].shape == (3, S, S, 1) and gen["count"].dtype == np.int32
 
 
+@pytest.mark.slow
 def test_grpc_malformed_requests_under_load_get_invalid_argument(grpc_server, pprior):
     """Concurrent clients with every kind of malformed request in between: each malformed one
     gets INVALID_ARGUMENT, every well-formed one the right counts."""

@@ -353,6 +353,7 @@ def test_figures_markdown_links_what_is_on_disk(tmp_path):
     assert "2 or 4" not in text  # no folder for row 24: no section
 
 
+@pytest.mark.slow
 def test_write_figures_grids_only_for_runs_at_the_budget(tmp_path):
     """A run with the budget's checkpoint gets its grids; one still short of it gets only its
     curve (its grids would not be the budget's)."""
