@@ -47,6 +47,19 @@ def make_model(kind, canvas_px, counts, **kwargs):
     return build_model(kind, canvas_px, counts, **{**MODEL_VALUES.get(kind, {}), **kwargs})
 
 
+def scalars(logdir, tag):
+    """(step, value) of ``tag``, in step order (a duplicate step stays). The accumulator reads the
+    event files in name order, and two files of one second differ only by a per-process counter
+    (``...tfevents.<sec>.<host>.<pid>.11.v2`` sorts before ``....9.v2``)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    import tensorflow as tf
+
+    acc = EventAccumulator(logdir, size_guidance={"tensors": 0})
+    acc.Reload()
+    return sorted(((e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)),
+                  key=lambda step_value: step_value[0])
+
+
 @pytest.fixture(autouse=True)
 def clean_gin():
     """Every test starts and ends with no gin bindings."""

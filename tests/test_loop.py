@@ -14,21 +14,10 @@ import urllib.request
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from asr_tf import training
 from asr_tf.run import config, evaluation, loop, trained, workdir as workdir_lib
-from conftest import SMALL_RUN as SMALL
-
-
-def _tensors(logdir, tag):
-    """(step, value) of ``tag``, in step order (a duplicate step stays). The accumulator reads the
-    event files in name order, and two files of one second differ only by a per-process counter
-    (``...tfevents.<sec>.<host>.<pid>.11.v2`` sorts before ``....9.v2``)."""
-    acc = EventAccumulator(logdir, size_guidance={"tensors": 0})
-    acc.Reload()
-    return sorted(((e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)),
-                  key=lambda step_value: step_value[0])
+from conftest import SMALL_RUN as SMALL, scalars
 
 
 @pytest.mark.slow
@@ -38,12 +27,12 @@ def test_smoke_train_writes_tensorboard(tmp_path, name):
     workdir = str(tmp_path / name)
     summary = loop.train_eval(workdir, max_steps=3)
     assert summary["step"] == 3
-    losses = _tensors(os.path.join(workdir, "train"), "loss")
+    losses = scalars(os.path.join(workdir, "train"), "loss")
     assert [s for s, _ in losses] == [1, 2, 3]
     assert all(np.isfinite(v) for _, v in losses)
     for tag in ("nelbo", "kl_what", "overlap", "learning_rate", "steps_per_sec"):
-        assert len(_tensors(os.path.join(workdir, "train"), tag)) == 3
-    evals = {tag: _tensors(os.path.join(workdir, "eval"), tag) for tag in ("acc", "se", "nelbo", "miou")}
+        assert len(scalars(os.path.join(workdir, "train"), tag)) == 3
+    evals = {tag: scalars(os.path.join(workdir, "eval"), tag) for tag in ("acc", "se", "nelbo", "miou")}
     assert all(len(v) == 1 and v[0][0] == 3 for v in evals.values())
     assert 0.0 <= evals["acc"][0][1] <= 1.0 and 0.0 <= evals["miou"][0][1] <= 1.0
     lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
@@ -98,10 +87,10 @@ def test_resume_after_crash_is_exact_and_logs_nothing_twice(tmp_path, monkeypatc
     model, _, _ = trained.load_trained(run_dir)
     for a, b in zip(ref_weights, model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    steps = [s for s, _ in _tensors(os.path.join(run_dir, "train"), "loss")]
+    steps = [s for s, _ in scalars(os.path.join(run_dir, "train"), "loss")]
     assert steps == [1, 2, 3, 4, 5, 6]  # steps 4 and 5 ran twice but were logged once
-    ref_losses = _tensors(os.path.join(ref_dir, "train"), "loss")
-    np.testing.assert_allclose([v for _, v in _tensors(os.path.join(run_dir, "train"), "loss")],
+    ref_losses = scalars(os.path.join(ref_dir, "train"), "loss")
+    np.testing.assert_allclose([v for _, v in scalars(os.path.join(run_dir, "train"), "loss")],
                                [v for _, v in ref_losses], rtol=1e-4)
     lines = open(os.path.join(run_dir, "metrics.jsonl")).read().splitlines()
     assert [json.loads(l)["step"] for l in lines] == [3, 6]
@@ -118,7 +107,7 @@ def test_resume_with_another_rate_and_schedule(tmp_path):
                                           "make_optimizer.decay_steps = (4,)",
                                           "make_optimizer.decay_factors = (0.1,)"])
     loop.train_eval(workdir, max_steps=6)
-    rates = _tensors(os.path.join(workdir, "train"), "learning_rate")
+    rates = scalars(os.path.join(workdir, "train"), "learning_rate")
     assert [s for s, _ in rates] == [1, 2, 3, 4, 5, 6]
     assert [v for _, v in rates] == pytest.approx([1e-3] * 3 + [5e-4, 5e-5, 5e-5])
 
@@ -230,7 +219,7 @@ def test_kill9_resume_live_tensorboard_via_the_train_tool(tmp_path, repo_root):
         assert live == list(range(1, len(live) + 1))  # live, in order
 
         def logged():
-            return max([s for s, _ in _tensors(os.path.join(workdir, "train"), "loss")],
+            return max([s for s, _ in scalars(os.path.join(workdir, "train"), "loss")],
                        default=0)
 
         # kill -9 at least 2 steps after a checkpoint (>= 10), well before the next one
@@ -259,9 +248,9 @@ def test_kill9_resume_live_tensorboard_via_the_train_tool(tmp_path, repo_root):
         assert starts == [0, resumed_from]  # the same command resumed the same workdir
 
         every_step = list(range(1, last + 1))
-        assert [s for s, _ in _tensors(os.path.join(workdir, "train"), "loss")] == every_step
+        assert [s for s, _ in scalars(os.path.join(workdir, "train"), "loss")] == every_step
         evals = sorted(set(range(3, last + 1, 3)) | {last})
-        assert [s for s, _ in _tensors(os.path.join(workdir, "eval"), "acc")] == evals
+        assert [s for s, _ in scalars(os.path.join(workdir, "eval"), "acc")] == evals
         lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
         assert [json.loads(line)["step"] for line in lines] == evals
         # The server that watched the killed run: each step once, once it has read the rest.

@@ -5,32 +5,21 @@ import os
 import shutil
 
 import pytest
-import tensorflow as tf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from asr_tf.run import summaries
+from conftest import scalars
 
 
 class _Crash(Exception):
     pass
 
 
-def _tensors(logdir, tag):
-    """(step, value) of ``tag``, in step order (a duplicate step stays). The accumulator reads the
-    event files in name order, and two files of one second differ only by a per-process counter
-    (``...tfevents.<sec>.<host>.<pid>.11.v2`` sorts before ``....9.v2``)."""
-    acc = EventAccumulator(logdir, size_guidance={"tensors": 0})
-    acc.Reload()
-    return sorted(((e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)),
-                  key=lambda step_value: step_value[0])
-
-
 def _logged(workdir):
     """(train loss (step, value)s, eval acc steps, metrics.jsonl steps) as readers find them."""
     path = os.path.join(workdir, "metrics.jsonl")
     lines = open(path).read().splitlines() if os.path.exists(path) else []
-    return (_tensors(os.path.join(workdir, "train"), "loss"),
-            [s for s, _ in _tensors(os.path.join(workdir, "eval"), "acc")],
+    return (scalars(os.path.join(workdir, "train"), "loss"),
+            [s for s, _ in scalars(os.path.join(workdir, "eval"), "acc")],
             [json.loads(line)["step"] for line in lines])
 
 
