@@ -13,7 +13,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from asr_tf import training
 from asr_tf.run import config, evaluation, loop, trained, workdir as workdir_lib
@@ -197,7 +196,6 @@ def test_kill9_resume_live_tensorboard_via_the_train_tool(tmp_path, repo_root):
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
     workdir = str(runs_dir / "air_asr_13")
-    train_file = lambda: glob.glob(os.path.join(workdir, "train", "*tfevents*"))  # noqa: E731
     cmd = [sys.executable, str(repo_root / "tools" / "train.py"), "--config", "air_asr_13",
            "--max_steps", "500", "--threads", "1"] + [
         f"--gin_param={b}" for b in SMALL + ["train_eval.checkpoint_every = 10"]]

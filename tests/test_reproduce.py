@@ -248,7 +248,6 @@ def test_a_new_machine_reads_archived_runs_and_trains_the_rest(tmp_path, monkeyp
         reproduce.workdir_for(archive_dir, "air_asr_14", 0),
         reproduce.workdir_for(archive_dir, "air_asr_14", 1), here.workdir)
     started, logged = [], []
-    import asr_tf.run.workdir  # noqa: F401 (imports TensorFlow, which runs `uname`, before Popen is faked)
 
     class FakeProcess:
         def __init__(self, cmd, **kwargs):
