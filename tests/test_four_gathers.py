@@ -159,6 +159,21 @@ def test_summed_canvas_is_the_step_by_step_running_sum():
     assert np.mean((got != 0) & (np.abs(got) < 1e-4)) > 0.02  # residues survive the sum
 
 
+def test_steps_a_test_pass_did_not_execute_leave_the_canvas_as_it_was():
+    """A test pass that stops early records zeros for the steps after it (scale 0, weight 0):
+    they add exactly nothing, as the original's masked sum, and no 0 * NaN."""
+    glimpses, weights, scale, shift = _render_inputs(7)
+    executed = T.render_glimpses_summed(glimpses[:, :2], weights[:, :2], scale[:, :2],
+                                        shift[:, :2], 50, "four_gathers").numpy()
+    stopped = T.render_glimpses_summed(
+        tf.concat([glimpses[:, :2], tf.zeros_like(glimpses[:, 2:])], 1),
+        tf.concat([weights[:, :2], tf.zeros_like(weights[:, 2:])], 1),
+        tf.concat([scale[:, :2], tf.zeros_like(scale[:, 2:])], 1),
+        tf.concat([shift[:, :2], tf.zeros_like(shift[:, 2:])], 1), 50, "four_gathers").numpy()
+    assert np.isfinite(stopped).all()
+    np.testing.assert_array_equal(stopped, executed)
+
+
 @pytest.mark.parametrize("mode", ["graph", "xla"])
 def test_eager_graph_and_xla_agree_bit_for_bit(mode):
     # XLA would fuse a product and its sum into one multiply-add, grappler regroup sums and

@@ -168,9 +168,12 @@ def render_glimpse(glimpse, scale, shift, canvas_px):
     Returns:
       [N, S, S] canvases (residues left and right of the box).
     """
-    inv = tf.math.divide_no_nan(1.0, scale)  # exact 1 / s also in graph mode (module docstring)
-    return sample(glimpse, inv, inv, -shift[:, 0] / scale, -shift[:, 1] / scale,
-                  (canvas_px, canvas_px))
+    # divide_no_nan: the exact division also in graph mode (module docstring), and 0, not NaN,
+    # at s = 0: the records of glimpse steps a test pass did not execute (weight 0), which the
+    # original never renders, would otherwise put 0 * NaN into the canvas.
+    inv = tf.math.divide_no_nan(1.0, scale)
+    return sample(glimpse, inv, inv, tf.math.divide_no_nan(-shift[:, 0], scale),
+                  tf.math.divide_no_nan(-shift[:, 1], scale), (canvas_px, canvas_px))
 
 
 def render_glimpses_summed(glimpses, weights, scale, shift, canvas_px):
