@@ -49,6 +49,12 @@ def test_smoke_train_writes_tensorboard(tmp_path, name):
     for key in ("acc", "se", "nelbo", "miou", "count_frac_1obj_1"):
         assert end["deterministic"][key] == pytest.approx(again[key], rel=1e-6, abs=1e-9)
     assert summary["at_end"] == end
+    # tools/evaluate.py --at_end rebuilds them from the checkpoint, into summary.json
+    rebuilt = trained.end_evaluations(workdir)
+    for name in ("stochastic", "deterministic"):
+        for key in ("acc", "se", "nelbo", "miou"):
+            assert rebuilt[name][key] == pytest.approx(end[name][key], rel=1e-6), (name, key)
+    assert json.load(open(os.path.join(workdir, "summary.json")))["at_end"] == rebuilt
 
 
 class _Crash(Exception):

@@ -4,6 +4,7 @@ By default exactly as the run evaluated itself (its test scenes, its noise, its 
 scenes, all read from the workdir's record): at a checkpoint step it reproduces the logged line.
 
   python tools/evaluate.py --workdir runs/air_asr_13 [--num_test 2000] [--deterministic]
+  python tools/evaluate.py --workdir runs/air_asr_13 --at_end   # both passes into summary.json
 """
 import json
 import os
@@ -17,6 +18,9 @@ flags.DEFINE_bool("deterministic", False, "Posterior means and z_pres threshold 
 flags.DEFINE_integer("seed", None, "Seed of the evaluation noise (default: the run's). The test "
                      "scenes are always the run's data set's.")
 flags.DEFINE_string("out", None, "JSON output path (default: <workdir>/evaluation.json).")
+flags.DEFINE_bool("at_end", False, "Both passes (one stochastic, one deterministic) of the "
+                  "checkpoint, written into <workdir>/summary.json as at_end, as a run's last "
+                  "invocation writes them.")
 FLAGS = flags.FLAGS
 
 
@@ -25,6 +29,9 @@ def main(argv):
     from asr_tf.run import trained, workdir as workdir_lib
 
     try:
+        if FLAGS.at_end:
+            print(json.dumps(trained.end_evaluations(FLAGS.workdir, FLAGS.checkpoint), indent=1))
+            return
         result = trained.evaluate_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                                           num_test=FLAGS.num_test, seed=FLAGS.seed,
                                           deterministic=FLAGS.deterministic)

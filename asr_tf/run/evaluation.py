@@ -70,6 +70,15 @@ class Evaluator:
         return result, out
 
 
+def both_passes(evaluator, step):
+    """The paper's evaluation (one stochastic pass, Q25-Q27) and the deterministic one (means,
+    z_pres thresholded at 0.5) at ``step``: {'step', 'stochastic': metrics, 'deterministic':
+    metrics}, JSON-ready (summary.json's ``at_end``)."""
+    return {"step": int(step), **{
+        name: metrics_lib.jsonable(evaluator(step, deterministic=deterministic)[0])
+        for name, deterministic in (("stochastic", False), ("deterministic", True))}}
+
+
 def box_diagnostics(out, canvas_px):
     """Where the present boxes are: mean side, mean |shift|, fraction fully inside the canvas,
     and ``box_side_ratio``, the mean over images with >= 2 present boxes of their largest

@@ -158,9 +158,7 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     workdir_lib.write_operative_config(out)
     summary = dict(step=step, total_steps=total, **best.summary())
     if dist.is_chief and step > start:
-        summary["at_end"] = {"step": step, **{
-            name: metrics_lib.jsonable(evaluator(step, deterministic=det)[0])
-            for name, det in (("stochastic", False), ("deterministic", True))}}
+        summary["at_end"] = evaluation.both_passes(evaluator, step)
     workdir_lib.write_summary(out, summary)
     dist.finish()
     workdir_lib.unlock(out)

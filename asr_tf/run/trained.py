@@ -34,6 +34,20 @@ def evaluate_workdir(workdir, checkpoint=None, num_test=None, seed=None, determi
     return dict(step=step, **result)
 
 
+def end_evaluations(workdir, checkpoint=None):
+    """Both passes of a checkpoint (``evaluation.both_passes``) on the run's own test scenes and
+    noise, written into its summary.json as ``at_end`` (as the loop writes them at the end of
+    an invocation); returns them."""
+    model, spec, step = load_trained(workdir, checkpoint)
+    evaluator = evaluation.Evaluator(model, spec, config.recorded("num_test"),
+                                     config.recorded("seed"))
+    both = evaluation.both_passes(evaluator, step)
+    summary = workdir_lib.read_summary(workdir)
+    summary["at_end"] = both
+    workdir_lib.write_summary(workdir, summary)
+    return both
+
+
 def write_figure(workdir, out_path, reconstruct=False, num=64, seed=None, checkpoint=None):
     """Writes a PNG grid of prior samples, or of test reconstructions with inferred boxes
     (the first ``num`` test scenes; ``seed`` default: the run's)."""

@@ -193,6 +193,15 @@ def write_operative_config(workdir):
         f.write(gin.operative_config_str())
 
 
+def read_summary(workdir):
+    """summary.json as a dict ({} before the first invocation ended)."""
+    path = os.path.join(workdir, SUMMARY_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_summary(workdir, summary):
     with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=1)
