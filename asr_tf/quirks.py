@@ -27,7 +27,7 @@ class Quirks:
         gives large gradients. 'hard': the exact clipped-corner sampler, exactly 0 and no
         gradient outside the source (inside, the same values up to rounding). 'zero_pad':
         true bilinear with zeros outside (boxes that leave the ink still get a gradient).
-        The learning configs use 'zero_pad'; the ``*_faithful`` configs 'four_gathers'.
+        The run configs use 'zero_pad' (base.gin); the ``faithful`` overlay 'four_gathers'.
       learned_scale_prior: Q12. False: fixed scale prior N(-1, 0.05) (pre-sigmoid).
         True: the paper's learned p(scale | previous objects) from the prior LSTM.
       zpres_prior_lag: Q13. True: the z_pres prior at step t reads the prior-LSTM

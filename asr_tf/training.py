@@ -3,7 +3,7 @@
 ``train_step`` is a module-level ``tf.function``. One process is the default strategy (the
 same code, no special case): the replica function then runs alone and, with
 ``jit_compile=True``, XLA-compiled. Under MirroredStrategy / MultiWorkerMirroredStrategy
-(asr_tf/distribute.py) the step is the single-process step on the global batch B, computed by
+(asr_tf/run/distribute.py) the step is the single-process step on the global batch B, computed by
 n replicas of B/n images each:
 
 * Noise. The global noise [T, B, ...] is drawn once from the run's generator in cross-replica

@@ -1,4 +1,4 @@
-"""Training under tf.distribute (asr_tf/distribute.py) against the single-process step.
+"""Training under tf.distribute (asr_tf/run/distribute.py) against the single-process step.
 
 Tolerances. On identical weights, data and noise the distributed step computes the same
 numbers as the single-process one, only summed in another order (per-replica sums, then an
@@ -30,7 +30,7 @@ from asr_tf.run import config, loop, trained, workdir as workdir_lib
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STEPS = 5
-LR = 1e-3  # learn.gin's, in air_asr_13
+LR = 1e-3  # base.gin's, in air_asr_13
 SMALL = [
     "build_model.lstm_units = 32",
     "train_eval.batch_size = 8",

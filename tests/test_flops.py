@@ -91,7 +91,7 @@ def test_side_by_side_steps_report_consistent_figures(monkeypatch):
                                         with_bindings=[binding])
     assert result["this"]["bindings"] == [binding]
     assert result["baseline"]["path"] == result["this"]["path"]
-    # each worker set its XLA flags (asr_tf/xla_cpu.py) before compiling: the binding took
+    # each worker set its XLA flags (asr_tf/run/xla_cpu.py) before compiling: the binding took
     scheduler = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
     assert scheduler in result["baseline"]["xla_flags"]
     assert scheduler not in result["this"]["xla_flags"]

@@ -244,7 +244,7 @@ def test_kill9_resume_live_tensorboard_via_the_train_tool(tmp_path, repo_root):
         assert proc.returncode == 0, err[-2000:]
         last = json.load(open(os.path.join(workdir, "summary.json")))["step"]
         assert workdir_lib.restored_step(workdir) == last < 500
-        # each invocation set XLA's code generation flags before compiling (asr_tf/xla_cpu.py)
+        # each invocation set XLA's code generation flags before compiling (asr_tf/run/xla_cpu.py)
         log_txt = open(os.path.join(workdir, "log.txt")).read()
         assert log_txt.count("--xla_cpu_enable_concurrency_optimized_scheduler=true") == 2
         starts = [json.loads(line)["start_step"]

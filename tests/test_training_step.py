@@ -157,7 +157,7 @@ def mean_loss_on_fixed_noise(model, images, objective, noises):
 def test_overfits_one_batch(case):
     kind, counts, weights = CASES[case]
     keras.utils.set_random_seed(3)
-    # learn.gin's remedies: zero_pad edges (Q30 fix) and the paper's lr 1e-3. With the faithful
+    # base.gin's remedies: zero_pad edges (Q30 fix) and the paper's lr 1e-3. With the faithful
     # 'hard' edges a box off the ink gets no gradient and 300 steps stay at the empty-canvas loss.
     model = make_model(kind, S, counts, quirks=Quirks(sampler_edge="zero_pad"))
     opt = training.make_optimizer(model, learning_rate=1e-3)

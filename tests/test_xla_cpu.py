@@ -1,4 +1,4 @@
-"""XLA:CPU code generation flags (asr_tf/xla_cpu.py)."""
+"""XLA:CPU code generation flags (asr_tf/run/xla_cpu.py)."""
 import logging
 
 import pytest

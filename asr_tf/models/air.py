@@ -212,7 +212,7 @@ class AIR(GlimpseModel):
 
         AIR's proposals do not depend on z_pres (the LSTM sees only the image, Q33), so the
         test pass with count k uses exactly the first k of these;
-        ``asr_tf.diagnostics.count_elbo_ledger`` prices every k. Built from the model's own
+        ``asr_tf.lab.diagnostics.count_elbo_ledger`` prices every k. Built from the model's own
         parts: the recurrent part over all T steps (:meth:`_step`, unrolled), the readout
         (:meth:`_readout`) with every step counted present, and each step's glimpse decoded
         and rendered on its own (the test pass renders them summed).

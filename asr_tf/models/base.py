@@ -283,7 +283,7 @@ class GlimpseModel(keras.Model):
           step: global training step (AIR's annealed prior uses it).
           training: relaxed z_pres if True, hard z_pres (test model) if False.
           all_steps: keep the records of all ``max_glimpses`` steps, also after every item has
-            stopped (stopped items stay masked as usual). For asr_tf.distribute, where the
+            stopped (stopped items stay masked as usual). For asr_tf.run.distribute, where the
             executed steps are decided over the global batch: ``step_mask`` and
             ``steps_executed`` still give the steps this batch alone runs, min(T, 1 + max
             count), but the records after them are not zero; the caller masks them.

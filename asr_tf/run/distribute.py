@@ -95,7 +95,7 @@ def _apply_reduced_gradients(optimizer):
     if not callable(getattr(optimizer, "_all_reduce_sum_gradients", None)):
         raise RuntimeError(f"{type(optimizer).__name__} has no _all_reduce_sum_gradients: this "
                            "Keras version aggregates gradients differently; update "
-                           "asr_tf/distribute.py")
+                           "asr_tf/run/distribute.py")
     optimizer._all_reduce_sum_gradients = lambda grads_and_vars: list(grads_and_vars)
 
 

@@ -1,9 +1,10 @@
 """``train_eval``: the training loop (spec §7-§9).
 
-A run lives in one workdir (its layout: asr_tf/run/workdir.py). Resume: the same command again restores the latest checkpoint and continues at its step
-with the same next batch (the data pipeline is random-access by step).
+A run lives in one workdir (its layout: asr_tf/run/workdir.py). Resume: the same command again
+restores the latest checkpoint and continues at its step with the same next batch (the data
+pipeline is random-access by step).
 
-One process or many (``strategy``, asr_tf/distribute.py): the same loop and the same step
+One process or many (``strategy``, asr_tf/run/distribute.py): the same loop and the same step
 (training.train_step); only the chief writes the workdir and evaluates, and checkpoints are
 interchangeable between the two.
 """

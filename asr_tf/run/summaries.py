@@ -17,7 +17,7 @@ A TensorBoard server running through the kill and the resume has already read th
 process's steps after the checkpoint. TensorBoard 2.21 with its default data server drops them
 when the resumed run logs the first of those steps again (it keeps a time series ordered by
 step: a point at or before the last one it holds replaces the points from that step on;
-measured, tests/test_train_lib.py). Its Python reader (``--load_fast=false``) purges only at
+measured, tests/test_loop.py). Its Python reader (``--load_fast=false``) purges only at
 a SessionLog.START event, which tf.summary does not write: it shows them until restarted.
 
 Latency, the start of ``tools/train.py`` to the first training scalar that a running
