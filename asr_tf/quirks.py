@@ -10,7 +10,7 @@ import dataclasses
 
 import gin
 
-# Q30's values (asr_tf.nn.transformer.EDGE_MODES; kept here so this module needs no TF).
+# Q30's values: the samplers of asr_tf/nn/transformer.py and asr_tf/nn/four_gathers.py.
 SAMPLER_EDGES = ("four_gathers", "hard", "zero_pad")
 
 

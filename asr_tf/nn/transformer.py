@@ -27,15 +27,15 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from asr_tf.nn import four_gathers
+from asr_tf.quirks import SAMPLER_EDGES
 
 SEPARABLE_EDGES = ("hard", "zero_pad")  # the edge modes of the separable sampler
-EDGE_MODES = ("four_gathers",) + SEPARABLE_EDGES
 
 
 def _check_edge(edge, allowed=SEPARABLE_EDGES):
     if edge in allowed:
         return
-    if edge in EDGE_MODES:  # 'four_gathers' asked of the separable sampler
+    if edge in SAMPLER_EDGES:  # 'four_gathers' asked of the separable sampler
         raise ValueError(f"sampler edge mode {edge!r} is not separable: the separable sampler "
                          f"takes {allowed}; use extract_glimpse / render_glimpse(s_summed)")
     raise ValueError(f"sampler edge mode {edge!r} is not one of {allowed}")
@@ -200,11 +200,11 @@ def extract_glimpse(canvas, scale, shift, glimpse_px=28, edge="hard"):
       scale: [N] window half-width in normalised units (window side = scale * S px).
       shift: [N, 2] window centre in [-1, 1] (x = column, y = row).
       glimpse_px: output side.
-      edge: one of EDGE_MODES (Q30).
+      edge: one of quirks.SAMPLER_EDGES (Q30).
     Returns:
       [N, glimpse_px, glimpse_px] glimpses.
     """
-    _check_edge(edge, EDGE_MODES)
+    _check_edge(edge, SAMPLER_EDGES)
     if edge == "four_gathers":
         return four_gathers.extract_glimpse(canvas, scale, shift, glimpse_px)
     return sample_separable(canvas, scale, scale, shift[:, 0], shift[:, 1],
@@ -218,11 +218,11 @@ def render_glimpse(glimpse, scale, shift, canvas_px, edge="hard"):
       glimpse: [N, G, G] windows.
       scale, shift: as in :func:`extract_glimpse`.
       canvas_px: int S.
-      edge: one of EDGE_MODES (Q30).
+      edge: one of quirks.SAMPLER_EDGES (Q30).
     Returns:
       [N, S, S] canvases, zero outside the box (up to rounding residues with 'four_gathers').
     """
-    _check_edge(edge, EDGE_MODES)
+    _check_edge(edge, SAMPLER_EDGES)
     if edge == "four_gathers":
         return four_gathers.render_glimpse(glimpse, scale, shift, canvas_px)
     inv = 1.0 / scale
@@ -245,12 +245,12 @@ def render_glimpses_summed(glimpses, weights, scale, shift, canvas_px, edge="har
       weights: [B, K] factor of each rendering (e.g. present * z_pres).
       scale: [B, K]; shift: [B, K, 2], as in :func:`render_glimpse`.
       canvas_px: int S.
-      edge: one of EDGE_MODES (Q30); 'four_gathers' renders K glimpses and sums the
+      edge: one of quirks.SAMPLER_EDGES (Q30); 'four_gathers' renders K glimpses and sums the
         weighted renderings step by step, as the original's running canvas.
     Returns:
       [B, S, S] canvases.
     """
-    _check_edge(edge, EDGE_MODES)
+    _check_edge(edge, SAMPLER_EDGES)
     if edge == "four_gathers":
         return four_gathers.render_glimpses_summed(glimpses, weights, scale, shift, canvas_px)
     g = glimpses.shape[-1]
