@@ -174,6 +174,20 @@ def test_steps_a_test_pass_did_not_execute_leave_the_canvas_as_it_was():
     np.testing.assert_array_equal(stopped, executed)
 
 
+def test_a_stopped_step_at_a_tiny_scale_adds_nothing():
+    """A step that ran after its item stopped (weight 0) may hold any scale: at s = 1e-24 the
+    positions overflow and its rendering is NaN; the original's mask keeps the canvas finite."""
+    glimpses, weights, scale, shift = _render_inputs(7)
+    tiny = tf.concat([scale[:, :2], tf.fill([4, 1], 1e-24)], 1)
+    stopped = tf.concat([weights[:, :2], tf.zeros([4, 1])], 1)
+    assert not np.isfinite(T.render_glimpse(glimpses[:, 2], tiny[:, 2], shift[:, 2], 50,
+                                            "four_gathers").numpy()).all()
+    got = T.render_glimpses_summed(glimpses, stopped, tiny, shift, 50, "four_gathers").numpy()
+    want = T.render_glimpses_summed(glimpses[:, :2], weights[:, :2], scale[:, :2],
+                                    shift[:, :2], 50, "four_gathers").numpy()
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("mode", ["graph", "xla"])
 def test_eager_graph_and_xla_agree_bit_for_bit(mode):
     # XLA would fuse a product and its sum into one multiply-add, grappler regroup sums and

@@ -190,7 +190,11 @@ def render_glimpses_summed(glimpses, weights, scale, shift, canvas_px):
     rendered = render_glimpse(tf.reshape(glimpses, [-1, g, g]), tf.reshape(scale, [-1]),
                               tf.reshape(shift, [-1, 2]), canvas_px)  # [B*K, S, S]
     rendered = tf.reshape(rendered, [-1, steps, canvas_px, canvas_px])  # [B, K, S, S]
-    terms = _fenced(weights[..., None, None] * rendered)  # [B, K, S, S]
+    # The original masks a stopped item's step out (where(stop_sum < tau, z * rendered, 0)):
+    # its glimpse may sit at any scale, and 1 / s of a tiny one overflows the positions to
+    # inf and the rendering to NaN, which a product with the weight 0 would keep.
+    weights = weights[..., None, None]  # [B, K, 1, 1]
+    terms = tf.where(weights != 0, _fenced(weights * rendered), 0.0)  # [B, K, S, S]
     canvas = tf.zeros_like(terms[:, 0])  # [B, S, S]
     for k in range(steps):
         canvas = _fenced(canvas + terms[:, k])
