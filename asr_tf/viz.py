@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -36,6 +37,8 @@ __all__ = [
     "METRIC_LABELS",
     "learning_curves_figure",
     "learning_curves_png",
+    "count_curves_figure",
+    "count_curves_png",
 ]
 
 # Box colour per step t (t-th box uses STEP_COLORS[t % 6]).
@@ -302,7 +305,91 @@ def _colour(i):
 def learning_curves_png(records, keys: Sequence[str], path,
                         panel_size: Tuple[int, int] = (480, 320)) -> str:
     """Writes `learning_curves_figure(records, keys, panel_size)` as a PNG; returns path."""
-    fig = learning_curves_figure(records, keys, panel_size)
+    return _save_figure(learning_curves_figure(records, keys, panel_size), path)
+
+
+_COUNT_KEY = re.compile(r"count_frac_(\d+)obj_(\d+)$")
+_PRES_KEY = re.compile(r"pres_(\d+)obj_step(\d+)$")
+
+
+def _indexed_keys(records, pattern):
+    """{first index: sorted second indices} of the keys of ``records`` that match ``pattern``."""
+    found = {}
+    for rec in records:
+        for key in rec:
+            m = pattern.match(key)
+            if m:
+                found.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    return {a: sorted(b) for a, b in sorted(found.items())}
+
+
+def count_curves_figure(records: Mapping[str, Sequence[Mapping]],
+                        panel_size: Tuple[int, int] = (300, 220)) -> Figure:
+    """How runs count over training: a row of panels per run, two panels per true count c.
+
+    Args:
+      records: run name -> its evaluation records (dicts with 'step' and the count scalars of
+        asr_tf/counts.py: ``count_frac_<c>obj_<k>``, ``pres_<c>obj_step<t>``).
+      panel_size: (width, height) of one panel in pixels (100 dpi).
+    Returns:
+      Figure; per run and true count c, left: the fractions of c-object scenes with each inferred
+      count k stacked against step (they sum to 1; a colour per k, viridis); right: the mean
+      presence probability of each glimpse step t against step (a line per t, the boxes'
+      STEP_COLORS); one legend below. Runs without count scalars get a "no data" row.
+    """
+    runs = {str(name): list(recs) for name, recs in records.items()}
+    if not runs:
+        raise ValueError("count curves need at least one run")
+    true_counts = sorted({c for recs in runs.values() for c in _indexed_keys(recs, _COUNT_KEY)})
+    ncols = 2 * max(1, len(true_counts))
+    width_px, height_px = panel_size
+    fig = Figure(figsize=(ncols * width_px / 100.0, len(runs) * height_px / 100.0), dpi=100,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(runs), ncols, squeeze=False)
+    for row, (name, recs) in zip(axes, runs.items()):
+        counts, steps_by_c = _indexed_keys(recs, _COUNT_KEY), _indexed_keys(recs, _PRES_KEY)
+        for j, c in enumerate(true_counts or [None]):
+            ax_count, ax_pres = row[2 * j], row[2 * j + 1]
+            ks = counts.get(c, [])
+            keys = [f"count_frac_{c}obj_{k}" for k in ks]
+            usable = [r for r in recs if "step" in r and all(r.get(key) is not None for key in keys)]
+            if ks and usable:
+                ax_count.stackplot([r["step"] for r in usable],
+                                   [[float(r[key]) for r in usable] for key in keys],
+                                   labels=[f"count {k}" for k in ks],
+                                   colors=[matplotlib.colormaps["viridis"](k / max(ks[-1], 1))
+                                           for k in ks])
+                ax_count.set_ylim(0, 1)
+            for t in steps_by_c.get(c, []):
+                xs, ys = _series(recs, f"pres_{c}obj_step{t}")
+                ax_pres.plot(xs, ys, color=np.array(STEP_COLORS[t % 6]) / 255 * 0.85,
+                             label=f"step {t}")
+            if ax_pres.lines:
+                ax_pres.set_ylim(-0.02, 1.02)
+            for ax, what in ((ax_count, "counts"), (ax_pres, "presence")):
+                if not (ax.lines or ax.collections):
+                    ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center",
+                            va="center", color="grey")
+                ax.set_title(f"{name}: {c} objects, {what}" if c is not None else name,
+                             fontsize="small")
+                ax.set_xlabel("step")
+    handles = {}  # one legend for the figure: every count's colour, then every step's
+    for ax in fig.axes:
+        for artist in ax.collections + ax.lines:
+            handles.setdefault(artist.get_label(), artist)
+    if handles:
+        fig.legend(handles=list(handles.values()), loc="outside lower center", fontsize="small",
+                   ncols=min(len(handles), 7))
+    return fig
+
+
+def count_curves_png(records, path, panel_size: Tuple[int, int] = (300, 220)) -> str:
+    """Writes `count_curves_figure(records, panel_size)` as a PNG; returns path."""
+    return _save_figure(count_curves_figure(records, panel_size), path)
+
+
+def _save_figure(fig, path) -> str:
     path = os.fspath(path)
     parent = os.path.dirname(path)
     if parent:

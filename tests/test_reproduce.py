@@ -335,13 +335,15 @@ def test_figures_markdown_links_what_is_on_disk(tmp_path):
     out_dir = tmp_path / "docs" / "results"
     row = out_dir / "13"
     row.mkdir(parents=True)
-    for name in ("13_curves.png", "air_asr_13+size_reconstruction.png",
+    for name in ("13_curves.png", "13_counts.png", "air_asr_13+size_reconstruction.png",
                  "air_13_reconstruction.png", "air_13_generation.png"):
         (row / name).write_bytes(b"")
     text = report.figures_markdown(["13", "24"], str(out_dir), str(tmp_path / "docs"))
     lines = text.splitlines()
     assert lines[0] == "### Multi-MNIST, 1 or 3 digits"
     assert "![13 curves](results/13/13_curves.png)" in lines
+    assert lines.index("![13 counts](results/13/13_counts.png)") > lines.index(
+        "![13 curves](results/13/13_curves.png)")
     grid_rows = [l for l in lines if l.startswith("| AIR")]
     # the row's order (AIR before the ASR variant); a missing generation grid is a dash
     assert grid_rows == [
@@ -366,7 +368,9 @@ def test_write_figures_grids_only_for_runs_at_the_budget(tmp_path):
         config.parse(run.configs, SMALL_RUN + [f"train_eval.seed = {run.seed}"])
         loop.train_eval(run.workdir, max_steps=steps)
     os.remove(os.path.join(short.workdir, "ckpt", "ckpt-3.index"))  # as if cut before step 3
-    paths = report.write_figures([done, short], "13", str(tmp_path / "out"), 3)
-    assert sorted(paths) == ["air_asr_13_generation", "air_asr_13_reconstruction", "curves"]
+    paths = report.write_figures([done, short], "13", str(tmp_path / "out"), 3,
+                                 count_curves=True)
+    assert sorted(paths) == ["air_asr_13_generation", "air_asr_13_reconstruction", "counts",
+                             "curves"]
     for path in paths.values():
         assert os.path.getsize(path) > 1000  # a PNG with content

@@ -190,3 +190,53 @@ def test_learning_curves_png_size_and_lines(tmp_path, keys, grid):
     rgb = np.asarray(im.convert("RGB")).astype(int)
     for color in [(31, 119, 180), (255, 127, 14)]:   # matplotlib's C0 and C1: runs a and b drawn
         assert (np.abs(rgb - color).sum(-1) < 40).sum() > 20, color
+
+
+# ----------------------------------------------------------------------------- count curves
+
+def _count_records():
+    """Run "x" (1 or 3 objects, counts 0..3, 3 steps) at two evaluations; run "y" without
+    count scalars."""
+    def rec(step, f1, f3, p):
+        r = {"step": step, "acc": 0.5}
+        r.update({f"count_frac_1obj_{k}": v for k, v in enumerate(f1)})
+        r.update({f"count_frac_3obj_{k}": v for k, v in enumerate(f3)})
+        r.update({f"pres_{c}obj_step{t}": p[t] for c in (1, 3) for t in range(3)})
+        return r
+    x = [rec(0, [0.0, 0.2, 0.8, 0.0], [0.0, 0.0, 0.5, 0.5], [0.9, 0.6, 0.2]),
+         rec(100, [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [1.0, 0.5, float("nan")])]
+    return {"x": x, "y": [{"step": 0, "acc": 0.1}]}
+
+
+def test_count_curves_figure_stacks_fractions_and_draws_presence():
+    fig = viz.count_curves_figure(_count_records())
+    assert len(fig.axes) == 2 * 4                       # 2 runs x (2 true counts x 2 panels)
+    x1, x1p, x3, x3p = fig.axes[:4]
+    assert x1.get_title() == "x: 1 objects, counts"
+    assert x3p.get_title() == "x: 3 objects, presence"
+    # the stack's top edge is the cumulative sum: its last band ends at 1 at both steps
+    (first, *_, last) = x1.collections
+    assert len(x1.collections) == 4
+    top = last.get_paths()[0].vertices
+    assert np.allclose(sorted(set(np.round(top[:, 1], 6)) - {0.0}), [1.0])
+    band1 = first.get_paths()[0].vertices                 # count 0: empty at both steps
+    assert np.allclose(band1[:, 1], 0.0)
+    (legend,) = fig.legends                              # every count, then every step, once
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "count 0", "count 1", "count 2", "count 3", "step 0", "step 1", "step 2"]
+    # presence: a line per glimpse step, the NaN of step 2 at step 100 skipped
+    assert [(ln.get_label(), list(ln.get_xdata()), list(ln.get_ydata())) for ln in x1p.lines] == [
+        ("step 0", [0.0, 100.0], [0.9, 1.0]), ("step 1", [0.0, 100.0], [0.6, 0.5]),
+        ("step 2", [0.0], [0.2])]
+    assert np.allclose(matplotlib.colors.to_rgb(x1p.lines[0].get_color()), (0.85, 0, 0))
+    for ax in fig.axes[4:]:                              # run "y": no count scalars
+        assert not ax.collections and not ax.lines
+        assert [t.get_text() for t in ax.texts] == ["no data"]
+    with pytest.raises(ValueError, match="at least one run"):
+        viz.count_curves_figure({})
+
+
+def test_count_curves_png_size(tmp_path):
+    path = viz.count_curves_png(_count_records(), tmp_path / "c" / "counts.png",
+                                panel_size=(200, 150))
+    assert Image.open(path).size == (200 * 4, 150 * 2)

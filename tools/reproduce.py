@@ -41,6 +41,8 @@ flags.DEFINE_string("archive_dir", None, "Where finished runs' small results are
 flags.DEFINE_string("results_md", "docs/RESULTS.md", "Markdown file whose marked sections "
                     "(<!-- begin table1 --> ... <!-- end table1 -->) get the tables; '' for none.")
 flags.DEFINE_bool("figures", True, "Write learning curves and image grids.")
+flags.DEFINE_bool("count_curves", False, "With --figures, also each row's counts over "
+                  "training (<row>_counts.png: count fractions per true count, presence per step).")
 flags.DEFINE_bool("report_only", False, "Do not train; report on the existing runs.")
 flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings for every run trained.")
 FLAGS = flags.FLAGS
@@ -71,7 +73,7 @@ def main(argv):
         if failed:
             print(f"runs that failed (see <workdir>.log): {failed}")
     report.write_report(runs, rows, FLAGS.steps, FLAGS.out_dir, FLAGS.results_md or None,
-                        FLAGS.figures, FLAGS.last)
+                        FLAGS.figures, FLAGS.last, count_curves=FLAGS.count_curves)
     archived = report.archive(runs, archive_dir)
     print(f"archived {len(archived)} runs' small results under {archive_dir}")
 

@@ -14,9 +14,11 @@ from asr_tf.lab import reproduce
 from asr_tf.run import trained, workdir as workdir_lib
 
 
-def write_report(runs, rows, steps, out_dir, results_md=None, figures=True, last=5, log=print):
+def write_report(runs, rows, steps, out_dir, results_md=None, figures=True, last=5, log=print,
+                 count_curves=False):
     """Tables (``out_dir/table<N>.md`` and ``.json``, and the marked sections of ``results_md``),
-    figures per row (``out_dir/<row>/``) from what is on disk."""
+    figures per row (``out_dir/<row>/``; with ``count_curves`` each run's counts over training
+    too) from what is on disk."""
     by_table = {}
     for row in sorted(rows, key=reproduce.ROW_ORDER.index):
         table = reproduce.table_of(row)
@@ -24,7 +26,8 @@ def write_report(runs, rows, steps, out_dir, results_md=None, figures=True, last
         by_table.setdefault(table, {})[row] = reproduce.summarize(
             mine, steps, reproduce.METRICS[table], last)
         if figures:
-            for name, path in write_figures(mine, row, os.path.join(out_dir, row), steps).items():
+            for name, path in write_figures(mine, row, os.path.join(out_dir, row), steps,
+                                            count_curves).items():
                 log(f"{name}: {path}")
     os.makedirs(out_dir, exist_ok=True)
     for table, rows_tables in by_table.items():
@@ -101,9 +104,10 @@ def per_run_table(rows_tables, steps):
     return "\n".join(lines)
 
 
-def write_figures(runs, row, out_dir, steps):
+def write_figures(runs, row, out_dir, steps, count_curves=False):
     """Learning curves of every run of a row (a colour per run name, a line style per seed),
-    and reconstruction and generation grids of each name's first seed that has the checkpoint
+    with ``count_curves`` how each run counts over training (``viz.count_curves_figure``), and
+    reconstruction and generation grids of each name's first seed that has the checkpoint
     of step ``steps`` (a run still training gets none: its grids would not be the budget's)."""
     os.makedirs(out_dir, exist_ok=True)
     mine = [r for r in runs if reproduce.row_of(r.name) == row]
@@ -112,6 +116,10 @@ def write_figures(runs, row, out_dir, steps):
     keys = list(reproduce.METRICS[reproduce.table_of(row)])
     paths = {"curves": viz.learning_curves_png({k: v for k, v in series.items() if v}, keys,
                                                os.path.join(out_dir, f"{row}_curves.png"))}
+    if count_curves:
+        paths["counts"] = viz.count_curves_png(
+            {f"{name} {seed}": v for (name, seed), v in series.items() if v},
+            os.path.join(out_dir, f"{row}_counts.png"))
     firsts = {}
     for r in mine:
         if workdir_lib.has_checkpoint(r.workdir, steps):
@@ -139,6 +147,8 @@ def figures_markdown(rows, out_dir, relative_to):
         lines += [f"### {reproduce.ROW_NAMES[row]}", ""]
         if os.path.exists(os.path.join(folder, f"{row}_curves.png")):
             lines += [f"![{row} curves]({rel}/{row}_curves.png)", ""]
+        if os.path.exists(os.path.join(folder, f"{row}_counts.png")):
+            lines += [f"![{row} counts]({rel}/{row}_counts.png)", ""]
         order = {c: i for i, c in enumerate(reproduce.row_runs(row))}
         grids = sorted((f[:-len("_reconstruction.png")] for f in os.listdir(folder)
                         if f.endswith("_reconstruction.png")),
