@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 
-from asr_tf import viz
+from asr_tf import plots
 from asr_tf.lab import reproduce
 from asr_tf.run import trained, workdir as workdir_lib
 
@@ -106,7 +106,7 @@ def per_run_table(rows_tables, steps):
 
 def write_figures(runs, row, out_dir, steps, count_curves=False):
     """Learning curves of every run of a row (a colour per run name, a line style per seed),
-    with ``count_curves`` how each run counts over training (``viz.count_curves_figure``), and
+    with ``count_curves`` how each run counts over training (``plots.count_curves_figure``), and
     reconstruction and generation grids of each name's first seed that has the checkpoint
     of step ``steps`` (a run still training gets none: its grids would not be the budget's)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -114,10 +114,10 @@ def write_figures(runs, row, out_dir, steps, count_curves=False):
     series = {(r.name, f"s{r.seed}"): [x for x in workdir_lib.read_metrics(r.results)
                                        if x["step"] <= steps] for r in mine}
     keys = list(reproduce.METRICS[reproduce.table_of(row)])
-    paths = {"curves": viz.learning_curves_png({k: v for k, v in series.items() if v}, keys,
+    paths = {"curves": plots.learning_curves_png({k: v for k, v in series.items() if v}, keys,
                                                os.path.join(out_dir, f"{row}_curves.png"))}
     if count_curves:
-        paths["counts"] = viz.count_curves_png(
+        paths["counts"] = plots.count_curves_png(
             {f"{name} {seed}": v for (name, seed), v in series.items() if v},
             os.path.join(out_dir, f"{row}_counts.png"))
     firsts = {}
