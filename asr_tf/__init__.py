@@ -19,11 +19,18 @@ and once from the profiler plugin, which carries its own copy of that start-up c
 writes them before its logging is initialised, whatever the log level (upstream:
 tensorflow/tensorflow#100442). While TensorFlow's package executes, the process's stderr goes to
 a temporary file; what it wrote is then passed on except those INFO lines, so a warning or an
-error of the import still shows. ``TF_CPP_MIN_LOG_LEVEL=0`` (the user's) shows them all.
+error of the import still shows. The GPU platform is probed in the same quiet window
+(``tf.config.list_physical_devices("GPU")``; threads and visible devices can still be set after
+it), because on a machine without a GPU driver its first use writes the error line "failed call
+to cuInit" that only means "no GPU: TensorFlow runs on the CPU"; that line is dropped too. And
+absl's handler (the tools' log) drops the INFO records of TensorFlow's own Python files (e.g.
+"Sharding callback duration" at every checkpoint); their warnings and errors pass, and so does
+everything of asr_tf. ``TF_CPP_MIN_LOG_LEVEL=0`` (the user's) shows them all.
 """
 import contextlib as _contextlib
 import importlib.abc as _importlib_abc
 import importlib.machinery as _importlib_machinery
+import logging as _logging
 import os as _os
 import re as _re
 import sys as _sys
@@ -37,7 +44,8 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 _LOAD_TIME_INFO = _re.compile(
     r"I\d{4} \d+:\d+:\d+\.\d+ +\d+ \S+:\d+\] "
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler")
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler"
+    r"|E\d{4} \d+:\d+:\d+\.\d+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit: ")
 
 
 @_contextlib.contextmanager
@@ -61,6 +69,18 @@ def _load_time_lines_hidden():
             _sys.stderr.flush()
 
 
+class _TensorFlowInfoHidden(_logging.Filter):
+    """Drops the INFO (and DEBUG) records logged from files under TensorFlow's package folder."""
+
+    def __init__(self, package_dir):
+        super().__init__()
+        self.package_dir = package_dir
+
+    def filter(self, record):
+        return (record.levelno >= _logging.WARNING
+                or not record.pathname.startswith(self.package_dir))
+
+
 class _QuietLoader(_importlib_abc.Loader):
     """TensorFlow's own loader, its package executed under :func:`_load_time_lines_hidden`."""
 
@@ -74,6 +94,11 @@ class _QuietLoader(_importlib_abc.Loader):
         module.__spec__.loader = module.__loader__ = self.loader  # TensorFlow's own, after
         with _load_time_lines_hidden():
             self.loader.exec_module(module)
+            module.config.list_physical_devices("GPU")
+        from absl import logging as absl_logging
+
+        absl_logging.get_absl_handler().addFilter(
+            _TensorFlowInfoHidden(_os.path.dirname(module.__file__) + _os.sep))
 
 
 class _QuietTensorFlowFinder(_importlib_abc.MetaPathFinder):

@@ -163,7 +163,8 @@ def count_curves_figure(records: Mapping[str, Sequence[Mapping]],
             ax_count, ax_pres = row[2 * j], row[2 * j + 1]
             ks = counts.get(c, [])
             keys = [f"count_frac_{c}obj_{k}" for k in ks]
-            usable = [r for r in recs if "step" in r and all(r.get(key) is not None for key in keys)]
+            usable = [r for r in recs
+                      if "step" in r and all(r.get(key) is not None for key in keys)]
             if ks and usable:
                 ax_count.stackplot([r["step"] for r in usable],
                                    [[float(r[key]) for r in usable] for key in keys],

@@ -79,7 +79,8 @@ def test_learning_curves_single_run_and_empty_panel():
 @pytest.mark.parametrize("keys, grid", [(["acc"], (1, 1)), (["acc", "se", "miou"], (2, 2)),
                                         (["acc", "se", "miou", "nelbo"], (2, 2))])
 def test_learning_curves_png_size_and_lines(tmp_path, keys, grid):
-    path = plots.learning_curves_png(_runs(), keys, tmp_path / "sub" / "c.png", panel_size=(300, 200))
+    path = plots.learning_curves_png(_runs(), keys, tmp_path / "sub" / "c.png",
+                                     panel_size=(300, 200))
     im = Image.open(path)
     assert im.format == "PNG" and im.size == (300 * grid[1], 200 * grid[0])
     rgb = np.asarray(im.convert("RGB")).astype(int)

@@ -9,7 +9,21 @@ import pytest
 from asr_tf.run import loop
 
 LOAD_TIME_LINES = ("oneDNN custom operations are on", "Could not find cuda drivers",
-                   "All log messages before absl::InitializeLog")
+                   "All log messages before absl::InitializeLog", "failed call to cuInit")
+# After the import: devices listed, threads still settable, TensorFlow's Python logger's level.
+# After the import: devices listed, threads still settable; absl's handler passes a record of
+# TensorFlow's files only from WARNING up (prints the three verdicts: INFO, WARNING, ours).
+AFTER_IMPORT = (
+    "import logging, os, sys, tensorflow as tf; from absl import logging as absl_logging; "
+    "print(tf.config.list_physical_devices()); "
+    "tf.config.threading.set_intra_op_parallelism_threads(1); "
+    "tf_file = os.path.join(os.path.dirname(tf.__file__), 'python', 'x.py'); "
+    "rec = lambda level, path: logging.LogRecord('absl', level, path, 1, 'm', (), None); "
+    "h = absl_logging.get_absl_handler(); "
+    "print([bool(h.filter(rec(logging.INFO, tf_file))), "
+    "bool(h.filter(rec(logging.WARNING, tf_file))), "
+    "bool(h.filter(rec(logging.INFO, os.path.abspath('asr_tf/run/loop.py'))))]); "
+    "print('warning: kept', file=sys.stderr)")
 
 
 def _python(code, **env):
@@ -19,14 +33,16 @@ def _python(code, **env):
 
 
 def test_importing_asr_tf_hides_tensorflows_load_time_lines_only():
-    quiet = _python("import asr_tf.run.loop; import sys; print('warning: kept', file=sys.stderr)",
-                    TF_CPP_MIN_LOG_LEVEL=None)
+    quiet = _python("import asr_tf.run.loop; " + AFTER_IMPORT, TF_CPP_MIN_LOG_LEVEL=None)
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert not any(line in quiet.stderr for line in LOAD_TIME_LINES), quiet.stderr
     assert "warning: kept" in quiet.stderr
+    assert quiet.stdout.splitlines()[1] == "[False, True, True]"  # TF's Python INFO hidden
     # A user's level 0 shows everything: the lines are TensorFlow's, and the filter hid them.
-    loud = _python("import asr_tf.run.loop", TF_CPP_MIN_LOG_LEVEL="0")
+    loud = _python("import asr_tf.run.loop; " + AFTER_IMPORT, TF_CPP_MIN_LOG_LEVEL="0")
     assert LOAD_TIME_LINES[0] in loud.stderr or LOAD_TIME_LINES[1] in loud.stderr
+    assert loud.stdout.splitlines()[0] == quiet.stdout.splitlines()[0]  # the same devices
+    assert loud.stdout.splitlines()[1] == "[True, True, True]"
     # The numpy parts of the data package load without TensorFlow.
     numpy_only = _python("import sys, asr_tf.data.scenes; print('tensorflow' in sys.modules)")
     assert numpy_only.stdout.strip() == "False", numpy_only.stderr[-2000:]
