@@ -11,10 +11,25 @@ presence probability ``z_pres_prob`` [N, T] of every executed step, and the true
 * :func:`count_report` bundles both with flat scalars for logging (``count_frac_<c>obj_<k>``,
   ``pres_<c>obj_step<t>``); the lab's reports (asr_tf/lab/diagnostics.py) render it.
 """
+import re
+
 import numpy as np
 
 # Prefixes of the scalars :func:`count_report` adds to every evaluation (TensorBoard only).
 COUNT_SCALAR_PREFIXES = ("count_frac_", "pres_")
+# Their names, and the patterns that read (true count, count) / (true count, step) back.
+COUNT_FRAC_KEY = re.compile(r"count_frac_(\d+)obj_(\d+)$")
+PRESENCE_KEY = re.compile(r"pres_(\d+)obj_step(\d+)$")
+
+
+def count_frac_key(true_count, count):
+    """The scalar of the fraction of true-count scenes inferred as ``count``."""
+    return f"count_frac_{true_count}obj_{count}"
+
+
+def presence_key(true_count, step):
+    """The scalar of the mean presence probability of glimpse ``step`` on true-count scenes."""
+    return f"pres_{true_count}obj_step{step}"
 
 
 def as_counts(name, values):
@@ -104,8 +119,8 @@ def count_report(count, z_pres_prob, true_count, step_mask=None):
     scalars = {}
     for c, (frac, _) in hist.items():
         for k, f in enumerate(frac):
-            scalars[f"count_frac_{c}obj_{k}"] = float(f)
+            scalars[count_frac_key(c, k)] = float(f)
         for t, v in enumerate(pres[c]["reached"]):
             if np.isfinite(v):
-                scalars[f"pres_{c}obj_step{t}"] = float(v)
+                scalars[presence_key(c, t)] = float(v)
     return {"histogram": hist, "presence": pres, "scalars": scalars}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from typing import Iterable, Mapping, Sequence, Tuple
 
 import numpy as np
@@ -18,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from asr_tf import counts as counts_lib
 from asr_tf.viz import STEP_COLORS
 
 __all__ = [
@@ -118,10 +118,6 @@ def learning_curves_png(records, keys: Sequence[str], path,
     return _save_figure(learning_curves_figure(records, keys, panel_size), path)
 
 
-_COUNT_KEY = re.compile(r"count_frac_(\d+)obj_(\d+)$")
-_PRES_KEY = re.compile(r"pres_(\d+)obj_step(\d+)$")
-
-
 def _indexed_keys(records, pattern):
     """{first index: sorted second indices} of the keys of ``records`` that match ``pattern``."""
     found = {}
@@ -150,7 +146,8 @@ def count_curves_figure(records: Mapping[str, Sequence[Mapping]],
     runs = {str(name): list(recs) for name, recs in records.items()}
     if not runs:
         raise ValueError("count curves need at least one run")
-    true_counts = sorted({c for recs in runs.values() for c in _indexed_keys(recs, _COUNT_KEY)})
+    true_counts = sorted({c for recs in runs.values()
+                          for c in _indexed_keys(recs, counts_lib.COUNT_FRAC_KEY)})
     ncols = 2 * max(1, len(true_counts))
     width_px, height_px = panel_size
     fig = Figure(figsize=(ncols * width_px / 100.0, len(runs) * height_px / 100.0), dpi=100,
@@ -158,11 +155,12 @@ def count_curves_figure(records: Mapping[str, Sequence[Mapping]],
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(runs), ncols, squeeze=False)
     for row, (name, recs) in zip(axes, runs.items()):
-        counts, steps_by_c = _indexed_keys(recs, _COUNT_KEY), _indexed_keys(recs, _PRES_KEY)
+        counts = _indexed_keys(recs, counts_lib.COUNT_FRAC_KEY)
+        steps_by_c = _indexed_keys(recs, counts_lib.PRESENCE_KEY)
         for j, c in enumerate(true_counts or [None]):
             ax_count, ax_pres = row[2 * j], row[2 * j + 1]
             ks = counts.get(c, [])
-            keys = [f"count_frac_{c}obj_{k}" for k in ks]
+            keys = [counts_lib.count_frac_key(c, k) for k in ks]
             usable = [r for r in recs
                       if "step" in r and all(r.get(key) is not None for key in keys)]
             if ks and usable:
@@ -173,7 +171,7 @@ def count_curves_figure(records: Mapping[str, Sequence[Mapping]],
                                            for k in ks])
                 ax_count.set_ylim(0, 1)
             for t in steps_by_c.get(c, []):
-                xs, ys = _series(recs, f"pres_{c}obj_step{t}")
+                xs, ys = _series(recs, counts_lib.presence_key(c, t))
                 ax_pres.plot(xs, ys, color=np.array(STEP_COLORS[t % 6]) / 255 * 0.85,
                              label=f"step {t}")
             if ax_pres.lines:
