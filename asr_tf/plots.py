@@ -29,6 +29,15 @@ __all__ = [
 ]
 
 
+def _finite_or_nan(value) -> float:
+    """``value`` as a float, NaN when it is missing, not numeric or not finite."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return v if math.isfinite(v) else math.nan
+
+
 def _series(records: Iterable[Mapping], key: str):
     """(steps, values) of ``key`` in ``records``; records without 'step', without the key, or with
     a None / non-numeric / non-finite value are skipped (a list value is averaged)."""
@@ -170,10 +179,15 @@ def count_curves_figure(records: Mapping[str, Sequence[Mapping]],
                                    colors=[matplotlib.colormaps["viridis"](k / max(ks[-1], 1))
                                            for k in ks])
                 ax_count.set_ylim(0, 1)
-            for t in steps_by_c.get(c, []):
-                xs, ys = _series(recs, counts_lib.presence_key(c, t))
+            pres_keys = [counts_lib.presence_key(c, t) for t in steps_by_c.get(c, [])]
+            evaluations = [r for r in recs if "step" in r and any(k in r for k in pres_keys)]
+            for t, key in zip(steps_by_c.get(c, []), pres_keys):
+                # NaN where an evaluation has no value (no scene reached step t): the line
+                # breaks there instead of bridging the gap; markers show isolated points
+                xs = [r["step"] for r in evaluations]
+                ys = [_finite_or_nan(r.get(key)) for r in evaluations]
                 ax_pres.plot(xs, ys, color=np.array(STEP_COLORS[t % 6]) / 255 * 0.85,
-                             label=f"step {t}")
+                             marker=".", markersize=3, label=f"step {t}")
             if ax_pres.lines:
                 ax_pres.set_ylim(-0.02, 1.02)
             for ax, what in ((ax_count, "counts"), (ax_pres, "presence")):

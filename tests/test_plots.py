@@ -100,7 +100,10 @@ def _count_records():
         r.update({f"pres_{c}obj_step{t}": p[t] for c in (1, 3) for t in range(3)})
         return r
     x = [rec(0, [0.0, 0.2, 0.8, 0.0], [0.0, 0.0, 0.5, 0.5], [0.9, 0.6, 0.2]),
-         rec(100, [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [1.0, 0.5, float("nan")])]
+         {"step": 50, "train_loss": 3.0},                 # a training record: no evaluation
+         rec(100, [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [1.0, 0.5, float("nan")]),
+         rec(200, [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [1.0, 0.4, 0.7])]
+    del x[-1]["pres_1obj_step1"]                         # no scene reached step 1 at 200
     return {"x": x, "y": [{"step": 0, "acc": 0.1}]}
 
 
@@ -120,10 +123,14 @@ def test_count_curves_figure_stacks_fractions_and_draws_presence():
     (legend,) = fig.legends                              # every count, then every step, once
     assert [t.get_text() for t in legend.get_texts()] == [
         "count 0", "count 1", "count 2", "count 3", "step 0", "step 1", "step 2"]
-    # presence: a line per glimpse step, the NaN of step 2 at step 100 skipped
-    assert [(ln.get_label(), list(ln.get_xdata()), list(ln.get_ydata())) for ln in x1p.lines] == [
-        ("step 0", [0.0, 100.0], [0.9, 1.0]), ("step 1", [0.0, 100.0], [0.6, 0.5]),
-        ("step 2", [0.0], [0.2])]
+    # presence: a line per glimpse step over the evaluations (not the training record), NaN
+    # (a break in the line, not a bridge) where a value is NaN or missing
+    lines = [(ln.get_label(), list(ln.get_xdata()), list(ln.get_ydata())) for ln in x1p.lines]
+    assert [(label, xs) for label, xs, _ in lines] == [
+        ("step 0", [0, 100, 200]), ("step 1", [0, 100, 200]), ("step 2", [0, 100, 200])]
+    np.testing.assert_array_equal([ys for *_, ys in lines],
+                                  [[0.9, 1.0, 1.0], [0.6, 0.5, np.nan], [0.2, np.nan, 0.7]])
+    assert x1p.lines[0].get_marker() == "."
     assert np.allclose(matplotlib.colors.to_rgb(x1p.lines[0].get_color()), (0.85, 0, 0))
     for ax in fig.axes[4:]:                              # run "y": no count scalars
         assert not ax.collections and not ax.lines
