@@ -30,9 +30,12 @@ __all__ = [
 
 
 def _finite_or_nan(value) -> float:
-    """``value`` as a float, NaN when it is missing, not numeric or not finite."""
+    """``value`` as a float (a list value averaged), NaN when it is missing (None), not numeric
+    or not finite."""
+    if value is None:
+        return math.nan
     try:
-        v = float(value)
+        v = float(np.mean(value))
     except (TypeError, ValueError):
         return math.nan
     return v if math.isfinite(v) else math.nan
@@ -43,13 +46,8 @@ def _series(records: Iterable[Mapping], key: str):
     a None / non-numeric / non-finite value are skipped (a list value is averaged)."""
     xs, ys = [], []
     for rec in records:
-        if key not in rec or rec[key] is None or "step" not in rec:
-            continue
-        try:
-            v = float(np.mean(rec[key]))
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(v):
+        v = _finite_or_nan(rec.get(key))
+        if "step" in rec and math.isfinite(v):
             xs.append(float(rec["step"]))
             ys.append(v)
     return xs, ys
