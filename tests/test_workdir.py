@@ -42,6 +42,19 @@ def test_every_seed_tests_on_the_same_scenes_never_trained_on():
     assert len({x.tobytes() for x in seen}) == 80  # one epoch: every training scene once
 
 
+def test_evaluator_takes_the_first_scenes_of_the_split_and_refuses_more():
+    config.parse(["air_asr_13"], TINY_DATA)
+    spec = workdir_lib.run_spec()  # a test split of 20 scenes
+    model = build_model("pprior", spec.canvas_px, spec.counts, lstm_units=8)
+    whole = evaluation.Evaluator(model, spec).test
+    first = evaluation.Evaluator(model, spec, num_test=5).test
+    assert whole["image"].shape[0] == 20 and first["image"].shape[0] == 5
+    np.testing.assert_array_equal(first["image"].numpy(), whole["image"].numpy()[:5])
+    for bad in (21, 0, -1):
+        with pytest.raises(ValueError, match=rf"num_test {bad}: the test split of mnist_13 holds 20"):
+            evaluation.Evaluator(model, spec, num_test=bad)
+
+
 def test_record_keeps_the_seeds_and_refuses_others(tmp_path):
     """The first invocation's seeds are the run's; another seed is another run: refused before
     anything is written."""

@@ -3,7 +3,7 @@
 By default exactly as the run evaluated itself (its test scenes, its noise, its number of test
 scenes, all read from the workdir's record): at a checkpoint step it reproduces the logged line.
 
-  python tools/evaluate.py --workdir runs/air_asr_13 [--num_test 2000] [--deterministic]
+  python tools/evaluate.py --workdir runs/air_asr_13 [--num_test 500] [--deterministic]
   python tools/evaluate.py --workdir runs/air_asr_13 --at_end   # both passes into summary.json
 """
 import json
@@ -13,7 +13,7 @@ from absl import app, flags
 
 flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
 flags.DEFINE_string("checkpoint", None, "A checkpoint path (default: the latest).")
-flags.DEFINE_integer("num_test", None, "Test scenes (default: the run's, 1000).")
+flags.DEFINE_integer("num_test", None, "Test scenes, the first of the run's split (default: all of it, 1000).")
 flags.DEFINE_bool("deterministic", False, "Posterior means and z_pres threshold 0.5 (not Q25-Q27).")
 flags.DEFINE_integer("seed", None, "Seed of the evaluation noise (default: the run's). The test "
                      "scenes are always the run's data set's.")

@@ -20,15 +20,23 @@ class Evaluator:
 
     Args:
       spec: the run's data set (its data seed fixes the test scenes).
-      num_test: the first ``num_test`` test scenes (default: all of the split, 1,000).
+      num_test: the first ``num_test`` test scenes, 1 to the split's size (default: all of the
+        split, 1,000; Q7).
       seed: the run's seed (the evaluation noise).
+
+    Raises:
+      ValueError: ``num_test`` outside 1..``spec.num_test`` (the split is the data set's; asking
+        for more scenes than it holds would evaluate fewer than asked).
     """
 
     def __init__(self, model, spec, num_test=None, seed=0, batch_size=1000):
         self.model = model
         self.spec = spec
         self.seed = seed
-        num_test = num_test or spec.num_test
+        num_test = spec.num_test if num_test is None else num_test
+        if not 1 <= num_test <= spec.num_test:
+            raise ValueError(f"num_test {num_test}: the test split of {spec.name} holds "
+                             f"{spec.num_test} scenes; ask for 1 to {spec.num_test}")
         ds = pipeline.make_dataset(spec, split="test", batch_size=num_test, repeat=False,
                                    drop_remainder=False)
         test = next(iter(ds))
