@@ -177,9 +177,10 @@ def count_curves_figure(records: Mapping[str, Sequence[Mapping]],
                                    colors=[matplotlib.colormaps["viridis"](k / max(ks[-1], 1))
                                            for k in ks])
                 ax_count.set_ylim(0, 1)
-            pres_keys = [counts_lib.presence_key(c, t) for t in steps_by_c.get(c, [])]
+            glimpse_steps = steps_by_c.get(c, [])
+            pres_keys = [counts_lib.presence_key(c, t) for t in glimpse_steps]
             evaluations = [r for r in recs if "step" in r and any(k in r for k in pres_keys)]
-            for t, key in zip(steps_by_c.get(c, []), pres_keys):
+            for t, key in zip(glimpse_steps, pres_keys):
                 # NaN where an evaluation has no value (no scene reached step t): the line
                 # breaks there instead of bridging the gap; markers show isolated points
                 xs = [r["step"] for r in evaluations]

@@ -51,7 +51,8 @@ def test_evaluator_takes_the_first_scenes_of_the_split_and_refuses_more():
     assert whole["image"].shape[0] == 20 and first["image"].shape[0] == 5
     np.testing.assert_array_equal(first["image"].numpy(), whole["image"].numpy()[:5])
     for bad in (21, 0, -1):
-        with pytest.raises(ValueError, match=rf"num_test {bad}: the test split of mnist_13 holds 20"):
+        with pytest.raises(ValueError,
+                           match=rf"num_test {bad}: the test split of mnist_13 holds 20"):
             evaluation.Evaluator(model, spec, num_test=bad)
 
 

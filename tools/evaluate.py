@@ -13,7 +13,8 @@ from absl import app, flags
 
 flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
 flags.DEFINE_string("checkpoint", None, "A checkpoint path (default: the latest).")
-flags.DEFINE_integer("num_test", None, "Test scenes, the first of the run's split (default: all of it, 1000).")
+flags.DEFINE_integer("num_test", None,
+                     "Test scenes, the first of the run's split (default: all of it, 1000).")
 flags.DEFINE_bool("deterministic", False, "Posterior means and z_pres threshold 0.5 (not Q25-Q27).")
 flags.DEFINE_integer("seed", None, "Seed of the evaluation noise (default: the run's). The test "
                      "scenes are always the run's data set's.")

@@ -39,9 +39,8 @@ class Evaluator:
                              f"{spec.num_test} scenes; ask for 1 to {spec.num_test}")
         ds = pipeline.make_dataset(spec, split="test", batch_size=num_test, repeat=False,
                                    drop_remainder=False)
-        test = next(iter(ds))
-        self.test = {k: v[:num_test] for k, v in test.items()}
-        self.num_test = int(self.test["image"].shape[0])
+        self.test = next(iter(ds))  # the split's first num_test scenes, one batch
+        self.num_test = num_test
         self.batch_size = min(batch_size, self.num_test)
 
     def __call__(self, step, deterministic=None):
