@@ -51,6 +51,11 @@ class Quirks:
         False: the same zeroing, then one global-norm clip.
       lstm_orthogonal_recurrent: Q43. False: Glorot-uniform recurrent kernel as TF1.
         True: the Keras default orthogonal recurrent kernel.
+      lstm_fused_kernel: Q45. True: each LSTM's kernel is one tensor as in the original (its
+        input blocks and recurrent block initialised with the Glorot limit of the whole
+        [inputs + units, 4 units] kernel, their gradients clipped by one norm). False: each
+        block initialised by its own shape's limit and clipped on its own (the runs of the
+        tables, base.gin).
       tight_gt: Q4. False: GT box [x, y, x+w, y+h] under the "+1" IoU. True: [x, y, x+w-1, y+h-1].
     """
     sampler_edge: str = "four_gathers"
@@ -64,6 +69,7 @@ class Quirks:
     gen_bernoulli_pixels: bool = True
     per_variable_clip: bool = True
     lstm_orthogonal_recurrent: bool = False
+    lstm_fused_kernel: bool = True
     tight_gt: bool = False
 
     def __post_init__(self):

@@ -102,21 +102,32 @@ def clip_by_norm(g, clip_norm):
     return g * clip_norm / tf.maximum(l2norm, clip_norm)
 
 
-def process_gradients(grads, per_variable=True, clip_norm=1.0):
-    """Inf -> 0, NaN -> 0 elementwise, then clip by norm per variable (Q42) or by global norm."""
+def process_gradients(grads, per_variable=True, clip_norm=1.0, groups=()):
+    """Inf -> 0, NaN -> 0 elementwise, then clip by norm per variable (Q42) or by global norm.
+
+    ``groups``: tuples of indices into ``grads`` clipped per variable as one tensor (their
+    joint norm, Q45: the original's one LSTM kernel held here as blocks)."""
     clean = [tf.where(tf.math.is_finite(g), g, tf.zeros_like(g)) for g in grads]
     if per_variable:
-        return [clip_by_norm(g, clip_norm) for g in clean]
+        out = [clip_by_norm(g, clip_norm) for g in clean]
+        for group in groups:
+            norm = tf.sqrt(tf.add_n([squared_norm(clean[i]) for i in group]))
+            for i in group:
+                out[i] = clean[i] * clip_norm / tf.maximum(norm, clip_norm)
+        return out
     global_norm = tf.sqrt(tf.add_n([squared_norm(g) for g in clean]))
     clipped, _ = tf.clip_by_global_norm(clean, clip_norm, use_norm=global_norm)
     return clipped
 
 
-def apply_update(optimizer, grads, variables, per_variable_clip=True):
+def apply_update(optimizer, grads, variables, per_variable_clip=True, clip_groups=()):
     """The update: NaN/Inf zeroing and clipping (``process_gradients``), then Adam. ``grads``
-    holds None for variables without a gradient (unused heads, Q12): they are left alone."""
+    holds None for variables without a gradient (unused heads, Q12): they are left alone.
+    ``clip_groups``: lists of variables clipped as one tensor (``GlimpseModel.clip_groups``)."""
     pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-    clipped = process_gradients([g for g, _ in pairs], per_variable_clip)
+    index = {id(v): i for i, (_, v) in enumerate(pairs)}
+    groups = [tuple(index[id(v)] for v in group) for group in clip_groups]
+    clipped = process_gradients([g for g, _ in pairs], per_variable_clip, groups=groups)
     optimizer.apply_gradients(zip(clipped, [v for _, v in pairs]))
 
 
@@ -165,7 +176,7 @@ def _replica_update(model, optimizer, batch, noise, step, objective, global_batc
     reduced, sums, loss = all_sum((present, sums, loss))
     it = iter(reduced)
     apply_update(optimizer, [None if g is None else next(it) for g in grads], variables,
-                 model.quirks.per_variable_clip)
+                 model.quirks.per_variable_clip, model.clip_groups())
     logs = {k: v / global_batch for k, v in sums.items()}
     logs.update(batch_terms)
     logs["loss"] = loss

@@ -101,10 +101,12 @@ class AIRNet(keras.Model):
     """The AIR LSTM over the image only, with independent scale/shift/z_pres heads."""
 
     def __init__(self, image_dim, units=256, head_units=64, orthogonal_recurrent=False,
-                 scale_bias_init=0.0, matmul_dtype="float32", name="air_rnn", **kwargs):
+                 scale_bias_init=0.0, matmul_dtype="float32", fused_init=False, name="air_rnn",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
         self.units = units
-        self.lstm = rnn.LSTMCore(units, (image_dim,), orthogonal_recurrent, matmul_dtype)
+        self.lstm = rnn.LSTMCore(units, (image_dim,), orthogonal_recurrent, matmul_dtype,
+                                 fused_init)
         self.scale_loc = rnn.mlp_head(head_units, 1, units, "scale_loc", out_bias=scale_bias_init)
         self.scale_log_var = rnn.mlp_head(head_units, 1, units, "scale_log_var")
         self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
@@ -143,7 +145,8 @@ class AIR(GlimpseModel):
         self.matmul_dtype = matmul_dtype  # asr_tf.nn.precision
         self.net = AIRNet(canvas_px * canvas_px, lstm_units,
                           orthogonal_recurrent=self.quirks.lstm_orthogonal_recurrent,
-                          scale_bias_init=scale_bias_init, matmul_dtype=matmul_dtype)
+                          scale_bias_init=scale_bias_init, matmul_dtype=matmul_dtype,
+                          fused_init=self.quirks.lstm_fused_kernel)
         self.vae = GlimpseVAE(z_what_dim, glimpse_px, matmul_dtype)
         self.add_prior = add_prior_counts is not None
         self.prior_bias = tf.constant(
@@ -151,6 +154,9 @@ class AIR(GlimpseModel):
             else np.zeros(max_glimpses, np.float32))  # [T]
         self.zpres_prior = zpres_prior or PresencePriorSchedule(1e4, 3000.0, 1e-9)  # spec §5
         self.built = True  # every variable exists (GlimpseModel: all state is made in __init__)
+
+    def lstm_cores(self):
+        return [self.net.lstm]
 
     def _image_context(self, images_flat):
         return self.net.project_image(images_flat)

@@ -126,6 +126,17 @@ class GlimpseModel(keras.Model):
         self.decoder_noise = float(decoder_noise)
         self.quirks = quirks or Quirks()
 
+    def lstm_cores(self):
+        """The model's LSTM cores (asr_tf/nn/rnn.py): subclasses list theirs."""
+        raise NotImplementedError
+
+    def clip_groups(self):
+        """Variables whose gradients are clipped as one tensor (Q45): each LSTM's kernel blocks,
+        the original's one kernel, under ``Quirks.lstm_fused_kernel``; else none."""
+        if not self.quirks.lstm_fused_kernel:
+            return []
+        return [core.kernel_blocks for core in self.lstm_cores()]
+
     # ----------------------------------------------------------------- noise
     def noise_shapes(self, batch):
         """Shapes of the per-pass noise, leading [T, B]."""

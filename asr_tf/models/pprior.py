@@ -38,10 +38,10 @@ class InferenceRNN(keras.Model):
 
     def __init__(self, image_dim, z_what_dim=50, units=256, head_units=64,
                  orthogonal_recurrent=False, scale_bias_init=0.0, matmul_dtype="float32",
-                 name="inference_rnn", **kwargs):
+                 fused_init=False, name="inference_rnn", **kwargs):
         super().__init__(name=name, **kwargs)
         self.lstm = rnn.LSTMCore(units, (image_dim, z_what_dim + 3), orthogonal_recurrent,
-                                 matmul_dtype)
+                                 matmul_dtype, fused_init)
         self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
         self.shift_log_var = rnn.mlp_head(head_units, 2, units, "shift_log_var")
         self.scale_hidden_loc = keras.layers.Dense(head_units, activation="relu", name="scale_h_loc")
@@ -84,10 +84,11 @@ class PriorRNN(keras.Model):
     """p(z^t | z^{<t}): LSTM over [z_what_{t-1}, where_{t-1}] with shift, scale and z_pres heads."""
 
     def __init__(self, z_what_dim=50, units=256, head_units=64, orthogonal_recurrent=False,
-                 matmul_dtype="float32", name="prior_rnn", **kwargs):
+                 matmul_dtype="float32", fused_init=False, name="prior_rnn", **kwargs):
         super().__init__(name=name, **kwargs)
         self.units = units
-        self.lstm = rnn.LSTMCore(units, (z_what_dim + 3,), orthogonal_recurrent, matmul_dtype)
+        self.lstm = rnn.LSTMCore(units, (z_what_dim + 3,), orthogonal_recurrent, matmul_dtype,
+                                 fused_init)
         self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
         self.shift_log_var = rnn.mlp_head(head_units, 2, units, "shift_log_var")
         self.scale_loc = rnn.mlp_head(head_units, 1, units, "scale_loc")  # Q12: used only if learned
@@ -141,17 +142,20 @@ class PPriorAIR(GlimpseModel):
                  quirks=None, name="pprior_air", **kwargs):
         super().__init__(canvas_px, max_glimpses, glimpse_px, z_what_dim, z_pres_temperature,
                          stop_threshold, decoder_noise, quirks=quirks, name=name, **kwargs)
-        ortho = self.quirks.lstm_orthogonal_recurrent
+        ortho, fused = self.quirks.lstm_orthogonal_recurrent, self.quirks.lstm_fused_kernel
         self.fix_steps = fix_steps
         self.size_range_px = tuple(float(v) for v in size_range_px)
         self.matmul_dtype = matmul_dtype  # asr_tf.nn.precision
         self.inference = InferenceRNN(canvas_px * canvas_px, z_what_dim, lstm_units,
                                       orthogonal_recurrent=ortho, scale_bias_init=scale_bias_init,
-                                      matmul_dtype=matmul_dtype)
+                                      matmul_dtype=matmul_dtype, fused_init=fused)
         self.prior = PriorRNN(z_what_dim, lstm_units, orthogonal_recurrent=ortho,
-                              matmul_dtype=matmul_dtype)
+                              matmul_dtype=matmul_dtype, fused_init=fused)
         self.vae = GlimpseVAE(z_what_dim, glimpse_px, matmul_dtype)
         self.built = True  # every variable exists (GlimpseModel: all state is made in __init__)
+
+    def lstm_cores(self):
+        return [self.inference.lstm, self.prior.lstm]
 
     def _image_context(self, images_flat):
         return self.inference.project_image(images_flat)  # [B, 4u]

@@ -1,0 +1,363 @@
+"""The port against the original code, tensor by tensor: one batch, one set of weights, one noise.
+
+  python tools/compare_original.py --original DIR --config air_asr_13 --config faithful \
+      [--batch 32] [--seed 0] [--weights_from ckpt] [--out report.json]
+
+1. The original's graph is built in a child process (asr_tf/lab/original_graph.py) on a batch of
+   the port's test scenes and on noise drawn here; its weights come from its own initialisers
+   (graph seed ``--seed``) or, with ``--weights_from``, from a port checkpoint mapped back.
+2. Its weights are mapped onto the port's model (:data:`PPRIOR_MAP`, :data:`AIR_MAP`: each port
+   variable, the original's variable, and the rows it takes of it), the same batch and noise go
+   through the port's training pass (relaxed z_pres) and test pass (rounded z_pres), and the
+   port's loss, raw gradients, clipped gradients and the weights after one Adam update are
+   computed as its training step does.
+3. Every pair is reported: the largest absolute difference, and the normwise relative one
+   max|a - b| / max|a| (``rel``). Values agree to rounding when ``rel`` is below
+   :data:`ROUNDING_REL` (a float32 computation of a few hundred ops: a few 1e-6 of the tensor's
+   scale); what exceeds it is listed as a difference to explain.
+"""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+ROUNDING_REL = 1e-4  # normwise relative difference still counted as float32 rounding
+# The forget-gate bias TF1's LSTM cells add inside the cell; the port initialises it in its bias.
+FORGET_BIAS = 1.0
+
+
+def _dense(port_layer, orig_scope):
+    return [(port_layer.kernel, f"{orig_scope}/kernel", None),
+            (port_layer.bias, f"{orig_scope}/bias", None)]
+
+
+def _head(port_head, orig_hidden, orig_out):
+    return _dense(port_head.layers[0], orig_hidden) + _dense(port_head.layers[1], orig_out)
+
+
+def _lstm(core, orig_scope, widths):
+    """The port's split kernels take row blocks of the original's one kernel [in + u, 4u]."""
+    pairs, start = [], 0
+    for kernel, width in zip(core.kernels + [core.recurrent_kernel],
+                             list(widths) + [core.units]):
+        pairs.append((kernel, f"{orig_scope}/kernel", (start, start + width)))
+        start += width
+    pairs.append((core.bias, f"{orig_scope}/bias", "forget"))
+    return pairs
+
+
+def _vae(vae, scope):
+    enc, dec = vae.encoder, vae.decoder
+    return (_dense(enc.h0, f"{scope}/recognition_1/fc") + _dense(enc.h1, f"{scope}/recognition_2/fc")
+            + _dense(enc.loc, f"{scope}/rec_mean/fc") + _dense(enc.log_var, f"{scope}/rec_log_variance/fc")
+            + _dense(dec.h0, f"{scope}/generative_1/fc") + _dense(dec.h1, f"{scope}/generative_2/fc")
+            + _dense(dec.logits, f"{scope}/gen_mean/fc"))
+
+
+def PPRIOR_MAP(model):
+    """(port variable, the original's variable name, rows or 'forget' or None) for AIR-pPrior/ASR."""
+    inf, pri, s = model.inference, model.prior, "air/air_model"
+    return (_lstm(inf.lstm, f"{s}/infer_rnn_running", inf.lstm.input_widths)
+            + _head(inf.shift_loc, f"{s}/inf_shift/dense", f"{s}/inf_shift/dense_1")
+            + _head(inf.shift_log_var, f"{s}/inf_shift/dense_2", f"{s}/inf_shift/dense_3")
+            + _dense(inf.scale_hidden_loc, f"{s}/inf_scale/dense")
+            + _dense(inf.scale_loc, f"{s}/inf_scale/dense_1")
+            + _dense(inf.scale_hidden_log_var, f"{s}/inf_scale/dense_2")
+            + _dense(inf.scale_log_var, f"{s}/inf_scale/dense_3")
+            + _head(inf.z_pres, f"{s}/z_pres/log_odds/dense", f"{s}/z_pres/log_odds/dense_1")
+            + _lstm(pri.lstm, f"{s}/gen_rnn_running", pri.lstm.input_widths)
+            + _head(pri.shift_loc, f"{s}/gen_shift/dense", f"{s}/gen_shift/dense_1")
+            + _head(pri.shift_log_var, f"{s}/gen_shift/dense_2", f"{s}/gen_shift/dense_3")
+            + _head(pri.z_pres, f"{s}/z_pres/prior/dense", f"{s}/z_pres/prior/dense_1")
+            + _vae(model.vae, f"{s}/vae"))
+
+
+def AIR_MAP(model):
+    """The same for plain AIR (the original's training_air_original.py)."""
+    net, s = model.rnn, "air/rnn"
+    return (_lstm(net.lstm, f"{s}/basic_lstm_cell", net.lstm.input_widths)
+            + _head(net.scale_loc, f"{s}/scale/mean/hidden/fc", f"{s}/scale/mean/output/fc")
+            + _head(net.scale_log_var, f"{s}/scale/log_variance/hidden/fc",
+                    f"{s}/scale/log_variance/output/fc")
+            + _head(net.shift_loc, f"{s}/shift/mean/hidden/fc", f"{s}/shift/mean/output/fc")
+            + _head(net.shift_log_var, f"{s}/shift/log_variance/hidden/fc",
+                    f"{s}/shift/log_variance/output/fc")
+            + _head(net.z_pres, f"{s}/z_pres/log_odds/hidden/fc", f"{s}/z_pres/log_odds/output/fc")
+            + _vae(model.vae, f"{s}/vae"))
+
+
+def _to_port(value, rows):
+    if rows is None:
+        return value
+    if rows == "forget":  # [4u]: gate order i, j, f, o
+        u = value.shape[0] // 4
+        out = value.copy()
+        out[2 * u:3 * u] += np.float32(FORGET_BIAS)
+        return out
+    return value[rows[0]:rows[1]]
+
+
+def load_weights(mapping, weights):
+    """Sets each port variable from the original's weights {name: array}."""
+    for var, name, rows in mapping:
+        var.assign(_to_port(weights[name], rows))
+
+
+def original_weights(mapping):
+    """The port's weights as the original's variables {name: array} (blocks stacked back)."""
+    parts = {}
+    for var, name, rows in mapping:
+        value = var.numpy()
+        if rows == "forget":
+            u = value.shape[0] // 4
+            value = value.copy()
+            value[2 * u:3 * u] -= np.float32(FORGET_BIAS)
+        parts.setdefault(name, []).append((rows, value))
+    return {name: np.concatenate([v for _, v in sorted(p, key=lambda r: r[0][0])])
+            if isinstance(p[0][0], tuple) else p[0][1] for name, p in parts.items()}
+
+
+@contextlib.contextmanager
+def port_recording(model):
+    """Records the port's per-step values during one forward pass: the traces of the recurrent
+    part, the stop sum and count after each step, the cut windows, the decoded glimpses and each
+    step's rendering (the 'four_gathers' sampler renders steps one by one)."""
+    from asr_tf.nn import four_gathers, transformer
+
+    rec = {}
+    base_step, base_decode = model._step_traces, model._decode
+    base_extract, base_render = transformer.extract_glimpse, four_gathers.render_glimpse
+
+    def step_traces(t, carry, *a, **k):
+        carry, trace = base_step(t, carry, *a, **k)
+        for key, value in dict(trace, stop_sum=carry["stop_sum"], count=carry["count"]).items():
+            rec.setdefault(key, []).append(value)
+        return carry, trace
+
+    def keep(key, fn):
+        def wrapped(*a, **k):
+            out = fn(*a, **k)
+            rec.setdefault(key, []).append(out)
+            return out
+        return wrapped
+
+    model._step_traces, model._decode = step_traces, keep("decoded", base_decode)
+    transformer.extract_glimpse = keep("window", base_extract)
+    four_gathers.render_glimpse = keep("rendered", base_render)
+    try:
+        yield rec
+    finally:
+        del model._step_traces, model._decode
+        transformer.extract_glimpse, four_gathers.render_glimpse = base_extract, base_render
+
+
+def _stacked(rec, key, steps, batch):
+    """A recorded list as [T, B, ...] numpy. Per-step calls ([B, ...] each) and one call over all
+    steps ([T*B, ...], t-major) both concatenate t-major; the decoded glimpses and renderings of
+    the canvas are the last call, batch-major [B*T, ...]."""
+    if key in ("decoded", "rendered"):
+        x = np.asarray(rec[key][-1])  # [B*T_max, ...]: every step, also those not executed
+        return x.reshape((batch, -1) + x.shape[1:]).swapaxes(0, 1)[:steps]
+    x = np.concatenate([np.asarray(v) for v in rec[key]])
+    return x.reshape((steps, batch) + x.shape[1:])
+
+
+def difference(a, b):
+    """{max_abs, rel, shape} of two arrays of one shape (rel: max|a-b| / max|a|)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    d = np.abs(a - b)
+    finite = np.isfinite(a) & np.isfinite(b)
+    nonfinite_mismatch = int(np.sum(np.isfinite(a) != np.isfinite(b)))
+    scale = float(np.max(np.abs(a[finite]))) if finite.any() else 0.0
+    max_abs = float(np.max(d[finite])) if finite.any() else 0.0
+    return {"max_abs": max_abs, "rel": max_abs / scale if scale > 0 else float(max_abs > 0),
+            "scale": scale, "nonfinite_mismatch": nonfinite_mismatch, "shape": list(a.shape)}
+
+
+def run_original(original_dir, request, workdir):
+    """Runs the original's side (a child process) on ``request`` (dict of arrays + options)."""
+    req_path, out_path = os.path.join(workdir, "request.npz"), os.path.join(workdir, "original.npz")
+    np.savez(req_path, **request)
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONHASHSEED="0")
+    proc = subprocess.run([sys.executable, "-m", "asr_tf.lab.original_graph",
+                           os.path.abspath(original_dir), req_path, out_path],
+                          cwd=original_dir, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("the original's side failed:\n" + proc.stderr[-4000:])
+    return dict(np.load(out_path))
+
+
+# The original's per-step records (its name) and the port's (its name, a function of the port's
+# per-step arrays). Time-major [T, B, ...] on both sides.
+STEP_PAIRS = (
+    ("mvn_shift_mean", "q_shift_loc", None), ("mvn_shift_var", "q_shift_scale", np.square),
+    ("mvn_scale_mean", "q_scale_loc", None), ("mvn_scale_var", "q_scale_scale", np.square),
+    ("window", "window", None), ("what_mean", "what_loc", None),
+    ("what_log_var", "what_scale", lambda s: 2.0 * np.log(s)), ("y", "y", None),
+    ("posterior_logit", "z_pres_logit", None), ("z_pres_prob", "z_pres_prob", None),
+    ("prior_logit", "prior_logit", None), ("scale", "scale", lambda s: s[..., None]),
+    ("shift", "shift", None), ("z_what", "z_what", None), ("stop_sum", "stop_sum", None),
+    ("count", "count", None), ("glimpse_recon", "decoded", lambda g: g.reshape(g.shape[:2] + (-1,))),
+    ("rendered", "rendered", None), ("kl_z_pres_kl", "kl_pres", None),
+    ("kl_scale_kl", "kl_scale", None), ("kl_shift_kl", "kl_shift", None),
+    ("kl_vae_kl", "kl_what", None),
+)
+# The original's logged terms (per image or scalar) and the port's (per_image / batch terms,
+# the constraint weight the original folds in).
+LOSS_PAIRS = (("recon", "nll", 1.0), ("z_pres_kl", "kl_pres", 1.0), ("scale_kl", "kl_scale", 1.0),
+              ("shift_kl", "kl_shift", 1.0), ("vae_kl", "kl_what", 1.0), ("elbo", "nelbo", 1.0),
+              ("num_min_KL", "count_min", "count_min"), ("num_margin", "count_margin", "count_margin"),
+              ("area_loss", "area", 1.0), ("out_loss", "out_of_image", 1.0),
+              ("size_loss", "size_equality", 1.0), ("over_loss", "overlap", 1.0),
+              ("mse", "se", 1.0), ("TotLoss", "loss", 1.0))
+
+
+def _port_pass(model, images, noise, step, objective, quirks, training):
+    """One forward pass of the port with recording; loss terms and per-step arrays (numpy)."""
+    import tensorflow as tf
+
+    from asr_tf import objectives
+
+    x = tf.constant(images[..., None])
+    with port_recording(model) as rec, tf.GradientTape() as tape:
+        out = model(x, noise, step=step, training=training)
+        loss, per_image, batch_terms = objectives.total_loss(x, out, objective, model.canvas_px,
+                                                             quirks)
+    grads = tape.gradient(loss, model.trainable_variables) if training else None
+    steps = len(rec["y"])
+    batch = images.shape[0]
+    arrays = {k: _stacked(rec, k, steps, batch) for k in rec}
+    for k in ("prior_logit", "kl_pres", "kl_scale", "kl_shift", "kl_what"):
+        arrays[k] = np.asarray(out[k]).swapaxes(0, 1)[:steps]  # [T, B] from the readout
+    terms = {k: np.asarray(v) for k, v in dict(per_image, **batch_terms).items()}
+    terms["se"] = np.asarray(objectives.squared_error(x, out["recon"]))
+    terms["loss"] = np.asarray(loss)
+    final = {"canvas": np.asarray(out["canvas"]).reshape(batch, -1),
+             "recon": np.asarray(out["recon"]).reshape(batch, -1), "count": np.asarray(out["count"])}
+    return arrays, terms, final, grads
+
+
+def compare(original_dir, configs, bindings=(), batch=32, seed=0, weights_from=None, step=0):
+    """Runs both sides and returns the report (a dict; see the module docstring)."""
+    import tensorflow as tf
+
+    from asr_tf import training
+    from asr_tf.data import scenes
+    from asr_tf.models.air import AIR
+    from asr_tf.run import config as config_lib, trained, workdir as workdir_lib
+
+    config_lib.parse(configs, bindings)
+    spec = workdir_lib.run_spec()
+    model, objective, quirks = workdir_lib.build_components(spec)
+    kind = "air" if isinstance(model, AIR) else "pprior"
+    mapping = (AIR_MAP if kind == "air" else PPRIOR_MAP)(model)
+    given = {}
+    if weights_from:
+        model, _, step = trained.load_trained(weights_from)  # the run's own config and weights
+        mapping = (AIR_MAP if kind == "air" else PPRIOR_MAP)(model)
+        given = {f"w/{k}": v for k, v in original_weights(mapping).items()}
+    data = scenes.synthesize_batch(spec, np.arange(batch), "test")
+    rng = np.random.default_rng(seed)
+    t_max, g2 = model.max_glimpses, model.glimpse_px ** 2
+    noise = {"u_pres": rng.uniform(size=(t_max, batch)), "eps_shift": rng.normal(size=(t_max, batch, 2)),
+             "eps_scale": rng.normal(size=(t_max, batch, 1)),
+             "eps_what": rng.normal(size=(t_max, batch, model.z_what_dim)),
+             "eps_pix": rng.normal(size=(t_max, batch, g2))}
+    noise = {k: v.astype(np.float32) for k, v in noise.items()}
+    optimizer = training.make_optimizer(model)
+    lr = float(optimizer.rate_schedule(0))
+    options = {"kind": kind, "seed": seed, "lr": lr, "global_step": int(step),
+               "counts": list(spec.counts), "gamma_m": objective.weight("count_margin"),
+               "gamma_ne": objective.weight("count_min")}
+    request = dict(images=data["image"].reshape(batch, -1), targets=data["count"],
+                   options=json.dumps(options), **noise, **given)
+    with tempfile.TemporaryDirectory() as tmp:
+        orig = run_original(original_dir, request, tmp)
+    load_weights(mapping, {k[2:]: v for k, v in orig.items() if k.startswith("w/")})
+    port_noise = {k: tf.constant(noise[k]) for k in model.noise_shapes(batch)}
+    report = {"configs": list(configs), "kind": kind, "batch": batch, "seed": seed,
+              "step": int(step), "weights": "port checkpoint" if weights_from else "original init",
+              "train": {}, "test": {}, "loss": {}, "grad": {}, "clipped": {}, "after": {}}
+    weights = {"count_min": objective.weight("count_min"),
+               "count_margin": objective.weight("count_margin")}
+    passes = {tag: _port_pass(model, data["image"], port_noise, step, objective, quirks,
+                              training_pass)
+              for tag, training_pass in (("train", True), ("test", False))}
+    for tag, training_pass in (("train", True), ("test", False)):
+        arrays, terms, final, grads = passes[tag]
+        steps = orig[f"{tag}/y"].shape[0]
+        section = report[tag]
+        section["steps_executed"] = {"original": steps, "port": int(arrays["y"].shape[0])}
+        for orig_key, port_key, fn in STEP_PAIRS:
+            if port_key not in arrays:
+                continue
+            port = arrays[port_key][:steps]
+            section[orig_key] = difference(orig[f"{tag}/{orig_key}"], fn(port) if fn else port)
+            if training_pass:
+                section[orig_key]["control_rel"] = difference(
+                    orig[f"{tag}/{orig_key}"], orig[f"ctl/{orig_key}"])["rel"]
+        section["canvas"] = difference(orig[f"{tag}/canvas"][steps - 1], final["canvas"])
+        section["recon"] = difference(orig[f"{tag}/recon"], final["recon"])
+        section["num_digits"] = difference(orig[f"{tag}/num_digits"], final["count"])
+        for orig_key, port_key, weight in LOSS_PAIRS:
+            if f"{tag}/loss_{orig_key}" in orig and port_key in terms:
+                w = weights[weight] if isinstance(weight, str) else weight
+                entry = difference(orig[f"{tag}/loss_{orig_key}"], w * terms[port_key])
+                if training_pass:
+                    entry["control_rel"] = difference(orig[f"{tag}/loss_{orig_key}"],
+                                                      orig[f"ctl/loss_{orig_key}"])["rel"]
+                report["loss" if training_pass else "test"][f"loss_{orig_key}"] = entry
+        if training_pass:
+            _gradients(report, mapping, model, grads, orig, optimizer, quirks)
+    report["arrays"] = {"original": orig, "port": passes}  # for a caller's closer look
+    return report
+
+
+def _gradients(report, mapping, model, grads, orig, optimizer, quirks):
+    """Raw gradients (beside the control: the original against itself one ulp away), the
+    clipping rule (the port's on its own gradients against the original's rule, NaN/Inf -> 0
+    and clip_by_norm 1.0 of each of its variables, an LSTM's whole kernel as one, applied to
+    the same port gradients), and the weights after one Adam update from the original's
+    weights."""
+    from asr_tf import training
+
+    by_var = {id(v): g for v, g in zip(model.trainable_variables, grads)}
+    port_raw = [np.asarray(by_var[id(v)]) for v, _, _ in mapping]
+    index = {id(v): i for i, (v, _, _) in enumerate(mapping)}
+    groups = [tuple(index[id(v)] for v in group) for group in model.clip_groups()]
+    clipped = training.process_gradients([by_var[id(v)] for v, _, _ in mapping],
+                                         quirks.per_variable_clip, groups=groups)
+    by_name = {}
+    for (var, name, rows), raw in zip(mapping, port_raw):
+        by_name.setdefault(name, []).append((rows, raw))
+    norms = {name: np.sqrt(sum(np.sum(np.where(np.isfinite(r), r, 0.0).astype(np.float64) ** 2)
+                               for _, r in parts)) for name, parts in by_name.items()}
+    for (var, name, rows), raw, clip in zip(mapping, port_raw, clipped):
+        label = f"{name}[{rows[0]}:{rows[1]}]" if isinstance(rows, tuple) else name
+        sl = (lambda a: a[rows[0]:rows[1]]) if isinstance(rows, tuple) else (lambda a: a)
+        entry = difference(sl(orig[f"grad/{name}"]), raw)
+        entry["control_rel"] = difference(orig[f"grad/{name}"],
+                                          orig[f"ctl/grad/{name}"])["rel"]
+        report["grad"][label] = entry
+        rule = np.where(np.isfinite(raw), raw, 0.0) / max(norms[name], 1.0)
+        report["clipped"][label] = difference(rule, np.asarray(clip))
+    training.apply_update(optimizer, list(grads), model.trainable_variables,
+                          quirks.per_variable_clip, model.clip_groups())
+    for var, name, rows in mapping:
+        label = f"{name}[{rows[0]}:{rows[1]}]" if isinstance(rows, tuple) else name
+        report["after"][label] = difference(_to_port(orig[f"after/{name}"], rows), var.numpy())
+
+
+def summarize(report, threshold=ROUNDING_REL):
+    """The entries whose relative difference exceeds ``threshold`` (or whose finiteness
+    differs), as (section, name, difference) rows, largest first."""
+    rows = [(section, name, d) for section in ("train", "test", "loss", "grad", "clipped", "after")
+            for name, d in report[section].items()
+            if isinstance(d, dict) and (d["rel"] > threshold or d["nonfinite_mismatch"])]
+    return sorted(rows, key=lambda r: -r[2]["rel"])
