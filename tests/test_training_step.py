@@ -39,6 +39,32 @@ def test_process_gradients_global_norm_option():
     np.testing.assert_allclose(per_var[1].numpy(), [0.0, 1.0], rtol=1e-6)
 
 
+def test_process_gradients_clips_a_group_by_its_joint_norm():
+    """Q45: an LSTM kernel held as blocks is clipped as the original's one kernel: by the
+    norm of all its blocks together (3, 4 -> 5); the others by their own."""
+    g1, g2, g3 = tf.constant([3.0, 0.0]), tf.constant([[0.0], [4.0]]), tf.constant([0.0, 2.0])
+    out = training.process_gradients([g1, g2, g3], groups=[(0, 1)])
+    np.testing.assert_allclose(out[0].numpy(), [0.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(out[1].numpy(), [[0.0], [0.8]], rtol=1e-6)
+    np.testing.assert_allclose(out[2].numpy(), [0.0, 1.0], rtol=1e-6)
+    alone = training.process_gradients([g1, g2, g3])
+    np.testing.assert_allclose(alone[0].numpy(), [1.0, 0.0], rtol=1e-6)
+    small = training.process_gradients([g1 * 0.1, g2 * 0.1], groups=[(0, 1)])  # norm 0.5: kept
+    np.testing.assert_allclose(small[1].numpy(), [[0.0], [0.4]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["air", "pprior"])
+def test_clip_groups_are_the_lstm_kernels_under_the_fused_quirk(kind):
+    fused = make_model(kind, S, (1, 3), lstm_units=16, quirks=Quirks(lstm_fused_kernel=True))
+    split = make_model(kind, S, (1, 3), lstm_units=16, quirks=Quirks(lstm_fused_kernel=False))
+    assert split.clip_groups() == []
+    groups = fused.clip_groups()
+    assert [len(g) for g in groups] == ([2] if kind == "air" else [3, 2])
+    ids = {id(v) for v in fused.trainable_variables}
+    assert all(id(v) in ids for g in groups for v in g)
+    assert groups[0][-1] is fused.lstm_cores()[0].recurrent_kernel
+
+
 @pytest.mark.parametrize("shape", [(7,), (300, 40), (2500, 1024), (6, 64, 300)])
 def test_squared_norm_and_clip_match_tf_clip_by_norm(shape):
     """Small tensors take the reduction, large ones (>= MATVEC_NORM_MIN_SIZE) the matrix-vector

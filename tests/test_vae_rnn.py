@@ -115,3 +115,19 @@ def test_mlp_head_shapes_and_relu():
     assert head.layers[1].kernel.shape == (64, 2)
     # zero input and zero biases: output 0
     np.testing.assert_array_equal(head(tf.zeros([1, 256])).numpy(), 0.0)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_lstm_kernel_blocks_initialised_per_block_or_as_one_kernel(fused):
+    """Q45: the original holds one kernel [inputs + units, 4 units]; with ``fused_init`` every
+    block draws from that kernel's Glorot limit, else from its own shape's."""
+    u, widths = 32, (200, 11)
+    cell = rnn.LSTMCore(u, widths, fused_init=fused)
+    fused_limit = math.sqrt(6.0 / (sum(widths) + u + 4 * u))  # 0.151
+    assert cell.kernel_blocks == cell.kernels + [cell.recurrent_kernel]
+    for block, rows in zip(cell.kernel_blocks, widths + (u,)):
+        own_limit = math.sqrt(6.0 / (rows + 4 * u))  # 0.145, 0.208, 0.194
+        limit = fused_limit if fused else own_limit
+        values = np.abs(block.numpy())
+        assert values.max() <= limit + 1e-7
+        assert values.max() > 0.95 * limit  # thousands of uniform draws reach the limit

@@ -6,15 +6,17 @@
 1. The original's graph is built in a child process (asr_tf/lab/original_graph.py) on a batch of
    the port's test scenes and on noise drawn here; its weights come from its own initialisers
    (graph seed ``--seed``) or, with ``--weights_from``, from a port checkpoint mapped back.
-2. Its weights are mapped onto the port's model (:data:`PPRIOR_MAP`, :data:`AIR_MAP`: each port
+2. Its weights are mapped onto the port's model (asr_tf/lab/original_weights.py: each port
    variable, the original's variable, and the rows it takes of it), the same batch and noise go
    through the port's training pass (relaxed z_pres) and test pass (rounded z_pres), and the
    port's loss, raw gradients, clipped gradients and the weights after one Adam update are
    computed as its training step does.
 3. Every pair is reported: the largest absolute difference, and the normwise relative one
-   max|a - b| / max|a| (``rel``). Values agree to rounding when ``rel`` is below
-   :data:`ROUNDING_REL` (a float32 computation of a few hundred ops: a few 1e-6 of the tensor's
-   scale); what exceeds it is listed as a difference to explain.
+   max|a - b| / max|a| (``rel``), beside the original's own sensitivity to rounding (its
+   training pass again with every weight one ulp up, ``control_rel``). :func:`verdict` calls a
+   pair 'rounding' when ``rel`` is below :data:`ROUNDING_REL` (float32 computations of a few
+   hundred ops), 'amplified' when it is above but within ten times the control (rounding that
+   the computation itself amplifies), and 'different' otherwise: a difference to explain.
 """
 import contextlib
 import json
@@ -25,102 +27,10 @@ import tempfile
 
 import numpy as np
 
+from asr_tf.lab.original_weights import (air_map, load_weights, original_weights, pprior_map,
+                                         to_port)
+
 ROUNDING_REL = 1e-4  # normwise relative difference still counted as float32 rounding
-# The forget-gate bias TF1's LSTM cells add inside the cell; the port initialises it in its bias.
-FORGET_BIAS = 1.0
-
-
-def _dense(port_layer, orig_scope):
-    return [(port_layer.kernel, f"{orig_scope}/kernel", None),
-            (port_layer.bias, f"{orig_scope}/bias", None)]
-
-
-def _head(port_head, orig_hidden, orig_out):
-    return _dense(port_head.layers[0], orig_hidden) + _dense(port_head.layers[1], orig_out)
-
-
-def _lstm(core, orig_scope, widths):
-    """The port's split kernels take row blocks of the original's one kernel [in + u, 4u]."""
-    pairs, start = [], 0
-    for kernel, width in zip(core.kernels + [core.recurrent_kernel],
-                             list(widths) + [core.units]):
-        pairs.append((kernel, f"{orig_scope}/kernel", (start, start + width)))
-        start += width
-    pairs.append((core.bias, f"{orig_scope}/bias", "forget"))
-    return pairs
-
-
-def _vae(vae, scope):
-    enc, dec = vae.encoder, vae.decoder
-    return (_dense(enc.h0, f"{scope}/recognition_1/fc") + _dense(enc.h1, f"{scope}/recognition_2/fc")
-            + _dense(enc.loc, f"{scope}/rec_mean/fc") + _dense(enc.log_var, f"{scope}/rec_log_variance/fc")
-            + _dense(dec.h0, f"{scope}/generative_1/fc") + _dense(dec.h1, f"{scope}/generative_2/fc")
-            + _dense(dec.logits, f"{scope}/gen_mean/fc"))
-
-
-def PPRIOR_MAP(model):
-    """(port variable, the original's variable name, rows or 'forget' or None) for AIR-pPrior/ASR."""
-    inf, pri, s = model.inference, model.prior, "air/air_model"
-    return (_lstm(inf.lstm, f"{s}/infer_rnn_running", inf.lstm.input_widths)
-            + _head(inf.shift_loc, f"{s}/inf_shift/dense", f"{s}/inf_shift/dense_1")
-            + _head(inf.shift_log_var, f"{s}/inf_shift/dense_2", f"{s}/inf_shift/dense_3")
-            + _dense(inf.scale_hidden_loc, f"{s}/inf_scale/dense")
-            + _dense(inf.scale_loc, f"{s}/inf_scale/dense_1")
-            + _dense(inf.scale_hidden_log_var, f"{s}/inf_scale/dense_2")
-            + _dense(inf.scale_log_var, f"{s}/inf_scale/dense_3")
-            + _head(inf.z_pres, f"{s}/z_pres/log_odds/dense", f"{s}/z_pres/log_odds/dense_1")
-            + _lstm(pri.lstm, f"{s}/gen_rnn_running", pri.lstm.input_widths)
-            + _head(pri.shift_loc, f"{s}/gen_shift/dense", f"{s}/gen_shift/dense_1")
-            + _head(pri.shift_log_var, f"{s}/gen_shift/dense_2", f"{s}/gen_shift/dense_3")
-            + _head(pri.z_pres, f"{s}/z_pres/prior/dense", f"{s}/z_pres/prior/dense_1")
-            + _vae(model.vae, f"{s}/vae"))
-
-
-def AIR_MAP(model):
-    """The same for plain AIR (the original's training_air_original.py)."""
-    net, s = model.rnn, "air/rnn"
-    return (_lstm(net.lstm, f"{s}/basic_lstm_cell", net.lstm.input_widths)
-            + _head(net.scale_loc, f"{s}/scale/mean/hidden/fc", f"{s}/scale/mean/output/fc")
-            + _head(net.scale_log_var, f"{s}/scale/log_variance/hidden/fc",
-                    f"{s}/scale/log_variance/output/fc")
-            + _head(net.shift_loc, f"{s}/shift/mean/hidden/fc", f"{s}/shift/mean/output/fc")
-            + _head(net.shift_log_var, f"{s}/shift/log_variance/hidden/fc",
-                    f"{s}/shift/log_variance/output/fc")
-            + _head(net.z_pres, f"{s}/z_pres/log_odds/hidden/fc", f"{s}/z_pres/log_odds/output/fc")
-            + _vae(model.vae, f"{s}/vae"))
-
-
-def _to_port(value, rows):
-    if rows is None:
-        return value
-    if rows == "forget":  # [4u]: gate order i, j, f, o
-        u = value.shape[0] // 4
-        out = value.copy()
-        out[2 * u:3 * u] += np.float32(FORGET_BIAS)
-        return out
-    return value[rows[0]:rows[1]]
-
-
-def load_weights(mapping, weights):
-    """Sets each port variable from the original's weights {name: array}."""
-    for var, name, rows in mapping:
-        var.assign(_to_port(weights[name], rows))
-
-
-def original_weights(mapping):
-    """The port's weights as the original's variables {name: array} (blocks stacked back)."""
-    parts = {}
-    for var, name, rows in mapping:
-        value = var.numpy()
-        if rows == "forget":
-            u = value.shape[0] // 4
-            value = value.copy()
-            value[2 * u:3 * u] -= np.float32(FORGET_BIAS)
-        parts.setdefault(name, []).append((rows, value))
-    return {name: np.concatenate([v for _, v in sorted(p, key=lambda r: r[0][0])])
-            if isinstance(p[0][0], tuple) else p[0][1] for name, p in parts.items()}
-
-
 @contextlib.contextmanager
 def port_recording(model):
     """Records the port's per-step values during one forward pass: the traces of the recurrent
@@ -233,7 +143,7 @@ def _port_pass(model, images, noise, step, objective, quirks, training):
     steps = len(rec["y"])
     batch = images.shape[0]
     arrays = {k: _stacked(rec, k, steps, batch) for k in rec}
-    for k in ("prior_logit", "kl_pres", "kl_scale", "kl_shift", "kl_what"):
+    for k in ("prior_logit", "kl_pres", "kl_scale", "kl_shift", "kl_what", "z_what"):
         arrays[k] = np.asarray(out[k]).swapaxes(0, 1)[:steps]  # [T, B] from the readout
     terms = {k: np.asarray(v) for k, v in dict(per_image, **batch_terms).items()}
     terms["se"] = np.asarray(objectives.squared_error(x, out["recon"]))
@@ -256,11 +166,11 @@ def compare(original_dir, configs, bindings=(), batch=32, seed=0, weights_from=N
     spec = workdir_lib.run_spec()
     model, objective, quirks = workdir_lib.build_components(spec)
     kind = "air" if isinstance(model, AIR) else "pprior"
-    mapping = (AIR_MAP if kind == "air" else PPRIOR_MAP)(model)
+    mapping = (air_map if kind == "air" else pprior_map)(model)
     given = {}
     if weights_from:
         model, _, step = trained.load_trained(weights_from)  # the run's own config and weights
-        mapping = (AIR_MAP if kind == "air" else PPRIOR_MAP)(model)
+        mapping = (air_map if kind == "air" else pprior_map)(model)
         given = {f"w/{k}": v for k, v in original_weights(mapping).items()}
     data = scenes.synthesize_batch(spec, np.arange(batch), "test")
     rng = np.random.default_rng(seed)
@@ -292,6 +202,8 @@ def compare(original_dir, configs, bindings=(), batch=32, seed=0, weights_from=N
     for tag, training_pass in (("train", True), ("test", False)):
         arrays, terms, final, grads = passes[tag]
         steps = orig[f"{tag}/y"].shape[0]
+        if kind == "air":  # its per-step KL records are unmasked: mask them as its loss does
+            _mask_air_kls(orig, tag, model.stop_threshold)
         section = report[tag]
         section["steps_executed"] = {"original": steps, "port": int(arrays["y"].shape[0])}
         for orig_key, port_key, fn in STEP_PAIRS:
@@ -305,6 +217,8 @@ def compare(original_dir, configs, bindings=(), batch=32, seed=0, weights_from=N
         section["canvas"] = difference(orig[f"{tag}/canvas"][steps - 1], final["canvas"])
         section["recon"] = difference(orig[f"{tag}/recon"], final["recon"])
         section["num_digits"] = difference(orig[f"{tag}/num_digits"], final["count"])
+        _reconstruction_split(report, tag, training_pass, data["image"].reshape(batch, -1),
+                              orig, final["recon"], terms)
         for orig_key, port_key, weight in LOSS_PAIRS:
             if f"{tag}/loss_{orig_key}" in orig and port_key in terms:
                 w = weights[weight] if isinstance(weight, str) else weight
@@ -319,12 +233,58 @@ def compare(original_dir, configs, bindings=(), batch=32, seed=0, weights_from=N
     return report
 
 
+RESIDUE_PX = 1e-4  # reconstructions below this are the samplers' rounding residues (or 0)
+
+
+def _bce(images, recon):
+    """The reconstruction BCE per pixel in float64, eps 1e-10 as both sides."""
+    x, r = images.astype(np.float64), recon.astype(np.float64)
+    return -(x * np.log(r + 1e-10) + (1.0 - x) * np.log(1.0 - r + 1e-10))
+
+
+def _reconstruction_split(report, tag, training_pass, images, orig, port_recon, terms):
+    """The BCE's difference taken apart: over the pixels where both reconstructions exceed
+    RESIDUE_PX (``loss_recon_bulk``, rounding) and the rest, where a residue of ~1e-7 under ink
+    costs ln(1e-7 + 1e-10) and its neighbour's 0 costs ln(1e-10) (``loss_recon_residues``);
+    and the loss without the BCE (``loss_TotLoss_without_recon``)."""
+    orig_recon = orig[f"{tag}/recon"]
+    bulk = (orig_recon > RESIDUE_PX) & (port_recon > RESIDUE_PX)
+    section = report["loss" if training_pass else "test"]
+    o, p = _bce(images, orig_recon), _bce(images, port_recon)
+    section["loss_recon_bulk"] = difference(np.where(bulk, o, 0).sum(1), np.where(bulk, p, 0).sum(1))
+    if training_pass:  # beside the original's own move under its one-ulp control
+        c = _bce(images, orig["ctl/recon"])
+        section["loss_recon_residues"] = dict(
+            difference(np.where(bulk, 0, o).sum(1), np.where(bulk, 0, p).sum(1)),
+            control_rel=difference(np.where(bulk, 0, o).sum(1),
+                                   np.where(bulk, 0, c).sum(1))["rel"])
+    section["loss_TotLoss_without_recon"] = difference(
+        orig[f"{tag}/loss_TotLoss"] - np.mean(orig[f"{tag}/loss_recon"]),
+        terms["loss"] - np.mean(terms["nll"]))
+
+
+def _mask_air_kls(orig, tag, stop_threshold):
+    """AIR's loss takes a step's z_pres KL while the item was active before the step and the
+    other KLs while it is present after it (the port's records hold them masked so)."""
+    present = (orig[f"{tag}/stop_sum"] < stop_threshold).astype(np.float32)  # [T, B]
+    before = np.concatenate([np.ones_like(present[:1]), present[:-1]])
+    orig[f"{tag}/kl_z_pres_kl"] = orig[f"{tag}/kl_z_pres_kl"] * before
+    for key in ("kl_scale_kl", "kl_shift_kl", "kl_vae_kl"):
+        orig[f"{tag}/{key}"] = orig[f"{tag}/{key}"] * present
+    if f"ctl/{key}" in orig and tag == "train":
+        orig["ctl/kl_z_pres_kl"] = orig["ctl/kl_z_pres_kl"] * before
+        for key in ("kl_scale_kl", "kl_shift_kl", "kl_vae_kl"):
+            orig[f"ctl/{key}"] = orig[f"ctl/{key}"] * present
+
+
 def _gradients(report, mapping, model, grads, orig, optimizer, quirks):
     """Raw gradients (beside the control: the original against itself one ulp away), the
     clipping rule (the port's on its own gradients against the original's rule, NaN/Inf -> 0
     and clip_by_norm 1.0 of each of its variables, an LSTM's whole kernel as one, applied to
-    the same port gradients), and the weights after one Adam update from the original's
-    weights."""
+    the same port gradients), and the update rule (the weights after one Adam step on the
+    original's own raw gradients)."""
+    import tensorflow as tf
+
     from asr_tf import training
 
     by_var = {id(v): g for v, g in zip(model.trainable_variables, grads)}
@@ -347,17 +307,66 @@ def _gradients(report, mapping, model, grads, orig, optimizer, quirks):
         report["grad"][label] = entry
         rule = np.where(np.isfinite(raw), raw, 0.0) / max(norms[name], 1.0)
         report["clipped"][label] = difference(rule, np.asarray(clip))
-    training.apply_update(optimizer, list(grads), model.trainable_variables,
+    # The update rule alone: the port's clip and Adam step applied to the original's own raw
+    # gradients, from the original's weights, against the original's step.
+    orig_grads = [tf.constant(to_port(orig[f"grad/{name}"], rows if isinstance(rows, tuple)
+                                      else None)) for _, name, rows in mapping]
+    training.apply_update(optimizer, orig_grads, [v for v, _, _ in mapping],
                           quirks.per_variable_clip, model.clip_groups())
     for var, name, rows in mapping:
         label = f"{name}[{rows[0]}:{rows[1]}]" if isinstance(rows, tuple) else name
-        report["after"][label] = difference(_to_port(orig[f"after/{name}"], rows), var.numpy())
+        report["after"][label] = difference(to_port(orig[f"after/{name}"], rows), var.numpy())
 
 
-def summarize(report, threshold=ROUNDING_REL):
-    """The entries whose relative difference exceeds ``threshold`` (or whose finiteness
-    differs), as (section, name, difference) rows, largest first."""
-    rows = [(section, name, d) for section in ("train", "test", "loss", "grad", "clipped", "after")
-            for name, d in report[section].items()
-            if isinstance(d, dict) and (d["rel"] > threshold or d["nonfinite_mismatch"])]
-    return sorted(rows, key=lambda r: -r[2]["rel"])
+def verdict(entry, threshold=ROUNDING_REL, amplification=10.0):
+    """'rounding' (rel <= threshold), 'amplified' (above it, but at most ``amplification``
+    times what the original itself moves when every weight moves one ulp: rounding that the
+    computation amplifies, e.g. the BCE's 1 / (r + 1e-10) at the sampler's residues) or
+    'different'. A finiteness mismatch is always 'different'."""
+    if entry["nonfinite_mismatch"]:
+        return "different"
+    if entry["rel"] <= threshold:
+        return "rounding"
+    control = entry.get("control_rel")
+    if control is not None and entry["rel"] <= amplification * max(control, threshold):
+        return "amplified"
+    return "different"
+
+
+SECTIONS = ("train", "test", "loss", "grad", "clipped", "after")
+
+
+def summarize(report):
+    """Per section: how many entries agree to rounding, to amplified rounding, and which differ
+    (name, rel, control rel)."""
+    out = {}
+    for section in SECTIONS:
+        rows = {"rounding": 0, "amplified": 0, "different": []}
+        for name, entry in report[section].items():
+            if not (isinstance(entry, dict) and "rel" in entry):
+                continue
+            v = verdict(entry)
+            if v == "different":
+                rows["different"].append((name, entry["rel"], entry.get("control_rel")))
+            else:
+                rows[v] += 1
+        out[section] = rows
+    return out
+
+
+def markdown(report):
+    """The report as a markdown table per section (name, max abs, rel, control rel, verdict)."""
+    lines = [f"Comparison with the original: {'+'.join(report['configs'])}, {report['kind']}, "
+             f"batch {report['batch']}, noise seed {report['seed']}, weights: {report['weights']} "
+             f"(step {report['step']}); executed glimpse steps (train) "
+             f"{report['train']['steps_executed']}.", ""]
+    for section in SECTIONS:
+        lines += [f"### {section}", "", "| name | max abs | rel | control rel | verdict |",
+                  "|---|---|---|---|---|"]
+        for name, e in report[section].items():
+            if isinstance(e, dict) and "rel" in e:
+                ctl = e.get("control_rel")
+                lines.append(f"| {name} | {e['max_abs']:.3g} | {e['rel']:.2e} | "
+                             f"{'' if ctl is None else f'{ctl:.2e}'} | {verdict(e)} |")
+        lines.append("")
+    return "\n".join(lines)

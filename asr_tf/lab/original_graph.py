@@ -65,8 +65,8 @@ AIR_ARGS = dict(max_steps=6, max_digits=6, rnn_units=256, canvas_size=50, window
                 scale_prior_variance=0.05, shift_prior_mean=0.0, shift_prior_variance=1.0,
                 vae_prior_mean=0.0, vae_prior_variance=1.0, vae_likelihood_std=0.3,
                 scale_hidden_units=64, shift_hidden_units=64, z_pres_hidden_units=64,
-                z_pres_temperature=1.0, stopping_threshold=0.99, gradient_clipping_norm=1.0,
-                cnn=False,
+                z_pres_prior_log_odds=-0.01, z_pres_temperature=1.0, stopping_threshold=0.99,
+                gradient_clipping_norm=1.0, cnn=False, num_prior=None,
                 annealing_schedules={"z_pres_prior_log_odds": {
                     "init": 10000.0, "min": 0.000000001, "factor": 0.1, "iters": 3000,
                     "staircase": False, "log": True}})
@@ -296,8 +296,7 @@ def run(root, request_path, out_path):
         for tag, model, cap in (("train", train_model, captures[0]),
                                 ("test", test_model, captures[1])):
             fetch = dict(cap.stacked)
-            fetch.update({f"loss_{n}": t for n, t in zip(model.log_variables_name,
-                                                         model.log_variables_tens)})
+            fetch.update(_loss_terms(model))
             fetch.update(recon=model.reconstruction, num_digits=model.rec_num_digits)
             for name, value in sess.run(fetch, feed).items():
                 out[f"{tag}/{name}"] = value
@@ -309,8 +308,7 @@ def run(root, request_path, out_path):
         for v, value in weights.items():
             v.load(np.nextafter(value, np.float32(np.inf)), sess)
         fetch = dict(captures[0].stacked)
-        fetch.update({f"loss_{n}": t for n, t in zip(train_model.log_variables_name,
-                                                     train_model.log_variables_tens)})
+        fetch.update(_loss_terms(train_model))
         fetch.update(recon=train_model.reconstruction)
         for name, value in sess.run(fetch, feed).items():
             out[f"ctl/{name}"] = value
@@ -321,6 +319,15 @@ def run(root, request_path, out_path):
         sess.run(train_model.training, feed)
         out.update({f"after/{v.op.name}": sess.run(v) for v in variables})
     np.savez(out_path, **out)
+
+
+def _loss_terms(model):
+    """The loss terms a model exposes, as ``loss_<name>``: pPrior/ASR log every term (its
+    ``log_variables``); AIR keeps the reconstruction term and the loss as attributes (its KLs
+    are the per-step records)."""
+    if hasattr(model, "log_variables_name"):
+        return {f"loss_{n}": t for n, t in zip(model.log_variables_name, model.log_variables_tens)}
+    return {"loss_recon": model.reconstruction_loss, "loss_TotLoss": model.loss}
 
 
 def _session_config(tf):

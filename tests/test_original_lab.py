@@ -1,0 +1,100 @@
+"""The lab's comparison with the original code (asr_tf/lab/original_*.py).
+
+Without the original (it is not part of this project) these tests check the port-side pieces:
+the weight mapping both ways, the difference measures, the JSON-lines bookkeeping of the
+original's runs. With a prepared copy of the original named by ``ORIGINAL_DIR`` (docs/ORIGINAL.md,
+"Running the original"), the slow test runs the whole comparison.
+"""
+import math
+import os
+
+import numpy as np
+import pytest
+
+from asr_tf.lab import original_compare, original_run, original_weights
+from asr_tf.quirks import Quirks
+from conftest import make_model
+
+
+def test_weights_map_to_the_original_and_back():
+    """Port -> the original's variables -> another port model: every variable equal; the LSTM
+    blocks stack back into the original's one kernel; the forget bias of TF1's cell moves out
+    of the port's bias and back."""
+    faithful = Quirks(sampler_edge="four_gathers", lstm_fused_kernel=True)
+    a = make_model("pprior", 50, (1, 3), quirks=faithful)
+    b = make_model("pprior", 50, (1, 3), quirks=faithful)
+    weights = original_weights.original_weights(original_weights.pprior_map(a))
+    kernel = weights["air/air_model/infer_rnn_running/kernel"]
+    assert kernel.shape == (2500 + 53 + 256, 1024)  # [image; z_what, where; h], 4 gates
+    np.testing.assert_array_equal(kernel[2553:], a.inference.lstm.recurrent_kernel.numpy())
+    bias = weights["air/air_model/infer_rnn_running/bias"]
+    np.testing.assert_array_equal(bias, 0.0)  # the port's f block starts at 1, TF1's at 0
+    assert weights["air/air_model/gen_rnn_running/kernel"].shape == (53 + 256, 1024)
+    original_weights.load_weights(original_weights.pprior_map(b), weights)
+    mapped = {id(v) for v, _, _ in original_weights.pprior_map(b)}
+    for va, vb in zip(a.trainable_variables, b.trainable_variables):
+        if id(vb) in mapped:
+            np.testing.assert_array_equal(va.numpy(), vb.numpy())
+    unmapped = [v.path for v in b.trainable_variables if id(v) not in mapped]
+    assert len(unmapped) == 8  # the prior's scale heads: unused with the fixed prior (Q12)
+
+
+def test_air_map_covers_every_variable():
+    model = make_model("air", 50, (1, 3))
+    mapping = original_weights.air_map(model)
+    assert {id(v) for v, _, _ in mapping} == {id(v) for v in model.trainable_variables}
+    names = [n for _, n, _ in mapping]
+    assert names.count("air/rnn/rnn/kernel") == 2  # image block, recurrent block
+
+
+def test_difference_and_verdict_by_hand():
+    d = original_compare.difference([1.0, -4.0, 2.0], [1.0, -4.0004, 2.0])
+    assert d["max_abs"] == pytest.approx(4e-4) and d["rel"] == pytest.approx(1e-4)
+    assert original_compare.verdict(d) == "rounding"
+    d = original_compare.difference([1.0, 2.0], [1.5, 2.0])
+    assert d["rel"] == pytest.approx(0.25)
+    assert original_compare.verdict(d) == "different"
+    assert original_compare.verdict(dict(d, control_rel=0.05)) == "amplified"  # within 10x
+    assert original_compare.verdict(dict(d, control_rel=0.01)) == "different"
+    nan = original_compare.difference([1.0, np.nan], [1.0, 2.0])
+    assert nan["nonfinite_mismatch"] == 1 and original_compare.verdict(nan) == "different"
+    with pytest.raises(ValueError, match="shapes differ"):
+        original_compare.difference([1.0], [1.0, 2.0])
+
+
+def test_window_means_count_nan_steps():
+    rows = [{"elbo": 10.0, "nan_grad_entries": 0.0, "inf_grad_entries": 0.0},
+            {"elbo": 20.0, "nan_grad_entries": 5.0, "inf_grad_entries": 0.0},
+            {"elbo": 30.0, "nan_grad_entries": 7.0, "inf_grad_entries": 1.0}]
+    means = original_run._window_means(rows)
+    assert means["elbo"] == pytest.approx(20.0)
+    assert means["nan_grad_steps"] == 2 and means["nan_grad_entries"] == 12.0
+    assert means["inf_grad_steps"] == 1
+    assert original_run._window_means([]) == {}
+
+
+def test_check_prepared_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_air_pr.py"):
+        original_run.check_prepared(tmp_path)
+    for name in ("train_air_pr.py", "training_air_original.py", "tf1_contrib_layers.py"):
+        (tmp_path / name).write_text("")
+    with pytest.raises(FileNotFoundError, match="common20k13.tfrecords"):
+        original_run.check_prepared(tmp_path)
+
+
+ORIGINAL_DIR = os.environ.get("ORIGINAL_DIR")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ORIGINAL_DIR, reason="no prepared copy of the original (ORIGINAL_DIR)")
+@pytest.mark.parametrize("configs", [["air_asr_13", "faithful"], ["air_13", "faithful"]])
+def test_port_computes_what_the_original_computes(configs):
+    """Forward values, loss terms and clipping agree to rounding; gradients to rounding or to
+    the rounding the original itself amplifies (its one-ulp control)."""
+    report = original_compare.compare(ORIGINAL_DIR, configs, batch=8, seed=3)
+    summary = original_compare.summarize(report)
+    for section in ("train", "test", "clipped"):
+        assert summary[section]["different"] == [], (section, summary[section])
+    assert summary["grad"]["different"] == [], summary["grad"]
+    assert report["train"]["count"]["max_abs"] == 0 and report["test"]["count"]["max_abs"] == 0
+    assert math.isfinite(report["loss"]["loss_TotLoss"]["rel"])
