@@ -72,8 +72,8 @@ def _stacked(rec, key, steps, batch):
     if key in ("decoded", "rendered"):
         x = np.asarray(rec[key][-1])  # [B*T_max, ...]: every step, also those not executed
         return x.reshape((batch, -1) + x.shape[1:]).swapaxes(0, 1)[:steps]
-    x = np.concatenate([np.asarray(v) for v in rec[key]])
-    return x.reshape((steps, batch) + x.shape[1:])
+    x = np.concatenate([np.asarray(v) for v in rec[key]])  # AIR's readout: all T_max steps
+    return x.reshape((-1, batch) + x.shape[1:])[:steps]
 
 
 def difference(a, b):
