@@ -1,4 +1,5 @@
-"""The optimisation step (spec §7, Q42): one train step for every tf.distribute strategy.
+"""The optimisation step (docs/ORIGINAL.md §7, Q42): one train step for every tf.distribute
+strategy.
 
 ``train_step`` is a module-level ``tf.function``. One process is the default strategy (the
 same code, no special case): the replica function then runs alone and, with
