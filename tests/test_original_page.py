@@ -26,7 +26,7 @@ CHOICES[("DatasetSpec", "bbox_overlap_mode")] = scenes.BBOX_OVERLAP_MODES
 CONFIGS = {"base.gin": ROOT / "configs" / "base.gin", "faithful.gin": ROOT / "configs" / "faithful.gin"}
 QUIRK = re.compile(r"\bQ(\d+)\b(?:\s*[–-]\s*Q(\d+)\b)?")  # Q7, or a range Q25–Q27
 PAGE_CITATION = re.compile(r"ORIGINAL\.md ((?:§\d+(?:\.\d+)?(?:[–-]\d+(?:\.\d+)?)?(?:, )?)+)")
-OUTSIDE = re.compile(r"\.\./shared|shared/spec|\bspec (?:§|sections?\b)")
+OUTSIDE = re.compile(r"\.\./shared|shared/spe[c]|\bspec (?:§|sections?\b)")
 
 
 def tables(text):
