@@ -1,4 +1,5 @@
-"""Structural constraints: what we know about scenes, as named penalty terms (spec §6, paper §4).
+"""Structural constraints: what we know about scenes, as named penalty terms (paper §4;
+docs/ORIGINAL.md §6).
 
 ASR's idea is that human knowledge about the objects in a scene ("there are 1 or 3 of them",
 "they do not overlap", "they are all about the same size") becomes a penalty on the inferred
@@ -9,7 +10,7 @@ loss is the nELBO plus a weighted sum of constraints named in gin (asr_tf/object
     Objective.constraints = [('count_min', 10.0), ('count_margin', 100.0)]
 
 Adding one of your own takes one function and one gin line, no change to the training code
-(docs/CONSTRAINTS.md has the worked example, ``examples/one_row.py``):
+(docs/CONSTRAINTS.md has the worked example, ``docs/constraints/one_row.py``):
 
     @constraints.register("one_row")
     def one_row(boxes):

@@ -1,4 +1,4 @@
-"""SavedModel export for TensorFlow Serving (issue 6).
+"""SavedModel export for TensorFlow Serving.
 
 ``export_saved_model(model, export_dir)`` writes ``<export_dir>/<version>/`` with
 ``keras.export.ExportArchive`` and a ``models.config`` for

@@ -1,4 +1,4 @@
-"""Evaluation metrics of the original MOG-ASR code (spec section 8), as pure numpy functions.
+"""Evaluation metrics of the original MOG-ASR code (docs/ORIGINAL.md §8), as pure numpy functions.
 
 * ACC   - fraction of images whose inferred count equals the true count.
 * SE    - mean over images of sum over pixels of (x - clip(recon, 0, 1))^2.

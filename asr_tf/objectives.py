@@ -1,4 +1,5 @@
-"""The training objective (spec §4.3-4.4, §6.4): the nELBO plus weighted structural constraints.
+"""The training objective (docs/ORIGINAL.md §4.3–4.4, §6.4): the nELBO plus weighted structural
+constraints.
 
 Pure functions, tensors in and out. The constraints themselves are named entries of
 asr_tf/constraints.py; a run lists the ones it trains with, and their weights, in gin:
@@ -48,7 +49,8 @@ def squared_error(images, recon):
 
 
 def negative_elbo(images, outputs):
-    """Per-image nELBO (spec §4.4): BCE + sum_t KL_pres (gated) + sum_t m_t (KL_scale+shift+what).
+    """Per-image nELBO (docs/ORIGINAL.md §4.4): BCE + sum_t KL_pres (gated)
+    + sum_t m_t (KL_scale + KL_shift + KL_what).
 
     Returns:
       dict of [B] tensors: ``nelbo``, ``nll``, ``kl_pres``, ``kl_scale``, ``kl_shift``, ``kl_what``.
@@ -116,7 +118,7 @@ class Objective:
 
 def total_loss(images, outputs, objective, canvas_px, quirks, batch_mean=None,
                global_batch=None, num_replicas=1):
-    """The training loss of spec §6.4 and every term, unweighted, for logging.
+    """The training loss of docs/ORIGINAL.md §6.4 and every term, unweighted, for logging.
 
     Single process: ``loss = mean_b [nELBO_b + sum_i w_i C_i(b)] + sum_j w_j C_j``. One of
     ``num_replicas`` replicas of a global batch of ``global_batch`` images (``batch_mean`` the

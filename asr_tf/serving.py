@@ -10,8 +10,7 @@ an InvalidArgumentError of the graph is INVALID_ARGUMENT.
 
   python -m asr_tf.serving models/air_asr_14/1 air_asr_14   # prints {"port": P} once serving
 
-Needs ``grpcio`` and ``tensorflow-serving-api`` (installed without its tensorflow pin, see
-docs/SERVING.md).
+Needs ``grpcio`` and ``tensorflow-serving-api`` (both pinned in requirements.txt).
 """
 import concurrent.futures
 import json

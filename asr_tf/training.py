@@ -1,4 +1,5 @@
-"""The optimisation step (spec §7, Q42): one train step for every tf.distribute strategy.
+"""The optimisation step (docs/ORIGINAL.md §7, Q42): one train step for every tf.distribute
+strategy.
 
 ``train_step`` is a module-level ``tf.function``. One process is the default strategy (the
 same code, no special case): the replica function then runs alone and, with
@@ -85,7 +86,7 @@ def squared_norm(g):
     sums its rows as a product with a vector of ones, [-1, n] x [n]: XLA:CPU emits a full
     reduction as one sequential loop (2.2 ms for the 2.56 M gradient of the image projection)
     and a dot as a vectorized, threaded kernel (0.5 ms, square included; docs/PERFORMANCE.md,
-    "Round three"). The same sum in another order."""
+    "Clip norms as a matrix-vector product"). The same sum in another order."""
     if g.shape.rank is None or g.shape.rank < 2 or g.shape.num_elements() is None or \
             g.shape.num_elements() < MATVEC_NORM_MIN_SIZE:
         return tf.reduce_sum(tf.square(g))

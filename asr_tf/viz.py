@@ -1,4 +1,5 @@
-"""Images of the MOG-ASR runs (spec section 9): grids with numpy + PIL (curves: asr_tf/plots.py).
+"""Images of the MOG-ASR runs (docs/ORIGINAL.md §9): grids with numpy + PIL (curves:
+asr_tf/plots.py).
 
 * `draw_boxes`: a grayscale canvas, upscaled (nearest), with 1-px box outlines coloured by step
   (red, green, blue, yellow, magenta, cyan).

@@ -75,4 +75,7 @@ def repo_root():
 
 @pytest.fixture(scope="session")
 def shared_dir():
+    """A folder beside the checkout that may hold reference files of the original code (its
+    dSprites bitmaps, ``reference/dsprites_original_sprites.npz``); the tests that compare
+    against them skip where it is absent."""
     return SHARED_DIR

@@ -1,4 +1,4 @@
-"""Binary Concrete z_pres (spec section 3.3, quirks Q24, Q25)."""
+"""Binary Concrete z_pres (docs/ORIGINAL.md §3.3, quirks Q24, Q25)."""
 import math
 
 import numpy as np

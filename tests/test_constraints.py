@@ -1,5 +1,5 @@
-"""The structural constraints on hand-built boxes (spec §6; Q16-Q22), the registry, and a
-constraint of a user's own."""
+"""The structural constraints on hand-built boxes (docs/ORIGINAL.md §6; Q16-Q22), the registry,
+and a constraint of a user's own."""
 import dataclasses
 import importlib
 import math

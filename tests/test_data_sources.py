@@ -59,7 +59,7 @@ def test_dsprites_sprites_layout():
     assert set(np.unique(sprites)) == {0.0, 1.0}
     ink = sprites.any(axis=0)
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (3, 28, 3, 28)  # spec §2.1
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (3, 28, 3, 28)  # ORIGINAL.md §2.1
     # Orientations are linspace(0, 2 pi, 40): the last one repeats the first.
     np.testing.assert_array_equal(sprites[0::40], sprites[39::40])
     # The axis-aligned square is 20x20 px at rows/cols 6..25.

@@ -1,4 +1,4 @@
-"""Serving export (issue 6): the SavedModel loaded the way TF Serving loads it.
+"""Serving export: the SavedModel loaded the way TF Serving loads it.
 
 One export per model kind per module (exports trace three signatures: ~15 s each).
 Tolerances against the in-process model (``export.deterministic_reference``, eager Keras

@@ -1,4 +1,4 @@
-"""Hand-worked checks of asr_tf.metrics (spec section 8, quirks Q4 and Q28)."""
+"""Hand-worked checks of asr_tf.metrics (docs/ORIGINAL.md §8, quirks Q4 and Q28)."""
 import json
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""AIR and AIR-pPrior/ASR forward passes (spec sections 4, 5, 9; quirks Q12-Q17, Q34, Q35)."""
+"""AIR and AIR-pPrior/ASR forward passes (docs/ORIGINAL.md §4, §5, §9; quirks Q12-Q17, Q34,
+Q35)."""
 import functools
 import math
 import warnings

@@ -1,4 +1,5 @@
-"""The nELBO terms and the objective: nELBO + weighted constraints (spec §4.3-4.4, §6.4; Q18, Q20)."""
+"""The nELBO terms and the objective: nELBO + weighted constraints (docs/ORIGINAL.md §4.3–4.4,
+§6.4; Q18, Q20)."""
 import logging
 import math
 

@@ -299,8 +299,9 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     _write_run(runs, "air_asr_13+size", 0, [(200, 0.5), (400, 0.9)])
     air = _write_run(runs, "air_13", 0, [(200, 0.1), (400, 0.2)])
     with open(os.path.join(air, "invocations.jsonl"), "w") as f:  # resumed with newer code
-        for commit in ("abc1234", "abc1234", "def5678"):
-            f.write(json.dumps(dict(commit=commit, machine="EPYC")) + "\n")
+        for code in ({"commit": "abc1234"}, {"commit": "abc1234"},
+                     {"commit": "def5678", "dirty": True, "diff_sha256": "0123abcd" * 8}):
+            f.write(json.dumps(dict(code, machine="EPYC")) + "\n")
     tool = [sys.executable, str(repo_root / "tools" / "reproduce.py"), "--report_only",
             "--runs_dir", runs, "--out_dir", out_dir, "--nofigures", "--seeds", "1",
             "--table", "1", "--rows", "13", "14", "--steps", "400", "--last", "1",
@@ -316,7 +317,8 @@ def test_reproduce_tool_reports_from_disk(tmp_path, repo_root):
     assert table.strip() in open(results_md).read() and open(results_md).read().endswith("text\n")
     assert os.path.exists(os.path.join(out_dir, "runs", "air_13_s0", "metrics.jsonl"))
     assert "Multi-MNIST, 1 or 4 digits" in table  # both rows of `--rows 13 14`
-    assert "| EPYC | abc1234; def5678 |" in table  # each run's machines and code, once each
+    # each run's machines and code, once each; uncommitted changes by their diff's hash
+    assert "| EPYC | abc1234; def5678+0123abcd |" in table
     # a scratch --out_dir reads finished runs from the archive named by --archive_dir
     scratch = str(tmp_path / "scratch")
     out = subprocess.run([a.replace(runs, str(tmp_path / "empty")).replace(out_dir, scratch)

@@ -1,4 +1,4 @@
-"""Scene synthesis invariants, checked on real synthesised scenes (spec §2.2-2.5)."""
+"""Scene synthesis invariants, checked on real synthesised scenes (docs/ORIGINAL.md §2.2-2.5)."""
 import itertools
 import os
 import subprocess
@@ -187,7 +187,7 @@ def test_images_and_boxes_are_consistent(name):
     real = boxes[mask]  # [n, 4] (x, y, w, h)
     assert (real[:, :2] >= 0).all() and (real[:, 2:] >= 1).all()
     assert (real[:, 0] + real[:, 2] <= size).all() and (real[:, 1] + real[:, 3] <= size).all()
-    if spec.rescale:  # spec §2.5: ~12 px MNIST, ~12-16 px dSprites after the 0.6 rescale
+    if spec.rescale:  # ORIGINAL.md §2.5: ~12 px MNIST, ~12-16 px dSprites after the 0.6 rescale
         assert real[:, 2:].max() <= int(patches.SOURCE_SIDE_PX[spec.source] * 0.6)
     for b in range(NUM_SCENES):  # all ink lies inside the union of the GT boxes
         covered = np.zeros([size, size], bool)

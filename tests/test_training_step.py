@@ -1,4 +1,5 @@
-"""The optimisation step (spec section 7, Q42): gradient processing, jit vs non-jit, overfitting."""
+"""The optimisation step (docs/ORIGINAL.md §7, Q42): gradient processing, jit vs non-jit,
+overfitting."""
 import time
 
 import keras

@@ -1,5 +1,5 @@
-"""Spatial transformer (spec section 3.1, quirk Q30): separable sampler vs the gather reference,
-hard and zero_pad edges, and hand-computed pixels."""
+"""Spatial transformer (docs/ORIGINAL.md §3.1, quirk Q30): separable sampler vs the gather
+reference, hard and zero_pad edges, and hand-computed pixels."""
 import numpy as np
 import pytest
 import tensorflow as tf

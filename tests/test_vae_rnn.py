@@ -1,4 +1,4 @@
-"""Glimpse VAE (spec section 3.2) and the LSTM core / heads (sections 3.4, Q43)."""
+"""Glimpse VAE (docs/ORIGINAL.md §3.2) and the LSTM core / heads (§3.4, Q43)."""
 import math
 
 import numpy as np

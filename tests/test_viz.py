@@ -1,4 +1,4 @@
-"""Checks of asr_tf.viz (spec section 9, quirk Q37)."""
+"""Checks of asr_tf.viz (docs/ORIGINAL.md §9, quirk Q37)."""
 import numpy as np
 from PIL import Image
 

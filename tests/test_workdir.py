@@ -1,6 +1,7 @@
 """A run's folder (asr_tf/run/workdir.py): its record, lock and checkpoints; and its fixed data
 set: every seed tests on the same scenes, the workdir knows how it was started, and the tools
 evaluate a run exactly as it evaluated itself."""
+import hashlib
 import json
 import os
 import subprocess
@@ -80,6 +81,73 @@ def test_record_keeps_the_seeds_and_refuses_others(tmp_path):
     assert "train_eval.eval_every = 7" in open(os.path.join(workdir, "config.gin.latest")).read()
 
 
+def _git(repo, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                          check=True, capture_output=True, text=True).stdout
+
+
+def test_record_names_uncommitted_code_and_keeps_its_diff(tmp_path):
+    """A tree with uncommitted changes is recorded as such: dirty, the diff's sha256, the diff
+    in the workdir; applied to a clone of the commit, the diff rebuilds the tree."""
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "a.py").write_text("x = 1\n")
+    (repo / ".gitignore").write_text("/out/\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "one")
+    commit = _git(repo, "rev-parse", "--short", "HEAD").strip()
+    clean, diff = workdir_lib.code_state(str(repo / "pkg"))  # any folder of the checkout
+    assert clean == {"commit": commit, "dirty": False, "diff_sha256": None} and diff == b""
+
+    (repo / "pkg" / "a.py").write_text("x = 2\n")  # an edit, a new file, an ignored one
+    (repo / "pkg" / "b.py").write_text("y = 3\n")
+    big = bytes(range(256)) * (workdir_lib.UNTRACKED_MAX_BYTES // 256 + 1)  # named, not copied
+    (repo / "pkg" / "big.bin").write_bytes(big)
+    (repo / "out").mkdir()
+    (repo / "out" / "log.txt").write_text("ignored\n")
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    workdir_lib.write_record(str(workdir), seed=0, data_seed=0, argv=["t"], tree=str(repo))
+    (record,) = workdir_lib.invocations(str(workdir))
+    assert record["commit"] == commit and record["dirty"] is True
+    saved = (workdir / record["diff_file"]).read_bytes()
+    assert hashlib.sha256(saved).hexdigest() == record["diff_sha256"]
+    assert record["diff_file"] == f"code-{record['diff_sha256'][:12]}.diff"
+    assert b"out/log.txt" not in saved
+    assert (f"# untracked pkg/big.bin: {len(big)} bytes, sha256 "
+            f"{hashlib.sha256(big).hexdigest()}\n").encode() in saved
+    clone = tmp_path / "clone"
+    _git(tmp_path, "clone", "-q", str(repo), str(clone))
+    (clone / "change.diff").write_bytes(saved)
+    _git(clone, "apply", "change.diff")
+    assert (clone / "pkg" / "a.py").read_text() == "x = 2\n"
+    assert (clone / "pkg" / "b.py").read_text() == "y = 3\n"
+    # The checkout itself is untouched: the edit unstaged, the new file untracked.
+    assert _git(repo, "status", "--porcelain") == " M pkg/a.py\n?? pkg/b.py\n?? pkg/big.bin\n"
+
+    # Outside a checkout: nothing known, nothing claimed.
+    assert workdir_lib.code_state(str(tmp_path)) == (
+        {"commit": None, "dirty": None, "diff_sha256": None}, b"")
+
+
+def test_code_of_a_step_lists_the_invocations_that_trained_it(tmp_path):
+    workdir = str(tmp_path)
+    states = [dict(commit="a", dirty=False, diff_sha256=None),
+              dict(commit="a", dirty=True, diff_sha256="f" * 64,
+                   diff_file="code-ffffffffffff.diff"),
+              dict(commit="b", dirty=False, diff_sha256=None)]
+    with open(os.path.join(workdir, workdir_lib.INVOCATIONS_FILE), "w") as f:
+        for start, state in zip((0, 100, 200), states):
+            f.write(json.dumps(dict(start_step=start, seed=0, data_seed=0, **state)) + "\n")
+    assert workdir_lib.code_of(workdir, 0) == states[:1]
+    assert workdir_lib.code_of(workdir, 100) == states[:1]
+    assert workdir_lib.code_of(workdir, 101) == states[:2]
+    assert workdir_lib.code_of(workdir, 300) == states
+    assert [workdir_lib.code_label(s) for s in states] == ["a", "a+ffffffff", "b"]
+    assert workdir_lib.code_label({"machine": "m"}) is None  # git was not there
+
+
 def test_checkpoint_paths_and_restore_errors(tmp_path):
     """One owner of the ckpt/ layout: the step from a checkpoint's name, clear errors."""
     workdir = str(tmp_path / "w")
@@ -119,6 +187,8 @@ def test_record_and_evaluate_tool_reproduce_a_seed_1_run(tmp_path, repo_root):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout[out.stdout.index("{"):])
     assert result["step"] == 6
+    assert result["code"] == workdir_lib.code_of(workdir, 6)  # this checkout's state
+    assert result["code"][0]["commit"] == invocation["commit"]
     for key in ("acc", "se", "nelbo", "miou", "kl_pres", "box_side_px", "se_1obj"):
         assert result[key] == pytest.approx(logged[key], rel=1e-6, abs=1e-9), key
     # Another noise seed is another evaluation of the same scenes.

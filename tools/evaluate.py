@@ -2,6 +2,9 @@
 
 By default exactly as the run evaluated itself (its test scenes, its noise, its number of test
 scenes, all read from the workdir's record): at a checkpoint step it reproduces the logged line.
+The output's ``code`` is the code that trained the checkpoint, as the record has it: each
+invocation's commit, whether its tree had uncommitted changes (``dirty``), their sha256 and the
+file in the workdir that holds them (``diff_file``).
 
   python tools/evaluate.py --workdir runs/air_asr_13 [--num_test 500] [--deterministic]
   python tools/evaluate.py --workdir runs/air_asr_13 --at_end   # both passes into summary.json
@@ -31,13 +34,16 @@ def main(argv):
 
     try:
         if FLAGS.at_end:
-            print(json.dumps(trained.end_evaluations(FLAGS.workdir, FLAGS.checkpoint), indent=1))
+            both = trained.end_evaluations(FLAGS.workdir, FLAGS.checkpoint)
+            code = workdir_lib.code_of(FLAGS.workdir, both["step"])
+            print(json.dumps(dict(both, code=code), indent=1))
             return
         result = trained.evaluate_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                                           num_test=FLAGS.num_test, seed=FLAGS.seed,
                                           deterministic=FLAGS.deterministic)
     except (FileNotFoundError, workdir_lib.CheckpointError) as err:
         raise app.UsageError(str(err))
+    result["code"] = workdir_lib.code_of(FLAGS.workdir, result["step"])
     text = json.dumps(result, indent=1)
     print(text)
     with open(FLAGS.out or os.path.join(FLAGS.workdir, "evaluation.json"), "w") as f:

@@ -8,7 +8,7 @@ Signatures and serving commands: docs/SERVING.md.
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 flags.DEFINE_string("workdir", None, "Training workdir (config.gin + ckpt/).", required=True)
 flags.DEFINE_string("export_dir", None, "Model base path; its basename is the served model name.",
@@ -23,8 +23,6 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    if not FLAGS["verbosity"].present:  # TF logs every saved function at INFO
-        logging.set_verbosity(logging.WARNING)
     from asr_tf import export
     from asr_tf.run import trained
 

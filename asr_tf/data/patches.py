@@ -1,5 +1,5 @@
-"""Object patches of the synthetic scenes (spec §2.2): square crops of the source images,
-optionally rescaled.
+"""Object patches of the synthetic scenes (docs/ORIGINAL.md §2.2): square crops of the source
+images, optionally rescaled.
 
 Per object: a square-ish crop around the ink of one source image (`crop_non_empty`, negative
 starts clamped to 0, Q3); with a rescale factor r ~ U(lo, hi), an order-5 spline onto an
@@ -49,7 +49,7 @@ def _crop_bounds(ink_cols: np.ndarray, ink_rows: np.ndarray):
 
 
 def crop_non_empty(image: np.ndarray) -> np.ndarray:
-    """Square-ish crop [h, w] around the ink of one image [H, W] (spec §2.2 step 1, Q3).
+    """Square-ish crop [h, w] around the ink of one image [H, W] (docs/ORIGINAL.md §2.2, Q3).
 
     Raises EmptyPatch if the image has no ink.
     """
@@ -62,7 +62,7 @@ def crop_non_empty(image: np.ndarray) -> np.ndarray:
 
 
 def rescale_patch(patch: np.ndarray, factor: float, side_px: int) -> np.ndarray:
-    """Rescale a cropped patch by `factor` (spec §2.2 step 2); returns the re-cropped patch.
+    """Rescale a cropped patch by `factor` (docs/ORIGINAL.md §2.2); returns the re-cropped patch.
 
     Order-5 spline, output pixel o reads input o / factor, output shape int(side_px * factor)
     squared (side_px = the source image side, not the crop's), then clip to [0, 1], zero

@@ -1,4 +1,5 @@
-"""Placement of object patches on a scene's canvas (spec §2.3): overlap rules, restarts.
+"""Placement of object patches on a scene's canvas (docs/ORIGINAL.md §2.3): overlap rules,
+restarts.
 
 Integer top-left x ~ U{0..S-w}, y ~ U{0..S-h}, up to MAX_ATTEMPTS_PER_OBJECT tries per object
 (the first object always fits), otherwise the whole scene restarts; overlap rule `pixel` (ink

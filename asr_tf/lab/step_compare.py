@@ -76,12 +76,6 @@ def serve_steps(config="air_asr_14", kinds="asr", jit_modes="1", batch_size=64, 
     return None
 
 
-def _git_commit(tree):
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True,
-                          text=True)
-    return proc.stdout.strip() or None
-
-
 def _start_server(tree, config, kind, jit, batch_size, seed, bindings, threads):
     """A step server of ``tree``'s own code (its tools/benchmark.py, its asr_tf first on the
     path), ready; returns (process, its ready line)."""
@@ -118,13 +112,13 @@ def compare_steps(baseline_dir=None, config="air_asr_14", kinds="asr", jit_modes
     two runs side by side).
 
     Returns:
-      dict: ``baseline`` / ``this`` (path, commit) and per kind and jit mode: ms per step of
-      each (median over ``batches`` steps), ``speedup`` (baseline ms / this ms), the speed-up
-      of each pair of neighbouring blocks (median and range), glimpse steps executed, GFLOP
-      per step (analytic, the executed glimpse steps), GFLOP/s and their fraction of the
-      2048^2 matmul's rate; ``cpu_ms_per_step`` (the server's CPU time, all threads) and
-      ``cpu_speedup``: with one thread a measure of the work that waiting for a core does not
-      inflate.
+      dict: ``baseline`` / ``this`` (path, its code: ``workdir.code_state``) and per kind
+      and jit mode: ms per step of each (median over ``batches`` steps), ``speedup``
+      (baseline ms / this ms), the speed-up of each pair of neighbouring blocks (median and
+      range), glimpse steps executed, GFLOP per step (analytic, the executed glimpse steps),
+      GFLOP/s and their fraction of the 2048^2 matmul's rate; ``cpu_ms_per_step`` (the
+      server's CPU time, all threads) and ``cpu_speedup``: with one thread a measure of the
+      work that waiting for a core does not inflate.
     """
     trees = {"baseline": os.path.abspath(baseline_dir or THIS_TREE), "this": THIS_TREE}
     if not os.path.isfile(os.path.join(trees["baseline"], "tools", "benchmark.py")):
@@ -138,10 +132,13 @@ def compare_steps(baseline_dir=None, config="air_asr_14", kinds="asr", jit_modes
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     yardstick, yardstick_flops = benchmarks.yardstick_matmul()
+    from asr_tf.run import workdir as workdir_lib
+
     result = {"what": "train_compare", "config": config, "batch_size": batch_size,
               "block": block, "threads": threads or "all",
-              "baseline": {"path": trees["baseline"], "commit": _git_commit(trees["baseline"])},
-              "this": {"path": trees["this"], "commit": _git_commit(trees["this"]),
+              "baseline": {"path": trees["baseline"],
+                           **workdir_lib.code_state(trees["baseline"])[0]},
+              "this": {"path": trees["this"], **workdir_lib.code_state(trees["this"])[0],
                        "bindings": bindings["this"]}}
     for kind in kinds.split(","):
         for jit in [bool(int(j)) for j in jit_modes.split(",")]:

@@ -1,4 +1,4 @@
-"""Plain AIR baseline (spec §5, quirks Q32-Q34).
+"""Plain AIR baseline (docs/ORIGINAL.md §5, quirks Q32-Q34).
 
 One 256-unit LSTM that sees only the image at every step (no feedback of z,
 Q33); scale and shift are independent given h; fixed priors scale N(-1, 0.05),
@@ -30,7 +30,7 @@ ANNEAL_EPS = 1e-9  # the original adds it to the odds before the log
 
 
 def annealed_prior_logit(step, start_odds=1e4, steps_per_decade=3000.0, floor_odds=1e-9):
-    """AIR's z_pres prior log-odds at global step k (spec §5):
+    """AIR's z_pres prior log-odds at global step k (docs/ORIGINAL.md §5):
     ln(max(start_odds * 0.1^(k / steps_per_decade), floor_odds) + 1e-9).
 
     Smooth in k. The original's values: 9.2103 at k=0, 0 at k=12,000, floored at
@@ -45,8 +45,8 @@ def annealed_prior_logit(step, start_odds=1e4, steps_per_decade=3000.0, floor_od
 @dataclasses.dataclass(frozen=True)
 class PresencePriorSchedule:
     """The annealed z_pres prior of plain AIR: its odds fall tenfold every ``steps_per_decade``
-    iterations from ``start_odds`` until they reach ``floor_odds`` (spec §5; the original's
-    ``annealing_schedules`` entry: init 1e4, factor 0.1, iters 3000, min 1e-9, log).
+    iterations from ``start_odds`` until they reach ``floor_odds`` (docs/ORIGINAL.md §5; the
+    original's ``annealing_schedules`` entry: init 1e4, factor 0.1, iters 3000, min 1e-9, log).
 
     Attributes:
       start_odds: prior odds of presence at step 0 (1e4: log-odds 9.21).
@@ -74,7 +74,7 @@ class PresencePriorSchedule:
 
 
 def count_prior_bias(counts, max_glimpses):
-    """Per-step ``-ap`` biases from the allowed counts (spec §5).
+    """Per-step ``-ap`` biases from the allowed counts (docs/ORIGINAL.md §5).
 
     The target at step t is P(count > t | count > t-1) over the allowed counts;
     1 becomes +100, 0 becomes -100 and a fraction q becomes ln(q / (1 - q)).
@@ -152,7 +152,7 @@ class AIR(GlimpseModel):
         self.prior_bias = tf.constant(
             count_prior_bias(add_prior_counts, max_glimpses) if self.add_prior
             else np.zeros(max_glimpses, np.float32))  # [T]
-        self.zpres_prior = zpres_prior or PresencePriorSchedule(1e4, 3000.0, 1e-9)  # spec §5
+        self.zpres_prior = zpres_prior or PresencePriorSchedule(1e4, 3000.0, 1e-9)  # the original's
         self.built = True  # every variable exists (GlimpseModel: all state is made in __init__)
 
     def lstm_cores(self):
@@ -255,7 +255,7 @@ class AIR(GlimpseModel):
                 "prior_logit": prior.numpy()}
 
     def generate(self, noise, count):
-        """Draws exactly ``count`` objects per scene from the fixed priors (spec §5).
+        """Draws exactly ``count`` objects per scene from the fixed priors (docs/ORIGINAL.md §5).
 
         Args:
           noise: dict from :meth:`generation_noise`.

@@ -1,4 +1,4 @@
-"""The glimpse loop shared by AIR and AIR-pPrior/ASR (spec §4.2 loop control, Q15-Q17).
+"""The glimpse loop shared by AIR and AIR-pPrior/ASR (docs/ORIGINAL.md §4.2, Q15-Q17).
 
 The loop runs at most ``max_glimpses`` steps and continues while *any* item of the
 batch is still active (running stop sum below the threshold), as the original's
@@ -204,7 +204,7 @@ class GlimpseModel(keras.Model):
         return y, z
 
     def _advance(self, carry, z):
-        """Stop-sum, presence mask and count (spec §4.2 steps 13-14).
+        """Stop-sum, presence mask and count (docs/ORIGINAL.md §4.2).
 
         Returns (carry, present [B], active_before [B]).
         """

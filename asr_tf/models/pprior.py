@@ -1,4 +1,4 @@
-"""AIR-pPrior, the model under AIR-ASR (spec §4; ASR = this model + penalties).
+"""AIR-pPrior, the model under AIR-ASR (docs/ORIGINAL.md §4; ASR = this model + penalties).
 
 Two 256-unit LSTMs. The inference LSTM reads [image, previous z_what, previous
 pre-squash where]; the prior LSTM reads the previous *posterior* samples
@@ -129,7 +129,7 @@ class PPriorAIR(GlimpseModel):
     Args:
       canvas_px: S (50 MNIST, 64 dSprites).
       decoder_noise: std of the N(0, 1) noise on the decoder's logits in a forward pass (the
-        original's pPrior: 0, spec §4); generation draws its pixels instead (Q36).
+        original's pPrior: 0, docs/ORIGINAL.md §4); generation draws its pixels instead (Q36).
       fix_steps: if an int k (single allowed count), the z_pres prior logit is
         +100 for t < k and -100 after, instead of the learned prior.
       size_range_px: (c_min, c_max); generation renders the constant scale
@@ -236,7 +236,7 @@ class PPriorAIR(GlimpseModel):
 
     # ------------------------------------------------------------ generation
     def generate(self, noise):
-        """Samples scenes from the prior LSTM (spec §9, Q35/Q36).
+        """Samples scenes from the prior LSTM (docs/ORIGINAL.md §9, Q35/Q36).
 
         Args:
           noise: dict from :meth:`generation_noise`.

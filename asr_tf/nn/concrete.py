@@ -1,4 +1,4 @@
-"""Binary Concrete z_pres in logit space (spec §3.3, quirks Q24, Q25).
+"""Binary Concrete z_pres in logit space (docs/ORIGINAL.md §3.3, quirks Q24, Q25).
 
 A relaxed Bernoulli with logit ``alpha`` and temperature ``lam`` is sampled in
 logit space, ``y = (alpha + logistic noise) / lam``, and ``z = sigmoid(y)``.

@@ -1,7 +1,8 @@
 """The original code's sampler arithmetic: quirk Q30, ``Quirks.sampler_edge = 'four_gathers'``.
 
 The original samples with the classic TF spatial transformer (``air/transformer.py``, an
-Apache-2.0 copy, spec §3.1). Per output pixel, in float32 and one op (one rounding) at a time:
+Apache-2.0 copy, docs/ORIGINAL.md §3.1). Per output pixel, in float32 and one op (one rounding)
+at a time:
 
   x_s = s_x * x_t + o_x                  theta @ [x_t, y_t, 1]; the y_t term is 0 * y_t
   x   = (x_s + 1) * (W - 1.001) / 2      source pixels; y likewise with H

@@ -1,4 +1,4 @@
-"""Spatial transformer for axis-aligned glimpses (spec §3.1, quirk Q30).
+"""Spatial transformer for axis-aligned glimpses (docs/ORIGINAL.md §3.1, quirk Q30).
 
 The glimpse affine of AIR is axis-aligned: a source column depends only on the
 target column and a source row only on the target row. Bilinear sampling is

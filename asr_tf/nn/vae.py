@@ -1,4 +1,4 @@
-"""Glimpse VAE (spec §3.2): a 784-512-256 softplus encoder to a 50-d Gaussian and
+"""Glimpse VAE (docs/ORIGINAL.md §3.2): a 784-512-256 softplus encoder to a 50-d Gaussian and
 a 50-256-512 softplus decoder to 784 Bernoulli logits. Both return TFP distributions."""
 import keras
 import tensorflow as tf

@@ -18,7 +18,7 @@ from asr_tf import models  # noqa: F401
 from asr_tf.run import loop, workdir as workdir_lib, xla_cpu  # noqa: F401
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
-BASES = ("base", "air", "pprior", "learn")  # included by the run configs, not runs themselves
+BASES = ("base", "air", "pprior")  # included by the run configs, not runs themselves
 OVERLAYS = ("faithful", "size", "decay", "floor20k")  # added after a run config
 
 

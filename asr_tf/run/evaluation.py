@@ -1,5 +1,5 @@
-"""Evaluation of a run on its data set's fixed test scenes (spec §8): ACC, SE, nELBO, mIoU, box
-statistics, the count histogram; reconstruction and generation grids.
+"""Evaluation of a run on its data set's fixed test scenes (docs/ORIGINAL.md §8): ACC, SE, nELBO,
+mIoU, box statistics, the count histogram; reconstruction and generation grids.
 
 The test scenes are the data set's (``spec.data_seed``), the same for every seed of a run; the
 evaluation noise at step k comes from the run's seed and k, so evaluating a checkpoint again
@@ -16,7 +16,8 @@ from asr_tf.data import pipeline
 
 
 class Evaluator:
-    """Runs the test pass over the fixed test scenes and computes ACC, SE, nELBO, mIoU (spec §8).
+    """Runs the test pass over the fixed test scenes and computes ACC, SE, nELBO, mIoU
+    (docs/ORIGINAL.md §8).
 
     Args:
       spec: the run's data set (its data seed fixes the test scenes).
@@ -111,7 +112,8 @@ def box_diagnostics(out, canvas_px):
 
 
 def se_by_count(images, recon, true_count):
-    """SE (spec §8) over the test images of each true object count: {'se_<c>obj': float}."""
+    """SE (docs/ORIGINAL.md §8) over the test images of each true object count:
+    {'se_<c>obj': float}."""
     true_count = np.asarray(true_count).reshape(-1)
     return {f"se_{c}obj": metrics_lib.squared_error(images[true_count == c], recon[true_count == c])
             for c in np.unique(true_count)}

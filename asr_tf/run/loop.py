@@ -1,4 +1,4 @@
-"""``train_eval``: the training loop (spec §7-§9).
+"""``train_eval``: the training loop (docs/ORIGINAL.md §7–9).
 
 A run lives in one workdir (its layout: asr_tf/run/workdir.py). Resume: the same command again
 restores the latest checkpoint and continues at its step with the same next batch (the data
@@ -41,7 +41,7 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     Args:
       workdir: run folder (created).
       num_steps: total iterations; None -> floor(num_epochs * N_train / batch_size) (Q41).
-      eval_every: iterations between test evaluations (200, spec §8).
+      eval_every: iterations between test evaluations (200, docs/ORIGINAL.md §8).
       log_every: iterations averaged per training-summary point (20); TensorBoard shows each
         point when it is logged.
       checkpoint_every: iterations between checkpoints (a run killed in between resumes from

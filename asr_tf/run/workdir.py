@@ -5,7 +5,8 @@ A workdir holds::
   config.gin            every gin binding of the run (tools/train.py's flags included as
                         ``train_eval.seed``, ``train_eval.strategy``); tools rebuild the run from it
   invocations.jsonl     one line per invocation of the training: when, the command line, the
-                        code commit, the machine, the step it started at, the run's seeds
+                        code (commit; uncommitted changes flagged, hashed and saved beside:
+                        code-<hash>.diff), the machine, the step it started at, the run's seeds
   operative_config.gin  the bindings actually used (written at the end of an invocation)
   train/, eval/         TensorBoard event files, live (asr_tf/run/summaries.py)
   metrics.jsonl         one line per evaluation
@@ -19,6 +20,7 @@ so ``tools/evaluate.py``, ``generate.py`` and ``export.py`` need nothing but ``-
 """
 import datetime
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +44,8 @@ SUMMARY_FILE = "summary.json"
 LOG_FILE = "log.txt"
 CKPT_DIR = "ckpt"
 LOCK_FILE = ".lock"
+CODE_DIFF_FILE = "code-{}.diff"  # an invocation's uncommitted changes, by their hash's head
+CODE_TREE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The small results of a run, archived under docs/results/ (no checkpoints).
 RECORD_FILES = (METRICS_FILE, SUMMARY_FILE, CONFIG_FILE, OPERATIVE_FILE, INVOCATIONS_FILE,
                 LOG_FILE)
@@ -127,9 +131,10 @@ def busy(workdir):
 
 
 # ------------------------------------------------------------------ the record
-def write_record(workdir, seed, data_seed, start_step=0, argv=None):
+def write_record(workdir, seed, data_seed, start_step=0, argv=None, tree=CODE_TREE):
     """Writes the bindings in force to ``config.gin`` (first invocation) and appends this
-    invocation, with the run's seeds, to ``invocations.jsonl``.
+    invocation, with the run's seeds and the code of ``tree`` (:func:`code_state`; a diff of
+    uncommitted changes saved as ``code-<hash>.diff``), to ``invocations.jsonl``.
 
     Seeds other than the first invocation's are refused (RecordMismatchError) before anything
     is written: they would make another run. A later invocation with other bindings keeps the
@@ -152,9 +157,14 @@ def write_record(workdir, seed, data_seed, start_step=0, argv=None):
         path += ".latest"
     with open(path, "w") as f:
         f.write(text)
+    code, diff = code_state(tree)
+    if diff:
+        code["diff_file"] = CODE_DIFF_FILE.format(code["diff_sha256"][:12])
+        with open(os.path.join(workdir, code["diff_file"]), "wb") as f:
+            f.write(diff)
     record = {"time": datetime.datetime.now().isoformat(timespec="seconds"),
               "argv": list(sys.argv if argv is None else argv), "start_step": int(start_step),
-              "commit": _git_commit(), "machine": machine(), **seeds}
+              **code, "machine": machine(), **seeds}
     with open(os.path.join(workdir, INVOCATIONS_FILE), "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -168,13 +178,66 @@ def invocations(workdir):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _git_commit():
+UNTRACKED_MAX_BYTES = 1 << 20  # a larger untracked file enters the diff as its size and hash
+
+
+def code_state(tree):
+    """The code of the git checkout holding ``tree``: ({'commit': HEAD's short hash, 'dirty':
+    whether anything differs from it, 'diff_sha256': the hash of the diff or None}, the diff).
+
+    The diff (bytes; empty when clean) is ``git diff HEAD`` (every change to tracked files,
+    staged or not) followed by each untracked file that git does not ignore, as a new file
+    (one above UNTRACKED_MAX_BYTES as a comment line with its size and sha256 instead), so
+    ``git apply`` on a checkout of the commit rebuilds the tree. Nothing in the checkout is
+    changed. Outside a checkout, or without git: ({'commit': None, 'dirty': None,
+    'diff_sha256': None}, b'')."""
+    def git(*args, ok=(0,)):
+        proc = subprocess.run(["git", *args], cwd=top, capture_output=True, timeout=60)
+        if proc.returncode not in ok:
+            raise subprocess.CalledProcessError(proc.returncode, args, proc.stderr)
+        return proc.stdout
+
+    top = tree
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)))
-        return out.stdout.strip() or None
+        top = git("rev-parse", "--show-toplevel").decode().strip()
+        commit = git("rev-parse", "--short", "HEAD").decode().strip()
+        diff = git("diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv")
+        untracked = git("ls-files", "--others", "--exclude-standard", "-z").split(b"\0")
+        for name in sorted(filter(None, untracked)):
+            path = os.path.join(top, os.fsdecode(name))
+            if os.path.getsize(path) > UNTRACKED_MAX_BYTES:
+                with open(path, "rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+                diff += (f"# untracked {os.fsdecode(name)}: {os.path.getsize(path)} bytes, "
+                         f"sha256 {digest}\n").encode()
+            else:  # exit status 1: the files differ
+                diff += git("diff", "--no-index", "--binary", "--", "/dev/null", name, ok=(1,))
     except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, "diff_sha256": None}, b""
+    return {"commit": commit, "dirty": bool(diff),
+            "diff_sha256": hashlib.sha256(diff).hexdigest() if diff else None}, diff
+
+
+def code_label(record):
+    """An invocation's code in a few characters: its commit, and ``+<the diff's hash head>``
+    when its tree had uncommitted changes; None when the record names no commit."""
+    if not record.get("commit"):
         return None
+    return record["commit"] + (f"+{record['diff_sha256'][:8]}" if record.get("dirty") else "")
+
+
+def code_of(workdir, step):
+    """The code that trained a run up to ``step``: the distinct code states (commit, dirty,
+    diff_sha256, diff_file) of the invocations that trained steps up to it, oldest first."""
+    states = []
+    for record in invocations(workdir):
+        if record.get("start_step", 0) >= step and states:
+            break
+        state = {k: record[k] for k in ("commit", "dirty", "diff_sha256", "diff_file")
+                 if k in record}
+        if state not in states:
+            states.append(state)
+    return states
 
 
 def machine():
