@@ -40,9 +40,9 @@ The paper's constraints, as the original code computes them:
 | ``presence_entropy`` | - | image | entropy of q(z_pres) (the code's ``-gn``; not in the paper) |
 
 The original ties F1 and F2-F5 to one weight (``-gb``, Q18): the overlap configs give both the
-same weight. Boxes are in pixels: centre c = (shift + 1) * S / 2, side d = scale * S. Every
-constraint runs over the *executed* glimpse steps of the batch, unmasked by presence (Q16,
-Q17): ``boxes.weight`` is the step mask, or the presence with
+same weight. Boxes are in pixels (``metrics.where_px``): centre c = (shift + 1) * S / 2, side
+d = scale * S. Every constraint runs over the *executed* glimpse steps of the batch, unmasked
+by presence (Q16, Q17): ``boxes.weight`` is the step mask, or the presence with
 ``Quirks.mask_penalties_by_presence``.
 """
 import dataclasses
@@ -50,6 +50,8 @@ from typing import Callable
 
 import gin
 import tensorflow as tf
+
+from asr_tf import metrics
 
 CE_EPS = 1e-8  # inside the logit of the count CEs
 SIZE_EPS_PX = 3.0  # F7 tolerance
@@ -93,16 +95,16 @@ class Boxes:
 
 def boxes_from_outputs(outputs, canvas_px, counts, size_range_px, quirks, batch_mean=None):
     """The :class:`Boxes` of a model's outputs (the dict of ``GlimpseModel.call``)."""
-    s = float(canvas_px)
     step_mask = outputs["step_mask"]  # [T]
     weight = step_mask[None, :]  # [1, T]
     if quirks.mask_penalties_by_presence:
         weight = weight * outputs["present"]
     weight = tf.broadcast_to(weight, tf.shape(outputs["scale"]))  # [B, T]
     extra = {} if batch_mean is None else {"batch_mean": batch_mean}
-    return Boxes(centers_px=(outputs["shift"] + 1.0) * s / 2.0, sides_px=outputs["scale"] * s,
-                 weight=weight, step_mask=step_mask, z_pres_prob=outputs["z_pres_prob"],
-                 z_pres_logit=outputs["z_pres_logit"], canvas_px=int(canvas_px),
+    centers_px, sides_px = metrics.where_px(outputs["scale"], outputs["shift"], canvas_px)
+    return Boxes(centers_px=centers_px, sides_px=sides_px, weight=weight, step_mask=step_mask,
+                 z_pres_prob=outputs["z_pres_prob"], z_pres_logit=outputs["z_pres_logit"],
+                 canvas_px=int(canvas_px),
                  counts=tuple(counts), size_range_px=tuple(float(v) for v in size_range_px),
                  quirks=quirks, **extra)
 

@@ -11,16 +11,17 @@ Signatures (S = canvas_px, T = max_glimpses, Z = z_what_dim):
                     -> count int32 [N], z_pres float32 [N, T], boxes_px float32 [N, T, 4],
                        z_what float32 [N, T, Z], reconstruction float32 [N, S, S, 1]
                     Deterministic: posterior means, z_pres = [posterior prob > 0.5], no
-                    decoder noise (Quirks.deterministic_eval forced on, all noise zero).
+                    decoder noise (the model's deterministic pass, all noise zero).
   infer_stochastic  images as above, seed int64 [] -> the same outputs from one stochastic
                     test pass (Q25-Q27: sampled where/what, Bernoulli z_pres, AIR's decoder
                     noise) with stateless noise: equal (images, seed) give equal outputs.
   generate          num_scenes int32 [] (1..max_generate), seed int64 []
                     -> images float32 [N, S, S, 1] clipped to [0, 1], count int32 [N],
                        boxes_px float32 [N, T, 4].
-                    pPrior/ASR: the prior LSTM decides the count. AIR (whose prior does not
-                    model the count): scene n gets exactly counts[n % len(counts)] objects,
-                    ``counts`` fixed at export (``generate_counts``), as the training figures.
+                    The model's own ``generate``: pPrior/ASR's prior LSTM decides the count;
+                    AIR (whose prior does not model the count) gives scene n exactly
+                    counts[n % len(counts)] objects, its data set's counts, as the training
+                    figures do.
 
 With ``stochastic_default=True`` the stochastic pass is ``serving_default`` (inputs images and
 seed) and the deterministic one is exported as ``infer_deterministic``.
@@ -28,16 +29,13 @@ seed) and the deterministic one is exported as ``infer_deterministic``.
 Output conventions: z_pres[n, t] is 1 for the objects that are counted (the first count[n]
 steps; the stopping rule applied) and 0 after, so ``count == z_pres.sum(-1)``; boxes_px and
 z_what are zero where z_pres is 0. A box is (x, y, w, h) in pixels, top-left corner and size:
-x = (shift_x + 1) * S/2 - scale * S/2, w = h = scale * S (as ``metrics.xywh_from_where``).
+x = (shift_x + 1) * S/2 - scale * S/2, w = h = scale * S (``metrics.where_px``).
 
 Input checks run inside the graph (TF Serving's C++ session checks the dtype of a request, not
 its shape): wrong rank, wrong canvas size, an empty batch (N = 0) or values outside [0, 1] (or
 NaN) raise InvalidArgumentError "images must be float32 [N, S, S, 1], N >= 1, with values in
 [0, 1] ...".
 """
-import contextlib
-import dataclasses
-import logging
 import os
 import re
 import shutil
@@ -45,6 +43,8 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
+
+from asr_tf import metrics
 
 SERVING_DEFAULT = "serving_default"
 INFER_STOCHASTIC = "infer_stochastic"
@@ -104,25 +104,12 @@ class StatelessDraws:
         return tf.random.stateless_normal(shape, self._next())
 
 
-@contextlib.contextmanager
-def _quirks(model, **changes):
-    """Temporarily replaces fields of ``model.quirks`` (active while a signature is traced)."""
-    saved = model.quirks
-    model.quirks = dataclasses.replace(saved, **changes)
-    try:
-        yield
-    finally:
-        model.quirks = saved
-
-
 def boxes_xywh(scale, shift, canvas_px):
-    """(x, y, w, h) px boxes [N, T, 4] from scale [N, T] and shift [N, T, 2] (tensor version
-    of ``metrics.xywh_from_where``)."""
-    s = float(canvas_px)
-    size = scale * s
-    x = (shift[..., 0] + 1.0) * s / 2.0 - size / 2.0
-    y = (shift[..., 1] + 1.0) * s / 2.0 - size / 2.0
-    return tf.stack([x, y, size, size], -1)
+    """(x, y, w, h) px boxes [N, T, 4] from scale [N, T] and shift [N, T, 2] (tensors; the
+    numpy twin is ``metrics.xywh_from_where``, both from ``metrics.where_px``)."""
+    centre, side = metrics.where_px(scale, shift, canvas_px)  # [N, T, 2], [N, T]
+    side = side[..., None]  # [N, T, 1]
+    return tf.concat([centre - side / 2.0, side, side], -1)
 
 
 def _masked(values, mask):
@@ -147,43 +134,28 @@ def _zero_noise(model, batch):
     return noise
 
 
-def _is_air(model):
-    return not hasattr(model, "fix_steps")
-
-
 # --------------------------------------------------------------------------- signatures
-def serving_functions(model, generate_counts=None, max_generate=DEFAULT_MAX_GENERATE):
+def serving_functions(model, max_generate=DEFAULT_MAX_GENERATE):
     """The three exported computations as plain Python callables of tensors.
 
     Returns dict name -> (fn, input_signature); names 'infer', 'infer_stochastic', 'generate'.
-    Each fn sets the quirks it needs while it runs (i.e. while it is traced).
     """
-    s, t_max = model.canvas_px, model.max_glimpses
+    s = model.canvas_px
     images_spec = tf.TensorSpec([None, s, s, 1], tf.float32, name="images")
     seed_spec = tf.TensorSpec([], tf.int64, name="seed")
     num_spec = tf.TensorSpec([], tf.int32, name="num_scenes")
 
-    if _is_air(model):
-        counts = tuple(int(c) for c in (generate_counts or range(1, t_max + 1)))
-        bad = [c for c in counts if not 1 <= c <= t_max]
-        if bad:
-            raise ValueError(f"generate_counts {counts}: each must be in 1..{t_max}")
-    else:
-        counts = None
-
     def infer(images):
         images = _check_images(images, s)
         batch = tf.shape(images)[0]
-        with _quirks(model, deterministic_eval=True):
-            out = model(images, _zero_noise(model, batch), training=False)
+        out = model(images, _zero_noise(model, batch), training=False, deterministic=True)
         return _infer_outputs(model, out)
 
     def infer_stochastic(images, seed):
         images = _check_images(images, s)
         batch = tf.shape(images)[0]
-        with _quirks(model, deterministic_eval=False):
-            noise = model.sample_noise(batch, StatelessDraws(seed))
-            out = model(images, noise, training=False)
+        noise = model.sample_noise(batch, StatelessDraws(seed))
+        out = model(images, noise, training=False, deterministic=False)
         return _infer_outputs(model, out)
 
     def generate(num_scenes, seed):
@@ -192,27 +164,10 @@ def serving_functions(model, generate_counts=None, max_generate=DEFAULT_MAX_GENE
             [f"num_scenes must be in [1, {max_generate}]; got", num_scenes])
         with tf.control_dependencies([check]):
             num = tf.identity(num_scenes)
-        noise = model.generation_noise(num, StatelessDraws(seed))
-        if counts is None:  # pPrior / ASR: the prior decides the count
-            out = model.generate(noise)
-            images, count = out["images"], out["count"]
-            scale, shift, present = out["scale"], out["shift"], out["present"]
-        else:  # AIR: scene n draws counts[n % len(counts)] objects
-            which = tf.math.floormod(tf.range(num), len(counts))  # [N]
-            images = tf.zeros([num, s, s])
-            count = tf.zeros([num], tf.int32)
-            present = tf.zeros([num, t_max])
-            scale = shift = None
-            for i, c in enumerate(counts):
-                part = model.generate(noise, c)  # same noise: only the object count differs
-                sel = tf.cast(tf.equal(which, i), tf.float32)  # [N]
-                images += sel[:, None, None] * part["images"]
-                count += tf.cast(sel, tf.int32) * c
-                present += sel[:, None] * part["present"]
-                scale, shift = part["scale"], part["shift"]  # independent of the count
-        boxes = _masked(boxes_xywh(scale, shift, s), present)
-        return {"images": tf.clip_by_value(images, 0.0, 1.0)[..., None],
-                "count": tf.cast(count, tf.int32), "boxes_px": boxes}
+        out = model.generate(model.generation_noise(num, StatelessDraws(seed)))
+        boxes = _masked(boxes_xywh(out["scale"], out["shift"], s), out["present"])
+        return {"images": tf.clip_by_value(out["images"], 0.0, 1.0)[..., None],
+                "count": tf.cast(out["count"], tf.int32), "boxes_px": boxes}
 
     return {"infer": (infer, [images_spec]),
             "infer_stochastic": (infer_stochastic, [images_spec, seed_spec]),
@@ -250,7 +205,7 @@ def _ensure_built(model):
 
 
 def export_saved_model(model, export_dir, version=None, stochastic_default=False,
-                       generate_counts=None, max_generate=DEFAULT_MAX_GENERATE):
+                       max_generate=DEFAULT_MAX_GENERATE):
     """Writes the serving SavedModel of ``model`` to ``<export_dir>/<version>/``.
 
     Args:
@@ -260,8 +215,6 @@ def export_saved_model(model, export_dir, version=None, stochastic_default=False
       stochastic_default: if True, ``serving_default`` is the stochastic pass (images, seed)
         and the deterministic one is ``infer_deterministic``; by default ``serving_default``
         is deterministic and the stochastic one is ``infer_stochastic``.
-      generate_counts: AIR only: the object counts ``generate`` cycles through (the dataset's
-        allowed counts); default 1..max_glimpses. Ignored for pPrior/ASR.
       max_generate: upper bound of ``num_scenes`` checked in the graph.
     Returns:
       The version directory path.
@@ -280,11 +233,8 @@ def export_saved_model(model, export_dir, version=None, stochastic_default=False
     if os.path.exists(path):
         raise FileExistsError(f"{path} exists: refusing to overwrite version {version} "
                               f"(omit --version for the next free one, {next_version(export_dir)})")
-    if _is_air(model) and not generate_counts:
-        logging.warning("AIR export without generate_counts: 'generate' cycles counts 1..%d",
-                        model.max_glimpses)
     _ensure_built(model)
-    fns = serving_functions(model, generate_counts, max_generate)
+    fns = serving_functions(model, max_generate)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -320,13 +270,11 @@ def export_saved_model(model, export_dir, version=None, stochastic_default=False
 
 def deterministic_reference(model, images):
     """The deterministic outputs computed directly from ``model`` in-process (numpy dict),
-    independent of the export code path: test-mode pass with Quirks.deterministic_eval and
+    independent of the export code path: the model's deterministic test pass with
     zero noise, boxes from ``metrics.xywh_from_where``."""
-    from asr_tf import metrics  # noqa: PLC0415
-
     images = tf.convert_to_tensor(images, tf.float32)
-    with _quirks(model, deterministic_eval=True):
-        out = model(images, _zero_noise(model, tf.shape(images)[0]), training=False)
+    out = model(images, _zero_noise(model, tf.shape(images)[0]), training=False,
+                deterministic=True)
     out = {k: v.numpy() for k, v in out.items()}
     on = out["present"][..., None] > 0
     boxes = metrics.xywh_from_where(out["scale"], out["shift"], model.canvas_px)

@@ -31,6 +31,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
+    "where_px",
     "boxes_from_where",
     "xywh_from_where",
     "gt_boxes_xyxy",
@@ -56,6 +57,19 @@ def _scale_array(scale) -> np.ndarray:
     return scale
 
 
+def where_px(scale, shift, canvas_px):
+    """The one rule from the `where` latents to pixels, for numpy arrays and tensors alike:
+    centres (shift + 1) * S/2 [..., 2] (x, y) and sides scale * S [...].
+
+    Args:
+      scale: [...] box side as a fraction of the canvas; shift: [..., 2] centre in [-1, 1].
+    Returns:
+      (centres_px [..., 2], sides_px [...]).
+    """
+    s = float(canvas_px)
+    return (shift + 1.0) * (s / 2.0), scale * s
+
+
 def boxes_from_where(scale, shift, canvas_px) -> np.ndarray:
     """Inferred boxes in pixels from the `where` latents.
 
@@ -67,13 +81,9 @@ def boxes_from_where(scale, shift, canvas_px) -> np.ndarray:
       [N, T, 4] float64 boxes (x1, y1, x2, y2); x1 = (shift_x+1)*S/2 - scale*S/2,
       x2 = (shift_x+1)*S/2 + scale*S/2, likewise y.
     """
-    scale = _scale_array(scale)
-    shift = np.asarray(shift, dtype=np.float64)
-    half = float(canvas_px) / 2.0
-    cx = (shift[..., 0] + 1.0) * half
-    cy = (shift[..., 1] + 1.0) * half
-    r = scale * half
-    return np.stack([cx - r, cy - r, cx + r, cy + r], axis=-1)
+    centre, side = where_px(_scale_array(scale), np.asarray(shift, dtype=np.float64), canvas_px)
+    half = side[..., None] / 2.0  # [N, T, 1]
+    return np.concatenate([centre - half, centre + half], axis=-1)
 
 
 def xywh_from_where(scale, shift, canvas_px) -> np.ndarray:

@@ -116,6 +116,12 @@ class Objective:
         return pairs
 
 
+def objective_for(spec):
+    """The run's Objective (the constraints gin binds) for the data set ``spec``: its allowed
+    counts and size range."""
+    return Objective(counts=tuple(spec.counts), size_range_px=tuple(spec.size_range_px))
+
+
 def total_loss(images, outputs, objective, canvas_px, quirks, batch_mean=None,
                global_batch=None, num_replicas=1):
     """The training loss of docs/ORIGINAL.md §6.4 and every term, unweighted, for logging.

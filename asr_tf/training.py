@@ -27,8 +27,6 @@ Hence the loss and update equal the single-process ones on the same weights, dat
 to float summation order (tests/test_distribute.py). All model randomness is drawn outside the
 compiled part from a checkpointable ``tf.random.Generator``.
 """
-import dataclasses
-
 import gin
 import keras
 import tensorflow as tf
@@ -224,13 +222,8 @@ def eval_step(model, images, noise, step, deterministic=False):
     """One test pass (hard z_pres, Q25-Q27) with the given noise. Returns (outputs, terms [B]).
 
     ``deterministic`` (a Python bool: one trace each): means and z_pres thresholded at 0.5
-    instead of one stochastic pass, whatever ``model.quirks.deterministic_eval`` says."""
-    configured = model.quirks
-    model.quirks = dataclasses.replace(configured, deterministic_eval=deterministic)
-    try:  # the quirk is read while tracing
-        outputs = model(images, noise, step=step, training=False)
-    finally:
-        model.quirks = configured
+    instead of one stochastic pass, whatever ``Quirks.deterministic_eval`` says."""
+    outputs = model(images, noise, step=step, training=False, deterministic=deterministic)
     terms = objectives.negative_elbo(images, outputs)
     terms["se"] = objectives.squared_error(images, outputs["recon"])
     return outputs, terms

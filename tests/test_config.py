@@ -7,7 +7,7 @@ import sys
 import gin
 import pytest
 
-from asr_tf import training
+from asr_tf import models, objectives, training
 from asr_tf.run import config, workdir as workdir_lib
 from conftest import MODEL_VALUES
 
@@ -16,7 +16,7 @@ DATASETS = {"13": "mnist_13", "14": "mnist_14", "24": "mnist_24", "mnist_overlap
 
 
 def _constraints():
-    return dict(workdir_lib.build_components(workdir_lib.run_spec())[1].constraints)
+    return dict(objectives.objective_for(workdir_lib.run_spec()).constraints)
 
 
 def test_every_config_parses_alone_and_with_every_overlay():
@@ -78,12 +78,12 @@ def test_decay_overlay_cuts_the_rate_tenfold_at_14000():
         plain = _constraints()
         config.parse(run + ["decay"])
         assert _constraints() == plain
-        optimizer = training.make_optimizer(workdir_lib.build_components(workdir_lib.run_spec())[0])
+        optimizer = training.make_optimizer(models.model_for(workdir_lib.run_spec()))
         # 1e-3 for the updates of steps 1..14,000, 1e-4 from step 14,001 on
         assert training.update_rate(optimizer, 14000) == pytest.approx(1e-3)
         assert training.update_rate(optimizer, 14001) == pytest.approx(1e-4)
     config.parse(["air_asr_14", "size"])
-    optimizer = training.make_optimizer(workdir_lib.build_components(workdir_lib.run_spec())[0])
+    optimizer = training.make_optimizer(models.model_for(workdir_lib.run_spec()))
     assert training.update_rate(optimizer, 20000) == pytest.approx(1e-3)
 
 
@@ -104,7 +104,7 @@ def test_unknown_config_and_parameter_are_errors():
         config.parse(["air_asr_13"], ["train_eval.bogus = 1"])
     with pytest.raises(ValueError, match="unknown constraint 'bogus'"):
         config.parse(["air_asr_13"], ["Objective.constraints = [('bogus', 1.0)]"])
-        workdir_lib.build_components(workdir_lib.run_spec())
+        objectives.objective_for(workdir_lib.run_spec())
 
 
 def test_run_names_and_default_workdirs():

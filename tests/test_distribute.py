@@ -115,8 +115,8 @@ def test_two_workers_match_single_process(tmp_path):
     assert np.all(np.isfinite([v for _, v in got]))
 
     # The chief's checkpoint restores in a single process.
-    model, _, _ = trained.load_trained(workdir)
-    ref_model, _, _ = trained.load_trained(ref_dir)
+    model = trained.load_trained(workdir).model
+    ref_model = trained.load_trained(ref_dir).model
     diffs = np.concatenate([np.abs(a - b).ravel()
                             for a, b in zip(model.get_weights(), ref_model.get_weights())])
     print(f"weights after {STEPS} steps: max |dw| {diffs.max():.2e}")
@@ -151,7 +151,7 @@ def _mirrored_check():
     the data rows, the logs, the Adam moments, the noise generator; then checkpoints both ways."""
     import keras
 
-    from asr_tf import training
+    from asr_tf import models, objectives, training
     from asr_tf.run import distribute
 
     config.parse(["air_asr_13"], ["build_model.lstm_units = 32", "make_strategy.logical_cpus = 2"])
@@ -164,7 +164,7 @@ def _mirrored_check():
 
     def components():
         keras.utils.set_random_seed(0)
-        model, objective, _ = workdir_lib.build_components(spec)
+        model, objective = models.model_for(spec), objectives.objective_for(spec)
         return model, training.make_optimizer(model), tf.random.Generator.from_seed(1), objective
 
     m1, o1, g1, objective = components()

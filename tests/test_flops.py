@@ -139,7 +139,7 @@ def test_side_by_side_steps_with_one_thread_through_the_tool(repo_root):
         [sys.executable, str(repo_root / "tools" / "benchmark.py"), "--what", "train",
          "--config", "air_asr_14", "--kinds", "asr", "--jit_modes", "0", "--batch_size", "4",
          "--batches", "2", "--warmup_batches", "1", "--threads", "1",
-         "--with_binding", "build_model.matmul_dtype = 'float32'"],
+         "--with_binding", "xla_cpu_codegen.concurrency_scheduler = True"],
         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])

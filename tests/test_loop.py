@@ -67,7 +67,7 @@ def test_resume_after_crash_is_exact_and_logs_nothing_twice(tmp_path, monkeypatc
     config.parse(["air_asr_13"], SMALL)
     ref_dir = str(tmp_path / "ref")
     loop.train_eval(ref_dir, max_steps=6)
-    ref_model, _, _ = trained.load_trained(ref_dir)
+    ref_model = trained.load_trained(ref_dir).model
     ref_weights = [w.copy() for w in ref_model.get_weights()]
 
     # Crash at step 5 (the last checkpoint is step 3), then the same command again.
@@ -89,7 +89,7 @@ def test_resume_after_crash_is_exact_and_logs_nothing_twice(tmp_path, monkeypatc
     config.parse(["air_asr_13"], SMALL)
     loop.train_eval(run_dir, max_steps=6)
 
-    model, _, _ = trained.load_trained(run_dir)
+    model = trained.load_trained(run_dir).model
     for a, b in zip(ref_weights, model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     steps = [s for s, _ in scalars(os.path.join(run_dir, "train"), "loss")]

@@ -14,7 +14,7 @@ from asr_tf import objectives
 from asr_tf.run import config
 from asr_tf.models import build_model
 from asr_tf.models.air import AIR, annealed_prior_logit, count_prior_bias
-from asr_tf.models.base import RECORD_KEYS
+from asr_tf.models.base import RECORD_KEYS, TRAIN
 from asr_tf.models.pprior import PPriorAIR
 from asr_tf.nn import transformer
 from asr_tf.quirks import Quirks
@@ -65,7 +65,7 @@ def _recompute_canvas(model, images, noise, out, use_present=True):
         eps_pix = noise["eps_pix"][t] if "eps_pix" in noise else None
         _, _, rendered = model._glimpse_and_render(images[..., 0], out["scale"][:, t],
                                                    out["shift"][:, t], noise["eps_what"][t],
-                                                   eps_pix, True)
+                                                   eps_pix, TRAIN)
         w = out["z_pres"][:, t].numpy()
         if use_present:
             w = w * out["present"][:, t].numpy()

@@ -24,6 +24,9 @@ def test_cpu_has_reads_the_flags_line(tmp_path):
     assert xla_cpu.cpu_has("avx512f", str(info)) and xla_cpu.cpu_has("avx2", str(info))
     assert not xla_cpu.cpu_has("avx512", str(info))  # whole words of the flags line only
     assert not xla_cpu.cpu_has("avx512f", str(tmp_path / "missing"))
+    assert xla_cpu.cpuinfo_field("model name", str(info)) == "EPYC avx512f"
+    assert xla_cpu.cpuinfo_field("bugs", str(info)) == ""
+    assert xla_cpu.cpuinfo_field("flags", str(tmp_path / "missing")) == ""
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@
       --batches 100 --warmup_batches 10
   # this tree with and without a binding, side by side:
   python tools/benchmark.py --what train --kinds asr --jit_modes 0,1 \
-      --with_binding "build_model.matmul_dtype = 'bfloat16'"
+      --with_binding "xla_cpu_codegen.vector_width = 256"
 """
 import json
 import sys
@@ -41,8 +41,8 @@ flags.DEFINE_string("compare_with", None, "train mode: another checkout (e.g. a 
                     "of the baseline commit) whose training step runs beside this one's, in "
                     "alternating blocks")
 flags.DEFINE_multi_string("with_binding", [], "train mode, side by side: a gin binding for "
-                          "this tree's step only (e.g. \"build_model.matmul_dtype = "
-                          "'bfloat16'\"); the baseline is --compare_with or this tree without it")
+                          "this tree's step only (e.g. \"xla_cpu_codegen.vector_width = "
+                          "256\"); the baseline is --compare_with or this tree without it")
 flags.DEFINE_integer("threads", None, "train mode, side by side (and serve_steps): TensorFlow "
                      "threads of the steps and of the matmul yardstick (default: all cores; 1 as "
                      "the Tables runs train)")

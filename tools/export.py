@@ -27,15 +27,13 @@ def main(argv):
     from asr_tf.run import trained
 
     try:
-        model, spec, _ = trained.load_trained(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
-        counts = tuple(spec.counts)  # the run's data set: AIR generates these counts
+        model = trained.load_trained(FLAGS.workdir, checkpoint=FLAGS.checkpoint).model
         path = export.export_saved_model(model, FLAGS.export_dir, version=FLAGS.version,
-                                         stochastic_default=FLAGS.stochastic_default,
-                                         generate_counts=counts)
+                                         stochastic_default=FLAGS.stochastic_default)
     except (FileNotFoundError, FileExistsError, RuntimeError, ValueError) as err:
         sys.exit(f"export: {type(err).__name__}: {err}")  # CheckpointError is a RuntimeError
     print(json.dumps({"saved_model": path, "model_config": export.MODEL_CONFIG_FILE,
-                      "generate_counts": counts}, indent=1))
+                      "model": model.kind}, indent=1))
 
 
 if __name__ == "__main__":

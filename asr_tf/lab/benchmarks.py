@@ -140,7 +140,7 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
     import tensorflow as tf
 
     from asr_tf.run import config as config_lib
-    from asr_tf import training
+    from asr_tf import models, objectives, training
     from asr_tf.run import evaluation, workdir as workdir_lib
     from asr_tf.lab import flops
     from asr_tf.data import pipeline
@@ -155,7 +155,7 @@ def train_benchmark(config: str = "air_asr_14", batch_size: int = 64, warmup_bat
         config_lib.parse([config], bindings + zero)
         spec = workdir_lib.run_spec()
         keras.utils.set_random_seed(seed)
-        model, objective, _ = workdir_lib.build_components(spec)
+        model, objective = models.model_for(spec), objectives.objective_for(spec)
         optimizer = training.make_optimizer(model)
         generator = tf.random.Generator.from_seed(seed)
         data = iter(pipeline.make_dataset(spec, "train", batch_size=batch_size, seed=seed))

@@ -3,7 +3,7 @@ histogram and presence per step as markdown (asr_tf/counts.py computes them), an
 the count ledger.
 
 * :func:`count_elbo_ledger` prices every count k = 0..T for plain AIR, whose proposals do not
-  depend on z_pres (``AIR.glimpse_ledger``): the nELBO of the test pass had it stopped after
+  depend on z_pres (:func:`glimpse_ledger`): the nELBO of the test pass had it stopped after
   k glimpses, with the presence prior charged as a Bernoulli, and the count it would choose.
 * :func:`diagnose_workdir` runs one test pass of a trained run and reports all of it
   (tools/diagnose_counts.py).
@@ -11,11 +11,12 @@ the count ledger.
 import numpy as np
 import tensorflow as tf
 
+from asr_tf import metrics
 from asr_tf import objectives
 from asr_tf.counts import as_counts, count_histogram, count_report
-from asr_tf.models.air import AIR
-from asr_tf.objectives import BCE_EPS  # the loss's epsilon: the ledger prices what it trains
-from asr_tf.run import config, evaluation, trained
+from asr_tf.models.base import batch_major, flat, unflat
+from asr_tf.nn import transformer
+from asr_tf.run import trained
 
 
 def boxes_by_step(scale, shift, present, images, true_count, canvas_px):
@@ -39,8 +40,7 @@ def boxes_by_step(scale, shift, present, images, true_count, canvas_px):
                          "must be [N, T], [N, T, 2], [N, T]")
     true_count = as_counts("true_count", true_count)
     x = np.asarray(images, np.float64).reshape(n, canvas_px, canvas_px)
-    side = scale * canvas_px  # [N, T]
-    centre = (shift + 1.0) * canvas_px / 2.0  # [N, T, 2]
+    centre, side = metrics.where_px(scale, shift, canvas_px)  # [N, T, 2], [N, T]
     grid = np.arange(canvas_px) + 0.5  # pixel centres
     lo, hi = centre - side[..., None] / 2, centre + side[..., None] / 2  # [N, T, 2]
     in_x = (grid[None, None, :] >= lo[..., 0:1]) & (grid[None, None, :] <= hi[..., 0:1])  # [N, T, S]
@@ -105,11 +105,43 @@ def format_report(report):
     return "\n".join(lines) + "\n"
 
 
+def glimpse_ledger(model, images, noise, step=0):
+    """Every step's proposal of a plain-AIR test pass, whether or not it is used.
+
+    AIR's proposals do not depend on z_pres (the LSTM sees only the image, Q33), so the test
+    pass with count k uses exactly the first k of these; :func:`count_elbo_ledger` prices
+    every k. From the model's own parts: ``proposals`` (all T steps, each priced as present)
+    and each step's glimpse decoded and rendered on its own (the test pass renders them
+    summed).
+
+    Args:
+      model: an AIR (``kind`` 'air'); images: [B, S, S, 1]; noise: dict from
+        ``model.sample_noise`` (test-pass noise); step: global step (for the prior log-odds).
+    Returns:
+      dict of numpy arrays: ``rendered`` [B, T, S, S] (each glimpse on the canvas, z=1),
+      ``kl_glimpse`` [B, T] (KL of scale + shift + what, nats), ``z_pres_logit`` [B, T],
+      ``prior_logit`` [T] (the annealed prior plus any -ap bias).
+    """
+    if model.kind != "air":
+        raise ValueError(f"the glimpse ledger is plain AIR's; this model is {model.kind!r}")
+    t_max = model.max_glimpses
+    rec = model.proposals(images, noise, step)  # [T, B, ...]
+    eps_pix = noise.get("eps_pix")
+    glimpses = model.decode(flat(rec["z_what"]), None if eps_pix is None else flat(eps_pix))
+    rendered = transformer.render_glimpse(glimpses, flat(rec["scale"]), flat(rec["shift"]),
+                                          model.canvas_px, model.quirks.sampler_edge)  # [T*B, S, S]
+    kl = rec["kl_scale"] + rec["kl_shift"] + rec["kl_what"]  # [T, B]
+    return {"rendered": batch_major(unflat(rendered, t_max)).numpy(),
+            "kl_glimpse": batch_major(kl).numpy(),
+            "z_pres_logit": batch_major(rec["z_pres_logit"]).numpy(),
+            "prior_logit": model.prior_logit(step).numpy()}
+
+
 def _bernoulli_nll(images, recon):
-    """[N] -sum_pixels [x ln(r + e) + (1 - x) ln(1 - r + e)] (as objectives.bernoulli_nll)."""
-    r = np.clip(recon, 0.0, 1.0)
-    nll = -(images * np.log(r + BCE_EPS) + (1.0 - images) * np.log(1.0 - r + BCE_EPS))
-    return nll.reshape(nll.shape[0], -1).sum(-1)
+    """[N] the loss's reconstruction term (``objectives.bernoulli_nll``) in float64, on the
+    recon clipped to [0, 1]: the ledger prices what the model trains on."""
+    recon = tf.constant(np.clip(recon, 0.0, 1.0), tf.float64)
+    return objectives.bernoulli_nll(tf.constant(images, tf.float64), recon).numpy()
 
 
 def _log_sigmoid(x):
@@ -126,7 +158,7 @@ def count_elbo_ledger(images, rendered, kl_glimpse, prior_logit):
 
     Args:
       images: [N, S, S] (or [N, S, S, 1]) in [0, 1].
-      rendered: [N, T, S, S] each step's glimpse on the canvas (``AIR.glimpse_ledger``).
+      rendered: [N, T, S, S] each step's glimpse on the canvas (:func:`glimpse_ledger`).
       kl_glimpse: [N, T] KL of scale + shift + what of each step, nats.
       prior_logit: [T] (or [N, T]) prior log-odds a_t of presence.
     Returns:
@@ -243,10 +275,10 @@ def diagnose_workdir(workdir, checkpoint=None, num_test=None, seed=None, ledger=
     ``ledger_summary`` and ``ledger_check`` (the largest |nll of the pass - ledger nll at the
     inferred count|, which must be ~0).
     """
-    model, spec, step = trained.load_trained(workdir, checkpoint)
-    num_test = config.recorded("num_test") if num_test is None else num_test
-    seed = config.recorded("seed") if seed is None else seed
-    scenes = evaluation.Evaluator(model, spec, num_test, seed).test
+    run = trained.load_trained(workdir, checkpoint)
+    model, spec, step = run.model, run.spec, run.step
+    seed = run.seed if seed is None else seed
+    scenes = run.evaluator(num_test, seed).test
     images, true_count = scenes["image"], scenes["count"].numpy()
     gen = tf.random.Generator.from_seed(seed * 1_000_003 + step + 11)
     counts, probs, nlls, ledgers, wheres = [], [], [], [], []
@@ -258,8 +290,8 @@ def diagnose_workdir(workdir, checkpoint=None, num_test=None, seed=None, ledger=
         probs.append(out["z_pres_prob"].numpy())
         wheres.append({k: out[k].numpy() for k in ("scale", "shift", "present")})
         nlls.append(objectives.bernoulli_nll(x, out["recon"]).numpy())
-        if ledger and isinstance(model, AIR):
-            led = model.glimpse_ledger(x, noise, step)
+        if ledger and model.kind == "air":
+            led = glimpse_ledger(model, x, noise, step)
             prior = led["prior_logit"] if ledger_prior_logit is None else ledger_prior_logit
             ledgers.append(count_elbo_ledger(x.numpy(), led["rendered"], led["kl_glimpse"], prior))
     count = np.concatenate(counts)

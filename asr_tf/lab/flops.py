@@ -42,8 +42,7 @@ def step_macs(model, batch):
     projection), as a dict by component."""
     s, g, u = model.canvas_px, model.glimpse_px, 256
     z = model.z_what_dim
-    kind = type(model).__name__
-    if kind == "PPriorAIR":
+    if model.kind == "pprior":
         u = model.prior.units
         heads = (2 * _dense_macs([u, 64, 2])  # shift loc / log-var
                  + 2 * ((u + 2) * 64 + (64 + 2) * 1)  # scale | shift, loc / log-var
@@ -70,7 +69,7 @@ def train_step_flops(model, batch, steps):
     product of the glimpse extraction (both multiply the data).
     """
     s = model.canvas_px
-    u = model.prior.units if hasattr(model, "prior") else model.net.units
+    u = model.prior.units if model.kind == "pprior" else model.net.units
     per_step = step_macs(model, batch)
     image_proj = batch * s * s * 4 * u
     extract_first = batch * model.glimpse_px * s * s

@@ -39,7 +39,7 @@ def port_recording(model):
     from asr_tf.nn import four_gathers, transformer
 
     rec = {}
-    base_step, base_decode = model._step_traces, model._decode
+    base_step, base_decode = model._step_traces, model.decode
     base_extract, base_render = transformer.extract_glimpse, four_gathers.render_glimpse
 
     def step_traces(t, carry, *a, **k):
@@ -55,13 +55,13 @@ def port_recording(model):
             return out
         return wrapped
 
-    model._step_traces, model._decode = step_traces, keep("decoded", base_decode)
+    model._step_traces, model.decode = step_traces, keep("decoded", base_decode)
     transformer.extract_glimpse = keep("window", base_extract)
     four_gathers.render_glimpse = keep("rendered", base_render)
     try:
         yield rec
     finally:
-        del model._step_traces, model._decode
+        del model._step_traces, model.decode
         transformer.extract_glimpse, four_gathers.render_glimpse = base_extract, base_render
 
 
@@ -157,19 +157,20 @@ def compare(original_dir, configs, bindings=(), batch=32, seed=0, weights_from=N
     """Runs both sides and returns the report (a dict; see the module docstring)."""
     import tensorflow as tf
 
-    from asr_tf import training
+    from asr_tf import models, objectives, training
     from asr_tf.data import scenes
-    from asr_tf.models.air import AIR
     from asr_tf.run import config as config_lib, trained, workdir as workdir_lib
 
     config_lib.parse(configs, bindings)
     spec = workdir_lib.run_spec()
-    model, objective, quirks = workdir_lib.build_components(spec)
-    kind = "air" if isinstance(model, AIR) else "pprior"
+    model, objective = models.model_for(spec), objectives.objective_for(spec)
+    quirks, kind = model.quirks, model.kind
     mapping = (air_map if kind == "air" else pprior_map)(model)
     given = {}
     if weights_from:
-        model, _, step = trained.load_trained(weights_from)  # the run's own config and weights
+        run = trained.load_trained(weights_from)  # the run's own config and weights
+        model, step = run.model, run.step
+        config_lib.parse_record(weights_from)  # the run's bindings for its optimizer below
         mapping = (air_map if kind == "air" else pprior_map)(model)
         given = {f"w/{k}": v for k, v in original_weights(mapping).items()}
     data = scenes.synthesize_batch(spec, np.arange(batch), "test")

@@ -31,7 +31,7 @@ def serve_steps(config="air_asr_14", kinds="asr", jit_modes="1", batch_size=64, 
     import keras
     import tensorflow as tf
 
-    from asr_tf import training
+    from asr_tf import models, objectives, training
     from asr_tf.data import pipeline
     from asr_tf.lab import flops
     from asr_tf.run import config as config_lib, workdir as workdir_lib
@@ -43,7 +43,7 @@ def serve_steps(config="air_asr_14", kinds="asr", jit_modes="1", batch_size=64, 
     xla_cpu.xla_cpu_codegen()  # before the first compilation
     spec = workdir_lib.run_spec()
     keras.utils.set_random_seed(seed)
-    model, objective, _ = workdir_lib.build_components(spec)
+    model, objective = models.model_for(spec), objectives.objective_for(spec)
     optimizer = training.make_optimizer(model)
     generator = tf.random.Generator.from_seed(seed)
     data = iter(pipeline.make_dataset(spec, "train", batch_size=batch_size, seed=seed,
@@ -104,7 +104,7 @@ def compare_steps(baseline_dir=None, config="air_asr_14", kinds="asr", jit_modes
 
     Two step servers (:func:`serve_steps`) hold their step ready: the baseline (the checkout
     ``baseline_dir``, or this tree when None) and this tree with the extra gin bindings
-    ``with_bindings`` (e.g. ``build_model.matmul_dtype = 'bfloat16'``). They run blocks of
+    ``with_bindings`` (e.g. ``xla_cpu_codegen.vector_width = 256``). They run blocks of
     ``block`` steps in turn (baseline, this, this, baseline, ...), on the same 16 batches held
     in memory, so that drifts in the machine's speed hit both alike, and a float32 2048^2
     matmul (the machine's rate) is timed between the blocks. ``threads``: the TensorFlow

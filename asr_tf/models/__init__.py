@@ -1,20 +1,20 @@
 """Model factory: ``build_model`` is the gin-configurable entry (Keras classes are not
-gin-decorated directly: that crashes with Keras 3)."""
+gin-decorated directly: that crashes with Keras 3); ``model_for`` builds a run's model for its
+data set."""
 import gin
 
 from asr_tf.models.air import AIR, PresencePriorSchedule
 from asr_tf.models.pprior import PPriorAIR
-from asr_tf.nn import precision
 from asr_tf.quirks import Quirks
 
-MODEL_KINDS = ("air", "pprior")
+MODEL_KINDS = (AIR.kind, PPriorAIR.kind)
 
 
 @gin.configurable
 def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpses=6,
                 z_what_dim=50, lstm_units=256, glimpse_px=28, z_pres_temperature=gin.REQUIRED,
                 stop_threshold=gin.REQUIRED, decoder_noise=gin.REQUIRED, add_prior=False,
-                scale_bias_init=0.0, matmul_dtype="float32", quirks=None, zpres_prior=None):
+                scale_bias_init=0.0, quirks=None, zpres_prior=None):
     """Builds AIR ('air') or AIR-pPrior/ASR ('pprior') for a dataset.
 
     Args:
@@ -22,7 +22,8 @@ def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpse
       max_glimpses: T_max, the most glimpse steps (objects + the stopping step) per image.
       canvas_px: S.
       counts: allowed object counts of the data. pPrior: a single count k fixes the
-        z_pres prior (fix_steps = k). AIR: used by ``add_prior`` (-ap).
+        z_pres prior (fix_steps = k). AIR: the counts its generated scenes hold in turn, and
+        those ``add_prior`` (-ap) fixes.
       size_range_px: (c_min, c_max) px; pPrior generation renders their mean (Q35).
       z_pres_temperature: lambda, the Binary Concrete temperature of z_pres.
       stop_threshold: tau: an item stops once its running sum of (1 - z_pres) reaches it.
@@ -34,27 +35,30 @@ def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpse
       scale_bias_init: initial bias of the scale posterior's location head (pre-sigmoid).
         The original: 0 (boxes start at half the canvas). A learning remedy, not a quirk:
         negative values start every box small (-1.0: the scale prior's mean, 27% of S).
-      matmul_dtype: 'float32' (default) or 'bfloat16': the big matrix products in bfloat16,
-        everything else in float32, on CPUs with native bfloat16 (asr_tf/nn/precision.py;
-        not the default: slower on this project's machines, docs/PERFORMANCE.md).
       quirks: a Quirks (default: gin-configured Quirks()).
       zpres_prior: AIR only: the annealed z_pres prior, a PresencePriorSchedule (default: the
         gin-configured PresencePriorSchedule(); configs/air.gin binds the original's values).
     """
     quirks = quirks or Quirks()
-    matmul_dtype = precision.resolve(matmul_dtype)
     counts = tuple(int(c) for c in counts)
     if kind == "air":
         return AIR(canvas_px, max_glimpses, z_what_dim, lstm_units, glimpse_px,
                    z_pres_temperature=z_pres_temperature, stop_threshold=stop_threshold,
-                   decoder_noise=decoder_noise, add_prior_counts=counts if add_prior else None,
+                   decoder_noise=decoder_noise, counts=counts, add_prior=add_prior,
                    zpres_prior=zpres_prior or PresencePriorSchedule(),
-                   scale_bias_init=scale_bias_init, matmul_dtype=matmul_dtype, quirks=quirks)
+                   scale_bias_init=scale_bias_init, quirks=quirks)
     if kind == "pprior":
         return PPriorAIR(canvas_px, max_glimpses, z_what_dim, lstm_units, glimpse_px,
                          z_pres_temperature=z_pres_temperature, stop_threshold=stop_threshold,
                          decoder_noise=decoder_noise,
                          fix_steps=counts[0] if len(counts) == 1 else None,
                          size_range_px=size_range_px, scale_bias_init=scale_bias_init,
-                         matmul_dtype=matmul_dtype, quirks=quirks)
+                         quirks=quirks)
     raise ValueError(f"model kind {kind!r} is not one of {MODEL_KINDS}")
+
+
+def model_for(spec, quirks=None):
+    """The run's model (``build_model`` as gin binds it) for the data set ``spec``: its canvas,
+    allowed counts and size range."""
+    return build_model(canvas_px=spec.canvas_px, counts=spec.counts,
+                       size_range_px=spec.size_range_px, quirks=quirks)

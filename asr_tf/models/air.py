@@ -16,9 +16,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from asr_tf.models.base import (GlimpseModel, batch_major, flat, masked_concrete_kl,
-                                masked_normal_kl, unflat)
-from asr_tf.models.pprior import FIXED_LOGIT, SCALE_PRIOR_LOC, SCALE_PRIOR_VAR
+from asr_tf.models.base import (MEAN, GlimpseModel, flat, masked_concrete_kl, masked_normal_kl,
+                                unflat)
+from asr_tf.models.priors import (FIXED_LOGIT, SCALE_PRIOR_LOC, SCALE_PRIOR_VAR, generation_counts,
+                                  per_scene_count)
 from asr_tf.nn import rnn
 from asr_tf.nn import transformer
 from asr_tf.nn.vae import GlimpseVAE
@@ -101,12 +102,10 @@ class AIRNet(keras.Model):
     """The AIR LSTM over the image only, with independent scale/shift/z_pres heads."""
 
     def __init__(self, image_dim, units=256, head_units=64, orthogonal_recurrent=False,
-                 scale_bias_init=0.0, matmul_dtype="float32", fused_init=False, name="air_rnn",
-                 **kwargs):
+                 scale_bias_init=0.0, fused_init=False, name="air_rnn", **kwargs):
         super().__init__(name=name, **kwargs)
         self.units = units
-        self.lstm = rnn.LSTMCore(units, (image_dim,), orthogonal_recurrent, matmul_dtype,
-                                 fused_init)
+        self.lstm = rnn.LSTMCore(units, (image_dim,), orthogonal_recurrent, fused_init)
         self.scale_loc = rnn.mlp_head(head_units, 1, units, "scale_loc", out_bias=scale_bias_init)
         self.scale_log_var = rnn.mlp_head(head_units, 1, units, "scale_log_var")
         self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
@@ -131,26 +130,35 @@ class AIRNet(keras.Model):
 
 
 class AIR(GlimpseModel):
-    """Plain AIR. ``add_prior_counts`` (the ``-ap`` flag) fixes the count with +-100 biases;
-    ``zpres_prior`` (a PresencePriorSchedule, default the original's) anneals the prior."""
+    """Plain AIR (``kind`` 'air').
 
+    ``counts``: the data set's allowed object counts (default 1..max_glimpses): the scenes of
+    :meth:`generate` hold them in turn, and ``add_prior`` (the ``-ap`` flag) fixes the count
+    to them with +-100 biases. ``zpres_prior`` (a PresencePriorSchedule, default the
+    original's) anneals the prior.
+    """
+
+    kind = "air"
     GEN_PIXEL_NOISE = ("eps_pix", "normal")
 
     def __init__(self, canvas_px, max_glimpses=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
-                 z_pres_temperature=1.0, stop_threshold=0.99, decoder_noise=0.3,
-                 add_prior_counts=None, zpres_prior=None, scale_bias_init=0.0,
-                 matmul_dtype="float32", quirks=None, name="air", **kwargs):
+                 z_pres_temperature=1.0, stop_threshold=0.99, decoder_noise=0.3, counts=None,
+                 add_prior=False, zpres_prior=None, scale_bias_init=0.0, quirks=None, name="air",
+                 **kwargs):
         super().__init__(canvas_px, max_glimpses, glimpse_px, z_what_dim, z_pres_temperature,
                          stop_threshold, decoder_noise, quirks, name=name, **kwargs)
-        self.matmul_dtype = matmul_dtype  # asr_tf.nn.precision
         self.net = AIRNet(canvas_px * canvas_px, lstm_units,
                           orthogonal_recurrent=self.quirks.lstm_orthogonal_recurrent,
-                          scale_bias_init=scale_bias_init, matmul_dtype=matmul_dtype,
+                          scale_bias_init=scale_bias_init,
                           fused_init=self.quirks.lstm_fused_kernel)
-        self.vae = GlimpseVAE(z_what_dim, glimpse_px, matmul_dtype)
-        self.add_prior = add_prior_counts is not None
+        self.vae = GlimpseVAE(z_what_dim, glimpse_px)
+        self.counts = tuple(int(c) for c in (counts or range(1, max_glimpses + 1)))
+        bad = [c for c in self.counts if not 1 <= c <= max_glimpses]
+        if bad:
+            raise ValueError(f"AIR counts {self.counts}: each must be in 1..{max_glimpses}")
+        self.add_prior = bool(add_prior)
         self.prior_bias = tf.constant(
-            count_prior_bias(add_prior_counts, max_glimpses) if self.add_prior
+            count_prior_bias(self.counts, max_glimpses) if self.add_prior
             else np.zeros(max_glimpses, np.float32))  # [T]
         self.zpres_prior = zpres_prior or PresencePriorSchedule(1e4, 3000.0, 1e-9)  # the original's
         self.built = True  # every variable exists (GlimpseModel: all state is made in __init__)
@@ -170,28 +178,28 @@ class AIR(GlimpseModel):
                 "q_shift_scale": [2], "z_pres_logit": [], "y": [], "z_pres": [], "scale": [],
                 "shift": [2]}
 
-    def _step(self, t, carry, images, image_proj, noise, training):
+    def _step(self, t, carry, images, image_proj, noise, mode):
         """The LSTM over the image, the where and z_pres heads (nothing is fed back, Q33)."""
-        sample = training or not self.quirks.deterministic_eval
+        sample = mode != MEAN
         h, state = self.net(image_proj, carry["state"])
         q_scale, q_shift = self.net.where_posterior(h)
         zeta = q_scale.loc + q_scale.scale * noise["eps_scale"] if sample else q_scale.loc  # [B, 1]
         xi = q_shift.loc + q_shift.scale * noise["eps_shift"] if sample else q_shift.loc  # [B, 2]
         alpha_q = self.net.z_pres_logit(h)  # [B]
-        y, z = self._z_pres(alpha_q, noise["u_pres"], training)
+        y, z = self._z_pres(alpha_q, noise["u_pres"], mode)
         return dict(carry, state=state), {
             "q_scale_loc": q_scale.loc, "q_scale_scale": q_scale.scale,
             "q_shift_loc": q_shift.loc, "q_shift_scale": q_shift.scale, "z_pres_logit": alpha_q,
             "y": y, "z_pres": z, "scale": tf.sigmoid(zeta[:, 0]), "shift": tf.tanh(xi)}
 
-    def _readout(self, images, tr, noise, step, training):
+    def _readout(self, images, tr, noise, step, mode):
         """Glimpse encoder (z_what is not fed back in AIR) and the KLs, for all steps at once."""
         t_max = self.max_glimpses
         f = {k: flat(v) for k, v in tr.items()}
         tiled = flat(tf.broadcast_to(images[None], tf.concat([[t_max], tf.shape(images)], 0)))
         what, z_what = self._encode_glimpse(tiled, f["scale"], f["shift"],
-                                            flat(noise["eps_what"]), training)  # [T*B, z]
-        logit = self.zpres_prior.logit(step) + self.prior_bias  # [T]
+                                            flat(noise["eps_what"]), mode)  # [T*B, z]
+        logit = self.prior_logit(step)  # [T]
         alpha_p = tf.broadcast_to(logit[:, None], tf.shape(tr["y"]))  # [T, B]
         kl_pres = masked_concrete_kl(f["y"], f["z_pres_logit"], flat(alpha_p),
                                      self.z_pres_temperature, f["active_before"])
@@ -213,61 +221,20 @@ class AIR(GlimpseModel):
             "scale": tr["scale"], "shift": tr["shift"], "z_what": unflat(z_what, t_max),
         }
 
-    def glimpse_ledger(self, images, noise, step=0):
-        """Every step's proposal as the test pass would make it, whether or not it is used.
+    def prior_logit(self, step):
+        """The z_pres prior log-odds [T] at global step ``step``: the annealed prior plus any
+        -ap bias."""
+        return self.zpres_prior.logit(step) + self.prior_bias
 
-        AIR's proposals do not depend on z_pres (the LSTM sees only the image, Q33), so the
-        test pass with count k uses exactly the first k of these;
-        ``asr_tf.lab.diagnostics.count_elbo_ledger`` prices every k. Built from the model's own
-        parts: the recurrent part over all T steps (:meth:`_step`, unrolled), the readout
-        (:meth:`_readout`) with every step counted present, and each step's glimpse decoded
-        and rendered on its own (the test pass renders them summed).
-
-        Args:
-          images: [B, S, S, 1]; noise: dict from :meth:`sample_noise` (test-pass noise);
-          step: global step (for the prior log-odds).
-        Returns:
-          dict of numpy arrays: ``rendered`` [B, T, S, S] (each glimpse on the canvas, z=1),
-          ``kl_glimpse`` [B, T] (KL of scale + shift + what, nats), ``z_pres_logit`` [B, T],
-          ``prior_logit`` [T] (the annealed prior plus any -ap bias).
-        """
-        s, t_max = self.canvas_px, self.max_glimpses
-        if images.shape.rank != 4 or images.shape[1] != s or images.shape[2] != s:
-            raise ValueError(f"images must be [B, {s}, {s}, 1], got {images.shape}")
-        images2d = tf.convert_to_tensor(images)[..., 0]
-        batch = tf.shape(images2d)[0]
-        image_proj = self._image_context(tf.reshape(images2d, [batch, s * s]))
-        carry = self._init_carry(batch)
-        carry.update(stop_sum=tf.zeros([batch]), count=tf.zeros([batch]))
-        traces, _ = self._unrolled(carry, images2d, image_proj, noise, training=False)
-        ones = tf.ones([t_max, batch])  # every step priced as if present
-        traces = dict(traces, present=ones, active_before=ones)
-        rec = self._readout(images2d, traces, noise, tf.cast(step, tf.float32), training=False)
-        eps_pix = noise.get("eps_pix")
-        glimpses = self._decode(flat(rec["z_what"]), None if eps_pix is None else flat(eps_pix))
-        rendered = transformer.render_glimpse(glimpses, flat(rec["scale"]), flat(rec["shift"]),
-                                              s, self.quirks.sampler_edge)  # [T*B, S, S]
-        kl = rec["kl_scale"] + rec["kl_shift"] + rec["kl_what"]  # [T, B]
-        prior = self.zpres_prior.logit(step) + self.prior_bias  # [T]
-        return {"rendered": batch_major(unflat(rendered, t_max)).numpy(),
-                "kl_glimpse": batch_major(kl).numpy(),
-                "z_pres_logit": batch_major(rec["z_pres_logit"]).numpy(),
-                "prior_logit": prior.numpy()}
-
-    def generate(self, noise, count):
-        """Draws exactly ``count`` objects per scene from the fixed priors (docs/ORIGINAL.md §5).
-
-        Args:
-          noise: dict from :meth:`generation_noise`.
-          count: python int n (1 <= n <= max_glimpses).
-        Returns:
-          dict ``images`` [N, S, S] (sum of objects, not clipped), ``count`` [N],
-          ``scale`` [N, T], ``shift`` [N, T, 2], ``present`` [N, T].
-        """
-        if not 1 <= count <= self.max_glimpses:
-            raise ValueError(f"count={count} must be in 1..{self.max_glimpses}")
+    def generate(self, noise, count=None):
+        """Draws exactly ``count`` objects per scene from the fixed priors; see
+        :meth:`GlimpseModel.generate`. AIR's prior does not model the count: ``count`` None
+        gives scene n the count ``counts[n % len(counts)]`` (``priors.generation_counts``)."""
         n = tf.shape(noise["u_pres"])[1]
+        count = (generation_counts(self.counts, n) if count is None
+                 else per_scene_count(count, n, self.max_glimpses))  # [N]
         s, g_px = self.canvas_px, self.glimpse_px
+        present = tf.cast(tf.range(self.max_glimpses)[None] < count[:, None], tf.float32)  # [N, T]
         canvas = tf.zeros([n, s, s])
         scales, shifts = [], []
         for t in range(self.max_glimpses):
@@ -275,11 +242,9 @@ class AIR(GlimpseModel):
             shift = tf.tanh(noise["eps_shift"][t])
             logits = self.vae.decoder(noise["eps_what"][t]).distribution.logits
             window = tf.sigmoid(logits + self.decoder_noise * noise["eps_pix"][t])
-            if t < count:
-                canvas += transformer.render_glimpse(tf.reshape(window, [-1, g_px, g_px]), scale,
-                                                     shift, s, self.quirks.sampler_edge)
+            canvas += present[:, t, None, None] * transformer.render_glimpse(
+                tf.reshape(window, [-1, g_px, g_px]), scale, shift, s, self.quirks.sampler_edge)
             scales.append(scale)
             shifts.append(shift)
-        present = tf.tile(tf.cast(tf.range(self.max_glimpses) < count, tf.float32)[None], [n, 1])
-        return {"images": canvas, "count": tf.fill([n], count), "scale": tf.stack(scales, 1),
+        return {"images": canvas, "count": count, "scale": tf.stack(scales, 1),
                 "shift": tf.stack(shifts, 1), "present": present}

@@ -31,6 +31,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from asr_tf.models.priors import stop_rule
 from asr_tf.nn import concrete
 from asr_tf.nn import transformer
 from asr_tf.quirks import Quirks
@@ -40,6 +41,9 @@ tfd = tfp.distributions
 # Per-step records stacked to [B, T, ...] after the loop (trailing shape per key).
 RECORD_KEYS = ("z_pres", "z_pres_prob", "z_pres_logit", "prior_logit", "kl_pres",
                "kl_scale", "kl_shift", "kl_what", "present", "scale", "shift", "z_what")
+
+# The three kinds of forward pass (``GlimpseModel.pass_mode``).
+TRAIN, SAMPLE, MEAN = "train", "sample", "mean"
 
 
 def masked_normal_kl(q_loc, q_scale, p_loc, p_scale, mask):
@@ -93,23 +97,35 @@ def batch_major(x):
 class GlimpseModel(keras.Model):
     """Base class: the stopping loop, canvas, masks and records.
 
+    Both models answer the same calls: ``model(images, noise, ...)`` (one inference pass,
+    :meth:`call`), ``sample_noise`` / ``generation_noise`` and ``generate(noise, count=None)``
+    (scenes from the prior), and say which model they are by ``kind`` ('air' or 'pprior',
+    the names of ``asr_tf.models.build_model``).
+
     Subclasses define:
 
     * ``_image_context(images_flat)``: per-pass work on the image (its LSTM projection);
     * ``_init_carry(batch)``: the recurrent state (a dict of [B, ...] tensors);
     * ``_trace_shapes()``: trailing shapes of what ``_step`` records per step;
-    * ``_step(t, carry, images, image_ctx, noise_t, training) -> (carry, trace)``: one step
+    * ``_step(t, carry, images, image_ctx, noise_t, mode) -> (carry, trace)``: one step
       of the recurrent part; ``trace`` holds the keys of ``_trace_shapes`` ([B, ...] each),
       among them ``z_pres`` (the sample the stopping rule reads), ``scale``, ``shift``;
-    * ``_readout(images, traces, noise, step, training) -> records``: from ``traces``
+    * ``_readout(images, traces, noise, step, mode) -> records``: from ``traces``
       ([T, B, ...], plus ``present`` and ``active_before`` of the stopping rule) every record
-      of RECORD_KEYS except ``present`` as [T, B, ...], batched over the T steps.
+      of RECORD_KEYS except ``present`` as [T, B, ...], batched over the T steps;
+    * ``generate(noise, count=None)``.
+
+    ``mode`` is the kind of pass (:meth:`pass_mode`): TRAIN (relaxed z_pres), SAMPLE (the test
+    pass: hard z_pres and sampled latents, Q25-Q27) or MEAN (the test pass from the posterior
+    means, z_pres thresholded at 0.5).
 
     All state is created in ``__init__`` (every sub-layer built there: no variable may be
     created inside the glimpse loop), so a subclass ends its ``__init__`` with
     ``self.built = True``: Keras then has nothing to build on the first call (no warning about
     a missing ``build()``, no symbolic trace of ``call``).
     """
+
+    kind = None  # 'air' or 'pprior' in the subclasses
 
     def __init__(self, canvas_px, max_glimpses=6, glimpse_px=28, z_what_dim=50,
                  z_pres_temperature=0.1, stop_threshold=0.9, decoder_noise=0.0,
@@ -136,6 +152,28 @@ class GlimpseModel(keras.Model):
         if not self.quirks.lstm_fused_kernel:
             return []
         return [core.kernel_blocks for core in self.lstm_cores()]
+
+    def pass_mode(self, training, deterministic=None):
+        """The kind of pass: TRAIN if ``training``; else MEAN if ``deterministic`` (None: the
+        configured ``Quirks.deterministic_eval``), SAMPLE otherwise."""
+        if training:
+            return TRAIN
+        if deterministic is None:
+            deterministic = self.quirks.deterministic_eval
+        return MEAN if deterministic else SAMPLE
+
+    def generate(self, noise, count=None):
+        """Scenes drawn from the model's prior.
+
+        Args:
+          noise: dict from :meth:`generation_noise`.
+          count: None, the model's own rule for how many objects a scene holds; or an int,
+            or [N] ints (one per scene, ``priors.generation_counts``): exactly that many.
+        Returns:
+          dict ``images`` [N, S, S] (sum of objects, not clipped), ``count`` [N] int32,
+          ``scale`` [N, T], ``shift`` [N, T, 2], ``present`` [N, T].
+        """
+        raise NotImplementedError
 
     # ----------------------------------------------------------------- noise
     def noise_shapes(self, batch):
@@ -171,7 +209,7 @@ class GlimpseModel(keras.Model):
                 key: getattr(generator, kind)([t, num, g2])}
 
     # ------------------------------------------------------------ components
-    def _encode_glimpse(self, images, scale, shift, eps_what, training):
+    def _encode_glimpse(self, images, scale, shift, eps_what, mode):
         """Cuts the window and encodes it.
 
         Args:
@@ -181,40 +219,39 @@ class GlimpseModel(keras.Model):
         """
         window = transformer.extract_glimpse(images, scale, shift, self.glimpse_px,
                                              self.quirks.sampler_edge)  # [N, G, G]
-        if self.quirks.deterministic_eval and not training:
+        if mode == MEAN:
             eps_what = tf.zeros_like(eps_what)
         q_what, z_what = self.vae.encode(tf.reshape(window, [-1, self.glimpse_px ** 2]), eps_what)
         return q_what.distribution, z_what
 
-    def _glimpse_and_render(self, images, scale, shift, eps_what, eps_pix, training):
+    def _glimpse_and_render(self, images, scale, shift, eps_what, eps_pix, mode):
         """One step's glimpse round trip, as a reference (the model batches these over
         steps): (q(z_what), z_what [B, z], rendered [B, S, S])."""
-        q_what, z_what = self._encode_glimpse(images, scale, shift, eps_what, training)
-        rendered = transformer.render_glimpse(self._decode(z_what, eps_pix), scale, shift,
+        q_what, z_what = self._encode_glimpse(images, scale, shift, eps_what, mode)
+        rendered = transformer.render_glimpse(self.decode(z_what, eps_pix), scale, shift,
                                               self.canvas_px, self.quirks.sampler_edge)
         return q_what, z_what, rendered
 
-    def _z_pres(self, alpha_q, u, training):
+    def _z_pres(self, alpha_q, u, mode):
         """Relaxed (train) or hard (test, Q25) z_pres and its relaxed logit y, all [B]."""
         y = concrete.sample_logit(alpha_q, self.z_pres_temperature, u)
-        if training:
+        if mode == TRAIN:
             z = tf.sigmoid(y)
         else:
-            z = concrete.hard_z(y, alpha_q, self.quirks.deterministic_eval)
+            z = concrete.hard_z(y, alpha_q, mode == MEAN)
         return y, z
 
     def _advance(self, carry, z):
-        """Stop-sum, presence mask and count (docs/ORIGINAL.md §4.2).
+        """The stopping rule on the carry: stop-sum, presence mask and count.
 
         Returns (carry, present [B], active_before [B]).
         """
         active_before = tf.cast(carry["stop_sum"] < self.stop_threshold, tf.float32)  # [B]
-        stop_sum = carry["stop_sum"] + (1.0 - z)
-        present = tf.cast(stop_sum < self.stop_threshold, tf.float32)  # [B]
+        stop_sum, present = stop_rule(carry["stop_sum"], z, self.stop_threshold)
         carry = dict(carry, stop_sum=stop_sum, count=carry["count"] + present)
         return carry, present, active_before
 
-    def _decode(self, z_what, eps_pix):
+    def decode(self, z_what, eps_pix):
         """Decoded glimpses [N, G, G] (pixel probabilities) from z_what [N, z]; AIR adds
         logit noise eps_pix [N, G*G] (Q32), None elsewhere."""
         logits = self.vae.decoder(z_what).distribution.logits  # [N, G*G]
@@ -236,7 +273,7 @@ class GlimpseModel(keras.Model):
         shift = tf.where(ran[..., None], records["shift"], tf.zeros_like(records["shift"]))
         weight = records["present"] * records["z_pres"]  # [T, B]
         z_what = batch_major(records["z_what"])  # [B, T, z]
-        glimpses = self._decode(tf.reshape(z_what, [-1, self.z_what_dim]),
+        glimpses = self.decode(tf.reshape(z_what, [-1, self.z_what_dim]),
                                 None if eps_pix is None else
                                 tf.reshape(batch_major(eps_pix), [-1, self.glimpse_px ** 2]))
         glimpses = tf.reshape(glimpses, [-1, t_max, self.glimpse_px, self.glimpse_px])
@@ -245,24 +282,24 @@ class GlimpseModel(keras.Model):
                                                   self.canvas_px, self.quirks.sampler_edge)
 
     # ------------------------------------------------------------------ loop
-    def _step_traces(self, t, carry, images2d, image_ctx, noise_t, training):
-        carry, trace = self._step(t, carry, images2d, image_ctx, noise_t, training)
+    def _step_traces(self, t, carry, images2d, image_ctx, noise_t, mode):
+        carry, trace = self._step(t, carry, images2d, image_ctx, noise_t, mode)
         carry, present, active_before = self._advance(carry, trace["z_pres"])
         return carry, dict(trace, present=present, active_before=active_before)
 
     def _trace_shapes_all(self):
         return dict(self._trace_shapes(), present=[], active_before=[])
 
-    def _unrolled(self, carry, images2d, image_ctx, noise, training):
+    def _unrolled(self, carry, images2d, image_ctx, noise, mode):
         """All T steps, unrolled. Returns traces [T, B, ...] and the final carry."""
         traces = []
         for t in range(self.max_glimpses):
             noise_t = {k: v[t] for k, v in noise.items()}
-            carry, trace = self._step_traces(t, carry, images2d, image_ctx, noise_t, training)
+            carry, trace = self._step_traces(t, carry, images2d, image_ctx, noise_t, mode)
             traces.append(trace)
         return {k: tf.stack([tr[k] for tr in traces]) for k in traces[0]}, carry
 
-    def _while_loop(self, carry, images2d, image_ctx, noise, training, batch):
+    def _while_loop(self, carry, images2d, image_ctx, noise, mode, batch):
         """tf.while_loop while any item is active. Returns (steps run, traces [T, B, ...]
         with zeros at the steps not run, final carry)."""
         t_max = self.max_glimpses
@@ -271,7 +308,7 @@ class GlimpseModel(keras.Model):
 
         def body(t, carry, traces):
             noise_t = {k: v[t] for k, v in noise.items()}
-            carry, trace = self._step_traces(t, carry, images2d, image_ctx, noise_t, training)
+            carry, trace = self._step_traces(t, carry, images2d, image_ctx, noise_t, mode)
             traces = {k: tf.tensor_scatter_nd_update(traces[k], [[t]], trace[k][None])
                       for k in traces}
             return t + 1, carry, traces
@@ -285,7 +322,19 @@ class GlimpseModel(keras.Model):
                 (tf.constant(0), carry, traces), maximum_iterations=t_max)
         return t_exec, traces, carry
 
-    def call(self, images, noise, step=0, training=True, all_steps=False):
+    def _start(self, images):
+        """The pass's start: images [B, S, S], the image context and the zero carry."""
+        s = self.canvas_px
+        if images.shape.rank != 4 or images.shape[1] != s or images.shape[2] != s:
+            raise ValueError(f"images must be [B, {s}, {s}, 1], got {images.shape}")
+        images2d = tf.convert_to_tensor(images)[..., 0]  # [B, S, S]
+        batch = tf.shape(images2d)[0]
+        image_ctx = self._image_context(tf.reshape(images2d, [batch, s * s]))
+        carry = self._init_carry(batch)
+        carry.update(stop_sum=tf.zeros([batch]), count=tf.zeros([batch]))
+        return images2d, image_ctx, carry
+
+    def call(self, images, noise, step=0, training=True, all_steps=False, deterministic=None):
         """One inference pass.
 
         Args:
@@ -298,30 +347,27 @@ class GlimpseModel(keras.Model):
             executed steps are decided over the global batch: ``step_mask`` and
             ``steps_executed`` still give the steps this batch alone runs, min(T, 1 + max
             count), but the records after them are not zero; the caller masks them.
+          deterministic: test pass only (:meth:`pass_mode`): True, from the posterior means
+            with z_pres thresholded at 0.5; False, one stochastic pass; None, as
+            ``Quirks.deterministic_eval`` says.
         Returns:
           dict with ``canvas`` [B, S, S] (unclipped), ``recon`` [B, S, S] clipped to [0,1],
           ``count`` [B] int32, ``step_mask`` [T] float (1 for executed steps),
           ``steps_executed`` scalar int32, and the records of RECORD_KEYS, each [B, T, ...].
         """
-        s = self.canvas_px
-        if images.shape.rank != 4 or images.shape[1] != s or images.shape[2] != s:
-            raise ValueError(f"images must be [B, {s}, {s}, 1], got {images.shape}")
-        images2d = images[..., 0]  # [B, S, S]
-        batch = tf.shape(images)[0]
-        image_ctx = self._image_context(tf.reshape(images2d, [batch, s * s]))
-        carry = self._init_carry(batch)
-        carry.update(stop_sum=tf.zeros([batch]), count=tf.zeros([batch]))
+        images2d, image_ctx, carry = self._start(images)
+        mode = self.pass_mode(training, deterministic)
         step = tf.cast(step, tf.float32)
         t_max = self.max_glimpses
         if training or all_steps:
-            traces, carry = self._unrolled(carry, images2d, image_ctx, noise, training)
+            traces, carry = self._unrolled(carry, images2d, image_ctx, noise, mode)
             # the loop's own stopping point: item b needs steps 0..count_b
             t_exec = tf.minimum(t_max, 1 + tf.cast(tf.reduce_max(carry["count"]), tf.int32))
         else:
-            t_exec, traces, carry = self._while_loop(carry, images2d, image_ctx, noise,
-                                                     training, batch)
+            t_exec, traces, carry = self._while_loop(carry, images2d, image_ctx, noise, mode,
+                                                     tf.shape(images2d)[0])
         step_mask = tf.cast(tf.range(t_max) < t_exec, tf.float32)  # [T]
-        records = self._readout(images2d, traces, noise, step, training)
+        records = self._readout(images2d, traces, noise, step, mode)
         records["present"] = traces["present"]
         canvas = self._render_canvas(records, step_mask, noise.get("eps_pix"))
         if not all_steps:  # zeros at the steps not executed, as the loop leaves them
@@ -333,3 +379,18 @@ class GlimpseModel(keras.Model):
                    count=tf.cast(carry["count"], tf.int32), step_mask=step_mask,
                    steps_executed=t_exec)
         return out
+
+    def proposals(self, images, noise, step=0, deterministic=None):
+        """Every step's proposal as the test pass makes it, used by the stopping rule or not:
+        all T steps run and each is priced as present (its KLs unmasked).
+
+        Args: as :meth:`call` (a test pass).
+        Returns:
+          the readout's records [T, B, ...] (the keys of RECORD_KEYS but ``present``).
+        """
+        images2d, image_ctx, carry = self._start(images)
+        mode = self.pass_mode(False, deterministic)
+        traces, _ = self._unrolled(carry, images2d, image_ctx, noise, mode)
+        ones = tf.ones_like(traces["present"])  # [T, B]
+        traces = dict(traces, present=ones, active_before=ones)
+        return self._readout(images2d, traces, noise, tf.cast(step, tf.float32), mode)

@@ -12,17 +12,16 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from asr_tf.models.base import GlimpseModel, flat, masked_concrete_kl, masked_normal_kl, unflat
+from asr_tf.models.base import (MEAN, GlimpseModel, flat, masked_concrete_kl, masked_normal_kl,
+                                unflat)
+from asr_tf.models.priors import (SCALE_PRIOR_LOC, SCALE_PRIOR_VAR, fixed_presence_logit,
+                                  per_scene_count, stop_rule)
 from asr_tf.nn import concrete
 from asr_tf.nn import rnn
 from asr_tf.nn import transformer
 from asr_tf.nn.vae import GlimpseVAE
 
 tfd = tfp.distributions
-
-SCALE_PRIOR_LOC = -1.0  # pre-sigmoid
-SCALE_PRIOR_VAR = 0.05
-FIXED_LOGIT = 100.0  # fix_steps / -ap bias magnitude
 
 
 def _normal_from(loc, log_var):
@@ -37,11 +36,11 @@ class InferenceRNN(keras.Model):
     """
 
     def __init__(self, image_dim, z_what_dim=50, units=256, head_units=64,
-                 orthogonal_recurrent=False, scale_bias_init=0.0, matmul_dtype="float32",
-                 fused_init=False, name="inference_rnn", **kwargs):
+                 orthogonal_recurrent=False, scale_bias_init=0.0, fused_init=False,
+                 name="inference_rnn", **kwargs):
         super().__init__(name=name, **kwargs)
         self.lstm = rnn.LSTMCore(units, (image_dim, z_what_dim + 3), orthogonal_recurrent,
-                                 matmul_dtype, fused_init)
+                                 fused_init)
         self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
         self.shift_log_var = rnn.mlp_head(head_units, 2, units, "shift_log_var")
         self.scale_hidden_loc = keras.layers.Dense(head_units, activation="relu", name="scale_h_loc")
@@ -84,11 +83,10 @@ class PriorRNN(keras.Model):
     """p(z^t | z^{<t}): LSTM over [z_what_{t-1}, where_{t-1}] with shift, scale and z_pres heads."""
 
     def __init__(self, z_what_dim=50, units=256, head_units=64, orthogonal_recurrent=False,
-                 matmul_dtype="float32", fused_init=False, name="prior_rnn", **kwargs):
+                 fused_init=False, name="prior_rnn", **kwargs):
         super().__init__(name=name, **kwargs)
         self.units = units
-        self.lstm = rnn.LSTMCore(units, (z_what_dim + 3,), orthogonal_recurrent, matmul_dtype,
-                                 fused_init)
+        self.lstm = rnn.LSTMCore(units, (z_what_dim + 3,), orthogonal_recurrent, fused_init)
         self.shift_loc = rnn.mlp_head(head_units, 2, units, "shift_loc")
         self.shift_log_var = rnn.mlp_head(head_units, 2, units, "shift_log_var")
         self.scale_loc = rnn.mlp_head(head_units, 1, units, "scale_loc")  # Q12: used only if learned
@@ -124,7 +122,7 @@ class PriorRNN(keras.Model):
 
 
 class PPriorAIR(GlimpseModel):
-    """AIR-pPrior / AIR-ASR.
+    """AIR-pPrior / AIR-ASR (``kind`` 'pprior').
 
     Args:
       canvas_px: S (50 MNIST, 64 dSprites).
@@ -136,22 +134,23 @@ class PPriorAIR(GlimpseModel):
         mean(c_min, c_max) / S (Q35).
     """
 
+    kind = "pprior"
+
     def __init__(self, canvas_px, max_glimpses=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
                  z_pres_temperature=0.1, stop_threshold=0.9, decoder_noise=0.0, fix_steps=None,
-                 size_range_px=(17.0, 23.0), scale_bias_init=0.0, matmul_dtype="float32",
-                 quirks=None, name="pprior_air", **kwargs):
+                 size_range_px=(17.0, 23.0), scale_bias_init=0.0, quirks=None, name="pprior_air",
+                 **kwargs):
         super().__init__(canvas_px, max_glimpses, glimpse_px, z_what_dim, z_pres_temperature,
                          stop_threshold, decoder_noise, quirks=quirks, name=name, **kwargs)
         ortho, fused = self.quirks.lstm_orthogonal_recurrent, self.quirks.lstm_fused_kernel
         self.fix_steps = fix_steps
         self.size_range_px = tuple(float(v) for v in size_range_px)
-        self.matmul_dtype = matmul_dtype  # asr_tf.nn.precision
         self.inference = InferenceRNN(canvas_px * canvas_px, z_what_dim, lstm_units,
                                       orthogonal_recurrent=ortho, scale_bias_init=scale_bias_init,
-                                      matmul_dtype=matmul_dtype, fused_init=fused)
+                                      fused_init=fused)
         self.prior = PriorRNN(z_what_dim, lstm_units, orthogonal_recurrent=ortho,
-                              matmul_dtype=matmul_dtype, fused_init=fused)
-        self.vae = GlimpseVAE(z_what_dim, glimpse_px, matmul_dtype)
+                              fused_init=fused)
+        self.vae = GlimpseVAE(z_what_dim, glimpse_px)
         self.built = True  # every variable exists (GlimpseModel: all state is made in __init__)
 
     def lstm_cores(self):
@@ -171,9 +170,9 @@ class PPriorAIR(GlimpseModel):
                 "q_scale_scale": [1], "zeta": [1], "what_loc": z, "what_scale": z, "z_what": z,
                 "z_pres_logit": [], "y": [], "z_pres": [], "scale": [], "shift": [2]}
 
-    def _step(self, t, carry, images, image_proj, noise, training):
+    def _step(self, t, carry, images, image_proj, noise, mode):
         """The inference side of one step: LSTM, where, glimpse encoder (z_what is fed back)."""
-        sample = training or not self.quirks.deterministic_eval
+        sample = mode != MEAN
         h, q_state = self.inference(image_proj, carry["z_what_prev"], carry["where_prev"],
                                     carry["q_state"])
         q_shift = self.inference.shift_posterior(h)
@@ -181,9 +180,9 @@ class PPriorAIR(GlimpseModel):
         q_scale = self.inference.scale_posterior(h, xi)
         zeta = q_scale.loc + q_scale.scale * noise["eps_scale"] if sample else q_scale.loc  # [B, 1]
         shift, scale = tf.tanh(xi), tf.sigmoid(zeta[:, 0])  # [B, 2], [B]
-        what, z_what = self._encode_glimpse(images, scale, shift, noise["eps_what"], training)
+        what, z_what = self._encode_glimpse(images, scale, shift, noise["eps_what"], mode)
         alpha_q = self.inference.z_pres_logit(h)  # [B]
-        y, z = self._z_pres(alpha_q, noise["u_pres"], training)
+        y, z = self._z_pres(alpha_q, noise["u_pres"], mode)
         carry = dict(carry, q_state=q_state, z_what_prev=z_what,
                      where_prev=tf.concat([xi, zeta], -1))
         return carry, {"q_shift_loc": q_shift.loc, "q_shift_scale": q_shift.scale, "xi": xi,
@@ -192,15 +191,7 @@ class PPriorAIR(GlimpseModel):
                        "z_pres_logit": alpha_q, "y": y, "z_pres": z, "scale": scale,
                        "shift": shift}
 
-    def _prior_logit(self, t, g, g_prev, batch):
-        """The z_pres prior logit [B] at step t (generation): fixed by fix_steps, else the prior
-        LSTM's head on g_{t-1} (Q13) or g_t."""
-        if self.fix_steps is not None:
-            value = tf.where(t < self.fix_steps, FIXED_LOGIT, -FIXED_LOGIT)
-            return tf.fill([batch], value)
-        return self.prior.z_pres_logit(g_prev if self.quirks.zpres_prior_lag else g)
-
-    def _readout(self, images, tr, noise, step, training):
+    def _readout(self, images, tr, noise, step, mode):
         """The prior LSTM over the posterior samples (teacher forcing, Q14) and the KLs, for all
         steps at once: the prior at step t reads the samples of step t - 1 (zeros at t = 0)."""
         t_max = self.max_glimpses
@@ -211,7 +202,7 @@ class PPriorAIR(GlimpseModel):
         p_shift = self.prior.shift_prior(g_flat)
         p_scale = self.prior.scale_prior(g_flat, self.quirks.learned_scale_prior)
         if self.fix_steps is not None:
-            logit = tf.where(tf.range(t_max) < self.fix_steps, FIXED_LOGIT, -FIXED_LOGIT)  # [T]
+            logit = fixed_presence_logit(tf.range(t_max), self.fix_steps)  # [T]
             alpha_p = tf.broadcast_to(logit[:, None], tf.shape(tr["y"]))  # [T, B]
         else:
             g_prev = tf.concat([tf.zeros_like(g[:1]), g[:-1]], 0)  # Q13: g_{t-1}, zeros at t=0
@@ -235,21 +226,22 @@ class PPriorAIR(GlimpseModel):
         }
 
     # ------------------------------------------------------------ generation
-    def generate(self, noise):
-        """Samples scenes from the prior LSTM (docs/ORIGINAL.md §9, Q35/Q36).
+    def generate(self, noise, count=None):
+        """Samples scenes from the prior LSTM (docs/ORIGINAL.md §9, Q35/Q36); see :meth:`GlimpseModel.generate`.
 
-        Args:
-          noise: dict from :meth:`generation_noise`.
-        Returns:
-          dict ``images`` [N, S, S] (not clipped), ``count`` [N] int32,
-          ``scale`` [N, T], ``shift`` [N, T, 2], ``present`` [N, T].
+        ``count`` None: the prior decides how many objects each scene holds (with a single
+        allowed count, ``fix_steps`` fixes it); an int or [N] ints: the z_pres prior logits
+        are fixed to that count per scene, as ``fix_steps`` fixes them.
         """
         n = tf.shape(noise["u_pres"])[1]
         s, g_px = self.canvas_px, self.glimpse_px
+        if count is None and self.fix_steps is not None:
+            count = self.fix_steps
+        fixed = None if count is None else per_scene_count(count, n, self.max_glimpses)  # [N]
         zeros_u = tf.zeros([n, self.prior.units])
         state, g_prev = (zeros_u, zeros_u), zeros_u
         z_what_prev, where_prev = tf.zeros([n, self.z_what_dim]), tf.zeros([n, 3])
-        stop_sum, canvas, count = tf.zeros([n]), tf.zeros([n, s, s]), tf.zeros([n])
+        stop_sum, canvas, total = tf.zeros([n]), tf.zeros([n, s, s]), tf.zeros([n])
         const_scale = sum(self.size_range_px) / 2.0 / s
         scales, shifts, presents = [], [], []
         for t in range(self.max_glimpses):  # fixed, short: unrolled
@@ -267,17 +259,19 @@ class PPriorAIR(GlimpseModel):
                 probs = tf.cast(probs > noise["u_pix"][t], tf.float32)
             rendered = transformer.render_glimpse(tf.reshape(probs, [-1, g_px, g_px]), scale, shift,
                                                   s, self.quirks.sampler_edge)
-            alpha_p = self._prior_logit(t, g, g_prev, n)
+            if fixed is None:  # the prior LSTM's head on g_{t-1} (Q13) or g_t
+                alpha_p = self.prior.z_pres_logit(g_prev if self.quirks.zpres_prior_lag else g)
+            else:
+                alpha_p = fixed_presence_logit(t, fixed)  # [N]
             z = tf.cast(alpha_p + concrete.logistic_noise(noise["u_pres"][t]) > 0.0, tf.float32)
-            stop_sum = stop_sum + (1.0 - z)
-            present = tf.cast(stop_sum < self.stop_threshold, tf.float32)
+            stop_sum, present = stop_rule(stop_sum, z, self.stop_threshold)
             canvas = canvas + (present * z)[:, None, None] * rendered
-            count = count + present
+            total = total + present
             scales.append(scale)
             shifts.append(shift)
             presents.append(present)
             z_what_prev, where_prev = z_what, tf.concat([xi, zeta], -1)
             g_prev = g
-        return {"images": canvas, "count": tf.cast(count, tf.int32),
+        return {"images": canvas, "count": tf.cast(total, tf.int32),
                 "scale": tf.stack(scales, 1), "shift": tf.stack(shifts, 1),
                 "present": tf.stack(presents, 1)}

@@ -17,8 +17,6 @@ blocks as one tensor through ``kernel_blocks`` (asr_tf/training.py).
 import keras
 import tensorflow as tf
 
-from asr_tf.nn import precision
-
 
 class LSTMCore(keras.layers.Layer):
     """An LSTM cell over several input blocks: gates = sum_k x_k W_k + h U + b.
@@ -26,11 +24,10 @@ class LSTMCore(keras.layers.Layer):
     Gate order i, j (candidate), f, o, as TF1. Blocks are given as widths at build.
     """
 
-    def __init__(self, units, input_widths, orthogonal_recurrent=False, matmul_dtype="float32",
-                 fused_init=False, name="lstm", **kwargs):
+    def __init__(self, units, input_widths, orthogonal_recurrent=False, fused_init=False,
+                 name="lstm", **kwargs):
         super().__init__(name=name, **kwargs)
         self.units = units
-        self.matmul_dtype = matmul_dtype  # asr_tf.nn.precision
         self.input_widths = tuple(int(w) for w in input_widths)
         init = "glorot_uniform"
         if fused_init:  # the one kernel's limit: fan_in (inputs + units) + fan_out (4 units)
@@ -60,7 +57,7 @@ class LSTMCore(keras.layers.Layer):
 
     def project(self, block, x):
         """x [N, width_block] -> its gate contribution [N, 4u]."""
-        return precision.matmul(x, self.kernels[block], self.matmul_dtype)
+        return tf.matmul(x, self.kernels[block])
 
     def zero_state(self, batch):
         z = tf.zeros([batch, self.units])
@@ -69,8 +66,7 @@ class LSTMCore(keras.layers.Layer):
     def call(self, gate_inputs, state):
         """One step. gate_inputs [N, 4u] (sum of projected blocks), state (h, c) each [N, u]."""
         h, c = state
-        gates = (gate_inputs + precision.matmul(h, self.recurrent_kernel, self.matmul_dtype)
-                 + self.bias)  # [N, 4u]
+        gates = gate_inputs + tf.matmul(h, self.recurrent_kernel) + self.bias  # [N, 4u]
         i, j, f, o = tf.split(gates, 4, axis=-1)
         c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(j)
         h = tf.sigmoid(o) * tf.tanh(c)

@@ -4,17 +4,15 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from asr_tf.nn import precision
-
 tfd = tfp.distributions
 
 
-def _dense_stack(owner, widths, matmul_dtype="float32"):
+def _dense_stack(owner, widths):
     """Builds softplus Dense layers widths[0] -> widths[1] -> ... eagerly and sets them on
     ``owner`` as attributes h0, h1, ... (a list attribute would hide them from
     tf.train.Checkpoint under Keras 3). Returns how many."""
     for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
-        layer = precision.Dense(n_out, matmul_dtype, activation="softplus", name=f"h{i}")
+        layer = keras.layers.Dense(n_out, activation="softplus", name=f"h{i}")
         layer.build((None, n_in))
         setattr(owner, f"h{i}", layer)
     return len(widths) - 1
@@ -31,11 +29,10 @@ class _HiddenStack:
 class GlimpseEncoder(_HiddenStack, keras.Model):
     """q(z_what | glimpse): [N, 784] -> Independent Normal with event shape [z_dim]."""
 
-    def __init__(self, hidden=(512, 256), z_dim=50, glimpse_px=28, matmul_dtype="float32",
-                 name="glimpse_encoder", **kwargs):
+    def __init__(self, hidden=(512, 256), z_dim=50, glimpse_px=28, name="glimpse_encoder",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
-        self._num_hidden = _dense_stack(self, (glimpse_px * glimpse_px,) + tuple(hidden),
-                                        matmul_dtype)
+        self._num_hidden = _dense_stack(self, (glimpse_px * glimpse_px,) + tuple(hidden))
         self.loc = keras.layers.Dense(z_dim, name="loc")
         self.log_var = keras.layers.Dense(z_dim, name="log_var")
         self.loc.build((None, hidden[-1]))
@@ -53,11 +50,11 @@ class GlimpseEncoder(_HiddenStack, keras.Model):
 class GlimpseDecoder(_HiddenStack, keras.Model):
     """p(glimpse | z_what): [N, z_dim] -> Independent Bernoulli over 784 pixels (logits)."""
 
-    def __init__(self, hidden=(256, 512), z_dim=50, glimpse_px=28, matmul_dtype="float32",
-                 name="glimpse_decoder", **kwargs):
+    def __init__(self, hidden=(256, 512), z_dim=50, glimpse_px=28, name="glimpse_decoder",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
-        self._num_hidden = _dense_stack(self, (z_dim,) + tuple(hidden), matmul_dtype)
-        self.logits = precision.Dense(glimpse_px * glimpse_px, matmul_dtype, name="logits")
+        self._num_hidden = _dense_stack(self, (z_dim,) + tuple(hidden))
+        self.logits = keras.layers.Dense(glimpse_px * glimpse_px, name="logits")
         self.logits.build((None, hidden[-1]))
         self.built = True  # every sub-layer is built above: nothing left for the first call
 
@@ -71,15 +68,12 @@ class GlimpseDecoder(_HiddenStack, keras.Model):
 class GlimpseVAE(keras.Model):
     """Encoder and decoder pair; ``call`` encodes, samples with given noise, decodes."""
 
-    def __init__(self, z_dim=50, glimpse_px=28, matmul_dtype="float32", name="glimpse_vae",
-                 **kwargs):
+    def __init__(self, z_dim=50, glimpse_px=28, name="glimpse_vae", **kwargs):
         super().__init__(name=name, **kwargs)
         self.z_dim = z_dim
         self.glimpse_px = glimpse_px
-        self.encoder = GlimpseEncoder(z_dim=z_dim, glimpse_px=glimpse_px,
-                                      matmul_dtype=matmul_dtype)
-        self.decoder = GlimpseDecoder(z_dim=z_dim, glimpse_px=glimpse_px,
-                                      matmul_dtype=matmul_dtype)
+        self.encoder = GlimpseEncoder(z_dim=z_dim, glimpse_px=glimpse_px)
+        self.decoder = GlimpseDecoder(z_dim=z_dim, glimpse_px=glimpse_px)
         self.built = True  # both parts are built at construction
 
     def encode(self, glimpse_flat, eps):

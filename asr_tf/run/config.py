@@ -5,7 +5,6 @@ A run is one config file and any overlays after it (``faithful``, ``size``, ``de
 ``--config air_asr_13 --config size`` is the run ``air_asr_13+size`` (workdir
 ``runs/air_asr_13+size``).
 """
-import inspect
 import logging
 import os
 import pathlib
@@ -80,13 +79,3 @@ def parse_record(workdir):
     with open(path) as f:
         gin.parse_config(f.read())
 
-
-def recorded(name, workdir=None):
-    """The value of ``train_eval.<name>`` in the bindings in force (or in ``workdir``'s record,
-    parsed into gin first): the bound value, else train_eval's default."""
-    if workdir is not None:
-        parse_record(workdir)
-    bound = gin.get_bindings("train_eval")
-    if name in bound:
-        return bound[name]
-    return inspect.signature(loop.train_eval).parameters[name].default

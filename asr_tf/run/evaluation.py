@@ -96,10 +96,9 @@ def box_diagnostics(out, canvas_px):
     if not present.any():
         return {"box_side_px": 0.0, "box_abs_shift": 0.0, "box_inside_frac": 0.0,
                 "box_side_ratio": 0.0}
-    side_all = out["scale"] * canvas_px  # [N, T]
-    side = side_all[present]
+    centre_all, side_all = metrics_lib.where_px(out["scale"], out["shift"], canvas_px)
+    side, centre = side_all[present], centre_all[present]  # [P], [P, 2]
     shift = out["shift"][present]  # [P, 2]
-    centre = (shift + 1.0) * canvas_px / 2.0
     inside = np.all((centre - side[:, None] / 2 >= -0.5) & (centre + side[:, None] / 2 <= canvas_px + 0.5), -1)
     several = present.sum(1) >= 2  # [N]
     ratio = 0.0
@@ -133,22 +132,13 @@ def eval_images(model, spec, out, test, step, generator_seed):
     """Reconstruction panels of the first 64 test scenes and a grid of 64 prior samples."""
     recon = boxed_panels(test["image"].numpy()[..., 0], out["recon"], out, spec.canvas_px)
     gen = tf.random.Generator.from_seed(generator_seed + step)
-    samples = generate_scenes(model, 64, gen, spec)
+    samples = generate_scenes(model, 64, gen)
     images = np.clip(samples["images"], 0, 1)
     return {"reconstructions": recon,
             "samples": boxed_panels(images, images, samples, spec.canvas_px)}
 
 
-def generate_scenes(model, num, generator, spec):
-    """Prior samples as numpy: pPrior/ASR from the prior LSTM; AIR with a training count each."""
-    noise = model.generation_noise(num, generator)
-    if hasattr(model, "fix_steps"):
-        out = model.generate(noise)
-    else:  # AIR draws exactly n objects for each training count n: split the batch
-        counts = list(spec.counts)
-        parts = []
-        for i, c in enumerate(counts):
-            sl = {k: v[:, i::len(counts)] for k, v in noise.items()}
-            parts.append(model.generate(sl, c))
-        out = {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]}
+def generate_scenes(model, num, generator):
+    """``num`` scenes from the model's prior (its ``generate``), as numpy."""
+    out = model.generate(model.generation_noise(num, generator))
     return {k: v.numpy() for k, v in out.items()}

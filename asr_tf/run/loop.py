@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from asr_tf import counts
 from asr_tf import metrics as metrics_lib
+from asr_tf import models
 from asr_tf import objectives
 from asr_tf import training
 from asr_tf.data import pipeline
@@ -74,11 +75,12 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     log = _file_logger(out)
     keras.utils.set_random_seed(seed)  # initial weights
     with dist.scope():
-        model, objective, quirks = workdir_lib.build_components(spec)
+        model = models.model_for(spec)
+        objective = objectives.objective_for(spec)
         optimizer = training.make_optimizer(model)
         generator = tf.random.Generator.from_seed(seed + 1)
     dist.prepare(optimizer)
-    objectives.warn_if_count_min_dropped(objective, quirks)
+    objectives.warn_if_count_min_dropped(objective, model.quirks)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
     best = metrics_lib.BestTracker()
     best_var = tf.Variable(json.dumps(best.state()), dtype=tf.string, name="best_state")

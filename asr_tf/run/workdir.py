@@ -31,10 +31,8 @@ import sys
 import gin
 import tensorflow as tf
 
-from asr_tf import objectives
 from asr_tf.data import scenes
-from asr_tf.models import build_model
-from asr_tf.quirks import Quirks
+from asr_tf.run import xla_cpu
 
 CONFIG_FILE = "config.gin"
 INVOCATIONS_FILE = "invocations.jsonl"
@@ -70,16 +68,6 @@ def run_spec(dataset="mnist_13", dataset_overrides=None, data_seed=0):
     scenes and its train/test split (0 for every run of the paper's tables, whatever the run's
     own seed)."""
     return scenes.get_spec(dataset, **dict(dataset_overrides or {}, data_seed=data_seed))
-
-
-def build_components(spec):
-    """Model, objective and quirks for a data set, from the gin bindings in force."""
-    quirks = Quirks()
-    model = build_model(canvas_px=spec.canvas_px, counts=spec.counts,
-                        size_range_px=spec.size_range_px, quirks=quirks)
-    objective = objectives.Objective(counts=tuple(spec.counts),
-                                     size_range_px=tuple(spec.size_range_px))
-    return model, objective, quirks
 
 
 # ------------------------------------------------------------------ the lock
@@ -242,12 +230,7 @@ def code_of(workdir, step):
 
 def machine():
     """One line about this machine: CPU model, cores, Python."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = xla_cpu.cpuinfo_field("model name") or platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 

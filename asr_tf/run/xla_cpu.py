@@ -24,13 +24,23 @@ VECTOR_WIDTHS = (None, "auto", 128, 256, 512)
 _applied = []  # the flags this process appended (a later call cannot change them)
 
 
-def cpu_has(flag, cpuinfo="/proc/cpuinfo"):
-    """Whether /proc/cpuinfo lists ``flag`` (False where it cannot be read)."""
+def cpuinfo_field(name, cpuinfo="/proc/cpuinfo"):
+    """The value of the first ``name`` line of /proc/cpuinfo ('model name', 'flags'); '' where
+    there is none or the file cannot be read."""
     try:
         with open(cpuinfo) as f:
-            return any(flag in line.split() for line in f if line.startswith("flags"))
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
-        return False
+        pass
+    return ""
+
+
+def cpu_has(flag, cpuinfo="/proc/cpuinfo"):
+    """Whether /proc/cpuinfo lists ``flag`` (False where it cannot be read)."""
+    return flag in cpuinfo_field("flags", cpuinfo).split()
 
 
 def codegen_flags(vector_width="auto", concurrency_scheduler=True, avx512=None):
