@@ -36,11 +36,19 @@ def port_recording(model):
     """Records the port's per-step values during one forward pass: the traces of the recurrent
     part, the stop sum and count after each step, the cut windows, the decoded glimpses and each
     step's rendering (the 'four_gathers' sampler renders steps one by one)."""
+    import tensorflow as tf
+
     from asr_tf.nn import four_gathers, transformer
 
     rec = {}
     base_step, base_decode = model._step_traces, model.decode
     base_extract, base_render = transformer.extract_glimpse, four_gathers.render_glimpse
+    base_sample = four_gathers.sample_theta
+
+    def sample_theta(images, theta, out_hw, *args):  # a zero probe on theta: dL/dtheta
+        probe = tf.zeros_like(theta)
+        rec.setdefault("probes", []).append((out_hw, probe))
+        return base_sample(images, theta + probe, out_hw, *args)
 
     def step_traces(t, carry, *a, **k):
         carry, trace = base_step(t, carry, *a, **k)
@@ -58,11 +66,13 @@ def port_recording(model):
     model._step_traces, model.decode = step_traces, keep("decoded", base_decode)
     transformer.extract_glimpse = keep("window", base_extract)
     four_gathers.render_glimpse = keep("rendered", base_render)
+    four_gathers.sample_theta = sample_theta
     try:
         yield rec
     finally:
         del model._step_traces, model.decode
         transformer.extract_glimpse, four_gathers.render_glimpse = base_extract, base_render
+        four_gathers.sample_theta = base_sample
 
 
 def _stacked(rec, key, steps, batch):
@@ -135,14 +145,42 @@ def _port_pass(model, images, noise, step, objective, quirks, training):
     from asr_tf import objectives
 
     x = tf.constant(images[..., None])
-    with port_recording(model) as rec, tf.GradientTape() as tape:
+    with port_recording(model) as rec, tf.GradientTape(persistent=True) as tape:
+        tape.watch(list(noise.values()))
         out = model(x, noise, step=step, training=training)
+        probes = rec.pop("probes", [])
+        for _, probe in probes:
+            tape.watch(probe)
         loss, per_image, batch_terms = objectives.total_loss(x, out, objective, model.canvas_px,
                                                              quirks)
-    grads = tape.gradient(loss, model.trainable_variables) if training else None
+    grads = None
+    if training:
+        keys = sorted(noise)
+        grads = tape.gradient(loss, model.trainable_variables + [noise[k] for k in keys]
+                              + [out["canvas"]])
+        noise_grads = dict(zip(keys, grads[len(model.trainable_variables):-1]))
+        noise_grads["canvas"] = grads[-1]
+        noise_grads["probes"] = [(hw, tape.gradient(loss, p)) for hw, p in probes]
+        grads = grads[:len(model.trainable_variables)]
+        rec["grad_noise"] = noise_grads
     steps = len(rec["y"])
     batch = images.shape[0]
+    noise_grads = rec.pop("grad_noise", {})
     arrays = {k: _stacked(rec, k, steps, batch) for k in rec}
+    canvas_grad = noise_grads.pop("canvas", None)
+    probe_grads = noise_grads.pop("probes", [])
+    window = [np.asarray(g) for hw, g in probe_grads if hw[0] != model.canvas_px]
+    if window:  # per-step calls ([B, 2, 3] each) or one over all steps ([T*B, 2, 3])
+        w = np.concatenate(window)
+        arrays["grad_probe_theta_window"] = w.reshape((-1, batch) + w.shape[1:])[:steps]
+    render = [np.asarray(g) for hw, g in probe_grads if hw[0] == model.canvas_px]
+    if render:  # the canvas's renderings, batch-major [B*T, 2, 3]
+        r = render[-1]
+        arrays["grad_probe_theta_rendered"] = r.reshape((batch, -1) + r.shape[1:]).swapaxes(0, 1)[:steps]
+    arrays.update({f"grad_noise/{k}": np.asarray(g)[:steps] for k, g in noise_grads.items()
+                   if g is not None})
+    if canvas_grad is not None:
+        arrays["grad_canvas"] = np.asarray(canvas_grad).reshape(batch, -1)  # [B, S*S]
     for k in ("prior_logit", "kl_pres", "kl_scale", "kl_shift", "kl_what", "z_what"):
         arrays[k] = np.asarray(out[k]).swapaxes(0, 1)[:steps]  # [T, B] from the readout
     terms = {k: np.asarray(v) for k, v in dict(per_image, **batch_terms).items()}
@@ -184,6 +222,7 @@ def compare(original_dir, configs, bindings=(), batch=32, seed=0, weights_from=N
     optimizer = training.make_optimizer(model)
     lr = float(optimizer.rate_schedule(0))
     options = {"kind": kind, "seed": seed, "lr": lr, "global_step": int(step),
+               "max_glimpses": t_max,
                "counts": list(spec.counts), "gamma_m": objective.weight("count_margin"),
                "gamma_ne": objective.weight("count_min")}
     request = dict(images=data["image"].reshape(batch, -1), targets=data["count"],
@@ -216,6 +255,11 @@ def compare(original_dir, configs, bindings=(), batch=32, seed=0, weights_from=N
                 section[orig_key]["control_rel"] = difference(
                     orig[f"{tag}/{orig_key}"], orig[f"ctl/{orig_key}"])["rel"]
         section["canvas"] = difference(orig[f"{tag}/canvas"][steps - 1], final["canvas"])
+        for key in [k for k in arrays if k.startswith("grad_noise/")]:
+            if key in orig:
+                report["grad"][key] = dict(
+                    difference(orig[key][:steps], arrays[key][:steps]),
+                    control_rel=difference(orig[key], orig[f"ctl/{key}"])["rel"])
         section["recon"] = difference(orig[f"{tag}/recon"], final["recon"])
         section["num_digits"] = difference(orig[f"{tag}/num_digits"], final["count"])
         _reconstruction_split(report, tag, training_pass, data["image"].reshape(batch, -1),

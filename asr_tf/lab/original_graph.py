@@ -17,7 +17,9 @@ arguments as its training scripts, and instruments it without changing what it c
 It writes one ``.npz``: the weights by the original's variable names (``w/<name>``), the training
 model's records (``train/<name>``, relaxed z_pres) and the test model's (``test/<name>``, rounded
 z_pres), every logged loss term, the raw gradients (``grad/<name>``), the weights after one Adam
-update (``after/<name>``), and a control: the training pass and its gradients again with every
+update (``after/<name>``), the gradient with respect to each noise array
+(``grad_noise/<name>``: per step and item, e.g. the shift's through its reparameterisation),
+and a control: the training pass and its gradients again with every
 weight moved up by one float32 ulp (``ctl/<name>``, ``ctl/grad/<name>``), the original's own
 sensitivity to rounding.
 
@@ -155,6 +157,8 @@ class _TFProxy:
         result = tf.while_loop(lambda *args: cond(*args[:n]), body_recorded,
                                list(loop_vars) + extra, **kwargs)
         cap.stacked = {name: ta.stack() for name, ta in zip(names, result[n:])}
+        canvas_at = [pos for pos, name in KINDS[cap.kind]["carried"].items() if name == "canvas"]
+        cap.final_canvas = result[canvas_at[0]]  # [B, S*S], the loop's running canvas
         return result[:n]
 
 
@@ -204,10 +208,15 @@ def _instrument(module, kind, tf, current):
         return base_mvn(mean, diag_variance, shape)
 
     def transformer(u, theta, out_size, **k):
-        out = base_transformer(u, theta, out_size, **k)
         cap = current()
+        which = None
         if cap is not None and cap.step is not None:
-            cap.record("window" if cap.count("transformer") == 0 else "rendered", out[..., 0])
+            which = "window" if cap.count("transformer") == 0 else "rendered"
+            theta = theta + tf.gather(cap.noise[f"probe_theta_{which}"], cap.step)  # zeros
+        out = base_transformer(u, theta, out_size, **k)
+        if which:
+            out = out + tf.gather(cap.noise[f"probe_out_{which}"], cap.step)[..., None]  # zeros
+            cap.record(which, out[..., 0])
         return out
 
     def vae(*a, **k):
@@ -261,7 +270,15 @@ def run(root, request_path, out_path):
     targets = tf.placeholder(tf.int32, [None], "targets")
     noise = {k: tf.placeholder(tf.float32, req[k].shape, k)
              for k in ("eps_shift", "eps_scale", "eps_what", "eps_pix", "u_pres")}
+    # Zero probes added to the samplers' theta: their gradients are dL/dtheta per step.
+    t_max, batch = req["u_pres"].shape
+    for name, side in (("window", 28), ("rendered", int(req["images"].shape[1] ** 0.5))):
+        noise[f"probe_theta_{name}"] = tf.placeholder(tf.float32, [t_max, batch, 2, 3], name)
+        req[f"probe_theta_{name}"] = np.zeros([t_max, batch, 2, 3], np.float32)
+        noise[f"probe_out_{name}"] = tf.placeholder(tf.float32, [t_max, batch, side, side])
+        req[f"probe_out_{name}"] = np.zeros([t_max, batch, side, side], np.float32)
     args = dict(PPRIOR_ARGS if kind == "pprior" else AIR_ARGS)
+    args.update(max_steps=int(opts.get("max_glimpses", 6)), max_digits=int(opts.get("max_glimpses", 6)))
     if kind == "pprior":
         args.update(constrains_num=opts["counts"], constrains_margin_gamma=opts["gamma_m"],
                     constrains_num_element_gamma=opts["gamma_ne"],
@@ -281,6 +298,10 @@ def run(root, request_path, out_path):
     train_model, test_model = models
     variables = tf.trainable_variables()
     grads = tf.gradients(train_model.loss, variables)
+    canvas_grad = tf.gradients(train_model.loss, captures[0].final_canvas)[0]  # [B, S*S]
+    noise_keys = sorted(noise)
+    noise_grads = [None if g is None else tf.convert_to_tensor(g)  # gathers: IndexedSlices
+                   for g in tf.gradients(train_model.loss, [noise[k] for k in noise_keys])]
     feed = {images: req["images"], targets: req["targets"]}
     feed.update({noise[k]: req[k] for k in noise})
     out = {}
@@ -302,6 +323,10 @@ def run(root, request_path, out_path):
                 out[f"{tag}/{name}"] = value
         raw = sess.run(grads, feed)
         out.update({f"grad/{v.op.name}": g for v, g in zip(variables, raw) if g is not None})
+        out["grad_canvas"] = sess.run(canvas_grad, feed)
+        raw = sess.run([g for g in noise_grads if g is not None], feed)
+        out.update({f"grad_noise/{k}": g for k, g in
+                     zip([k for k, g in zip(noise_keys, noise_grads) if g is not None], raw)})
         # The control: the same pass with every weight one float32 ulp up. What moves here
         # is the original's own sensitivity to rounding.
         weights = {v: out[f"w/{v.op.name}"] for v in variables}
@@ -314,6 +339,9 @@ def run(root, request_path, out_path):
             out[f"ctl/{name}"] = value
         raw = sess.run(grads, feed)
         out.update({f"ctl/grad/{v.op.name}": g for v, g in zip(variables, raw) if g is not None})
+        raw = sess.run([g for g in noise_grads if g is not None], feed)
+        out.update({f"ctl/grad_noise/{k}": g for k, g in
+                    zip([k for k, g in zip(noise_keys, noise_grads) if g is not None], raw)})
         for v, value in weights.items():
             v.load(value, sess)
         sess.run(train_model.training, feed)

@@ -64,89 +64,130 @@ def _fenced(x):
     return tf.where(tf.math.is_nan(x), np.float32(np.nan), x), lambda dy: dy
 
 
-def _linspace(num):
-    """The original's grid, linspace(-1, 1, num), as TF 1.12's LinSpace kernel computes it:
-    [num] float32 -1 + step * i with step = 2 / (num - 1), every op rounded to float32."""
-    step = np.float32(2.0) / np.float32(num - 1)
-    return tf.constant(np.float32(-1.0) + step * np.arange(num, dtype=np.float32))
+def _target_grid(height, width):
+    """The target grid as the original builds it: [3, height * width] rows x_t, y_t, 1 (row-major
+    pixel order), x_t and y_t from ``tf.linspace(-1, 1)`` spread by products with ones."""
+    x_t = tf.matmul(tf.ones([height, 1]), tf.linspace(-1.0, 1.0, width)[None, :])  # [H', W']
+    y_t = tf.matmul(tf.linspace(-1.0, 1.0, height)[:, None], tf.ones([1, width]))  # [H', W']
+    x_t, y_t = tf.reshape(x_t, [1, -1]), tf.reshape(y_t, [1, -1])
+    return tf.concat([x_t, y_t, tf.ones_like(x_t)], 0)  # [3, P]
 
 
-def _source_pixels(target_px, source_px, scale, offset):
-    """Source pixel coordinates along one axis, rounded as the original's float32 ops.
-
-    Args:
-      target_px: int, output length along the axis.
-      source_px: int, input length along the axis.
-      scale: [N] affine diagonal entry; offset: [N] affine translation.
-    Returns:
-      [N, target_px] source positions in pixels, x = (s * x_t + o + 1) * (W - 1.001) / 2.
-    """
-    grid = _linspace(target_px)  # [P], the original's meshgrid values
-    src = _fenced(_fenced(scale[:, None] * grid[None, :]) + offset[:, None])  # [N, P] normalised
-    width = tf.constant(float(source_px), tf.float32) - tf.constant(1.001, tf.float32)
-    return (src + 1.0) * width / 2.0
-
-
-def _corners(pos_px, source_px):
-    """Clipped integer corners (the original clips after the int cast) and their floats.
-
-    Args:
-      pos_px: [...] source positions in pixels; source_px: int source length.
-    Returns:
-      (lo, hi) int32 and (lo_f, hi_f) float32, each shaped like ``pos_px``.
-    """
+def _corner(pos_px, size):
+    """floor(pos) and floor(pos) + 1 as int32, each clipped to [0, size - 1] (after the cast,
+    as the original)."""
     lo = tf.cast(tf.floor(pos_px), tf.int32)
-    hi = lo + 1
-    lo = tf.clip_by_value(lo, 0, source_px - 1)
-    hi = tf.clip_by_value(hi, 0, source_px - 1)
-    return lo, hi, tf.cast(lo, tf.float32), tf.cast(hi, tf.float32)
+    return tf.clip_by_value(lo, 0, size - 1), tf.clip_by_value(lo + 1, 0, size - 1)
 
 
-def _picked(images, rows, cols):
-    """The gathered values ``images[n, rows[n, i], cols[n, j]]``: [N, R, C] from images
-    [N, H, W], rows [N, R] and cols [N, C] (int32), as one-hot products: 1 * U[i, j] plus exact
-    zeros, the gathered value bit for bit when the images are finite."""
-    rows = tf.one_hot(rows, images.shape[1])  # [N, R, H]
-    cols = tf.one_hot(cols, images.shape[2])  # [N, C, W]
-    return tf.matmul(rows, tf.matmul(images, cols, transpose_b=True))
+# The order in which the original's gradient adds the four weights' terms at each position
+# (x, y): TensorFlow's graph optimizer reorders the sums of the original's model, and differently
+# for its two samplers. Measured on the original's own graph (asr_tf/lab/original_compare.py,
+# the in-model gradients of both samplers reproduced bit for bit); a, b, c, d name the terms of
+# wa, wb, wc, wd. Outside the source two of the four terms cancel exactly or up to a rounding
+# residue depending on this order, and that residue, times the BCE's 1e10 at an uncovered ink
+# pixel, is most of the box's gradient.
+EXTRACT_ORDER = ("adbc", "adbc")  # cutting the glimpse out of the image
+RENDER_ORDER = ("cdab", "bdac")   # pasting the decoded glimpse onto the canvas
+
+
+def _weights(x, y, x0_f, x1_f, y0_f, y1_f, order):
+    """The four bilinear weights [N*P] from the clipped corners; their gradient at x (and y) adds
+    the four terms left to right in ``order`` (EXTRACT_ORDER or RENDER_ORDER)."""
+    return _WEIGHTS[order](x, y, x0_f, x1_f, y0_f, y1_f)
+
+
+def _weights_in_order(order):
+    @tf.autograph.experimental.do_not_convert  # autograph would wrap the custom gradient
+    @tf.custom_gradient
+    def weights(x, y, x0_f, x1_f, y0_f, y1_f):
+        return _bilinear(x, y, x0_f, x1_f, y0_f, y1_f, order)
+    return weights
+
+
+def _bilinear(x, y, x0_f, x1_f, y0_f, y1_f, order):
+    wa = (x1_f - x) * (y1_f - y)
+    wb = (x1_f - x) * (y - y0_f)
+    wc = (x - x0_f) * (y1_f - y)
+    wd = (x - x0_f) * (y - y0_f)
+
+    def grad(ga, gb, gc, gd):
+        # Fenced: grappler would hoist the common factors (ga q - gc q -> (ga - gc) q, exact
+        # cancellation where the original keeps a residue) and XLA fuse products into sums.
+        def chain(terms):  # ((t0 + t1) + t2) + t3, each term and partial sum rounded alone
+            total = _fenced(terms[0])
+            for term in terms[1:]:
+                total = _fenced(total + _fenced(term))
+            return total
+
+        qx, rx = y1_f - y, y - y0_f  # d wa / d(x1 - x), d wb / d(x1 - x), ...
+        qy, ry = x1_f - x, x - x0_f
+        tx = {"a": -(ga * qx), "b": -(gb * rx), "c": gc * qx, "d": gd * rx}
+        ty = {"a": -(ga * qy), "b": gb * qy, "c": -(gc * ry), "d": gd * ry}
+        dx = chain([tx[k] for k in order[0]])
+        dy = chain([ty[k] for k in order[1]])
+        return dx, dy, None, None, None, None
+
+    return (wa, wb, wc, wd), grad
+
+
+_WEIGHTS = {order: _weights_in_order(order) for order in (EXTRACT_ORDER, RENDER_ORDER)}
+
+
+def sample_theta(images, theta, out_hw, order=EXTRACT_ORDER):
+    """The original's sampler, op for op: ``images`` [N, H, W] under ``theta`` [N, 2, 3] (target
+    to source, normalised coordinates) to [N, H', W'].
+
+    The same TensorFlow ops in the same arrangement as the classic transformer the original
+    uses, so that TensorFlow's gradient of it is the original's too: the positions are one
+    batched product theta @ grid; the four corners are gathered from the flattened batch of
+    images (their gradient: one segment sum over all the gathered positions, a, b, c then d,
+    in output order, as the original accumulates it); the four weighted values are summed by
+    one AddN. The products are fenced (:func:`_fenced`) so that XLA cannot fuse them into the
+    sum; the gradients are not (under XLA they are not the original's: faithful.gin trains
+    without XLA)."""
+    n = tf.shape(images)[0]
+    h, w = images.shape[1], images.shape[2]
+    out_h, out_w = out_hw
+    grid = tf.reshape(tf.tile(tf.reshape(_target_grid(out_h, out_w), [-1]), [n]),
+                      tf.stack([n, 3, -1]))  # [N, 3, P]
+    source = tf.matmul(theta, grid)  # [N, 2, P]
+    x = tf.reshape(source[:, 0], [-1])  # [N*P]
+    y = tf.reshape(source[:, 1], [-1])
+    x = (x + 1.0) * (tf.constant(float(w)) - 1.001) / 2.0  # source pixels
+    y = (y + 1.0) * (tf.constant(float(h)) - 1.001) / 2.0
+    x0, x1 = _corner(x, w)
+    y0, y1 = _corner(y, h)
+    base = tf.repeat(tf.range(n) * (h * w), out_h * out_w)  # [N*P] first pixel of each image
+    flat = tf.reshape(images, [-1, 1])  # [N*H*W, 1]
+    pick = lambda yy, xx: tf.gather(flat, base + yy * w + xx)  # [N*P, 1]
+    ia, ib, ic, id_ = pick(y0, x0), pick(y1, x0), pick(y0, x1), pick(y1, x1)
+    corners = [tf.cast(c, tf.float32) for c in (x0, x1, y0, y1)]
+    wa, wb, wc, wd = (w[:, None] for w in _weights(x, y, *corners, order))  # [N*P, 1] each
+    out = tf.add_n([_fenced(wa * ia), _fenced(wb * ib), _fenced(wc * ic), _fenced(wd * id_)])
+    return tf.reshape(out, tf.stack([n, out_h, out_w]))
+
+
+def _theta(rows):
+    """[[a, b, c], [d, e, f]] from six [N] tensors, stacked as the original stacks them."""
+    (a, b, c), (d, e, f) = rows
+    return tf.stack([tf.concat([tf.stack([a, b], 1), c[:, None]], 1),
+                     tf.concat([tf.stack([d, e], 1), f[:, None]], 1)], 1)  # [N, 2, 3]
 
 
 def sample(images, scale_x, scale_y, offset_x, offset_y, out_hw):
-    """The original's bilinear sampler under an axis-aligned affine (see the module docstring).
-
-    As the original, the positions are per output pixel (their gradient sums the four weights'
-    terms pixel by pixel) and the four weights and products are formed one by one. The four
-    gathers U[y0, x0], U[y1, x0], U[y0, x1], U[y1, x1] come as one block array, rows y0 then y1
-    and columns x0 then x1: [[Ia, Ic], [Ib, Id]] (the same values).
+    """:func:`sample_theta` under the axis-aligned affine [[sx, 0, ox], [0, sy, oy]].
 
     Args:
       images: [N, H, W] source images.
-      scale_x, scale_y, offset_x, offset_y: [N] affine entries, A = [[sx, 0, ox], [0, sy, oy]].
+      scale_x, scale_y, offset_x, offset_y: [N] affine entries.
       out_hw: (H', W') output size.
     Returns:
       [N, H', W'] samples, with the original's float32 residues outside the source.
     """
-    src_h, src_w = images.shape[1], images.shape[2]
-    h, w = out_hw
-    x = _source_pixels(w, src_w, scale_x, offset_x)  # [N, W']
-    y = _source_pixels(h, src_h, scale_y, offset_y)  # [N, H']
-    x0, x1, x0_f, x1_f = _corners(x, src_w)  # [N, W'] each
-    y0, y1, y0_f, y1_f = _corners(y, src_h)  # [N, H'] each
-    picked = _picked(images, tf.concat([y0, y1], 1), tf.concat([x0, x1], 1))  # [N, 2H', 2W']
-    shape = tf.stack([tf.shape(images)[0], h, w])
-    xx = tf.broadcast_to(x[:, None, :], shape)  # [N, H', W'], the original's flat x
-    yy = tf.broadcast_to(y[:, :, None], shape)
-    x0_f, x1_f = x0_f[:, None, :], x1_f[:, None, :]  # [N, 1, W']
-    y0_f, y1_f = y0_f[:, :, None], y1_f[:, :, None]  # [N, H', 1]
-    wa = (x1_f - xx) * (y1_f - yy)  # [N, H', W'] each
-    wb = (x1_f - xx) * (yy - y0_f)
-    wc = (xx - x0_f) * (y1_f - yy)
-    wd = (xx - x0_f) * (yy - y0_f)
-    a = _fenced(wa * picked[:, :h, :w])  # wa * Ia
-    b = _fenced(wb * picked[:, h:, :w])  # wb * Ib
-    c = _fenced(wc * picked[:, :h, w:])  # wc * Ic
-    d = _fenced(wd * picked[:, h:, w:])  # wd * Id
-    return _fenced(_fenced(a + b) + c) + d  # the original's add_n, left to right
+    zeros = tf.zeros_like(scale_x)
+    return sample_theta(images, _theta(((scale_x, zeros, offset_x), (zeros, scale_y, offset_y))),
+                        out_hw)
 
 
 def extract_glimpse(canvas, scale, shift, glimpse_px):
@@ -157,24 +198,30 @@ def extract_glimpse(canvas, scale, shift, glimpse_px):
     Returns:
       [N, G, G] glimpses.
     """
-    return sample(canvas, scale, scale, shift[:, 0], shift[:, 1], (glimpse_px, glimpse_px))
+    zeros = tf.zeros_like(scale)
+    theta = _theta(((scale, zeros, shift[:, 0]), (zeros, scale, shift[:, 1])))
+    return sample_theta(canvas, theta, (glimpse_px, glimpse_px))
 
 
 def render_glimpse(glimpse, scale, shift, canvas_px):
     """Pastes each glimpse onto an S x S canvas with the original's inverse theta
-    [1/s, 0, -x/s] (a division, as the original).
+    [1/s, 0, -x/s] (divisions, each written where the original writes one).
 
     Args:
       glimpse: [N, G, G]; scale: [N]; shift: [N, 2]; canvas_px: int S.
     Returns:
       [N, S, S] canvases (residues left and right of the box).
     """
-    # divide_no_nan: the exact division also in graph mode (module docstring), and 0, not NaN,
-    # at s = 0: the records of glimpse steps a test pass did not execute (weight 0), which the
-    # original never renders, would otherwise put 0 * NaN into the canvas.
-    inv = tf.math.divide_no_nan(1.0, scale)
-    return sample(glimpse, inv, inv, tf.math.divide_no_nan(-shift[:, 0], scale),
-                  tf.math.divide_no_nan(-shift[:, 1], scale), (canvas_px, canvas_px))
+    # divide_no_nan: the exact division also where grappler would fold 1 / s into a reciprocal
+    # (module docstring), and 0, not NaN, at s = 0: the records of glimpse steps a test pass did
+    # not execute (weight 0), which the original never renders, would otherwise put 0 * NaN
+    # into the canvas.
+    zeros = tf.zeros_like(scale)
+    theta = _theta(((tf.math.divide_no_nan(1.0, scale), zeros,
+                     tf.math.divide_no_nan(-shift[:, 0], scale)),
+                    (zeros, tf.math.divide_no_nan(1.0, scale),
+                     tf.math.divide_no_nan(-shift[:, 1], scale))))
+    return sample_theta(glimpse, theta, (canvas_px, canvas_px), RENDER_ORDER)
 
 
 def render_glimpses_summed(glimpses, weights, scale, shift, canvas_px):
