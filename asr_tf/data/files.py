@@ -44,7 +44,8 @@ class SplitData:
                  canvases=None):
         self.names = tuple(names)  # [N] the file or example of each image, for messages
         self.canvas_px, self.channels = canvas_px, channels
-        self.count, self.boxes_px, self.box_mask = count, boxes_px, box_mask  # [N], [N, M, 4], [N, M]
+        self.count = count  # [N] int32, -1 without boxes
+        self.boxes_px, self.box_mask = boxes_px, box_mask  # [N, M, 4], [N, M]
         self.files = files  # folder.SplitFiles, or None
         self.canvases = canvases  # [N, S, S, C] float32 once in memory, else None
 
