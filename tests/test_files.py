@@ -56,6 +56,9 @@ def test_boxes_follow_the_image_by_hand():
                                [[6, 0, 38, 50]], rtol=1e-6)
     np.testing.assert_allclose(images.boxes_to_canvas([[3, 4, 15, 20]], 30, 40, 50),
                                [[6 + 3 * 38 / 30, 4 * 1.25, 15 * 38 / 30, 25]], rtol=1e-6)
+    # back to px of the image (a served model's boxes on the user's image)
+    np.testing.assert_allclose(images.boxes_from_canvas([[5, 22, 15, 5]], 100, 50, 50),
+                               [[10, 20, 30, 10]], rtol=1e-6)
 
 
 def test_canvas_places_the_resized_image_and_pads_with_zeros():

@@ -119,6 +119,16 @@ def boxes_to_canvas(boxes_xywh, width: int, height: int, canvas_px: int) -> np.n
     return out.astype(np.float32)
 
 
+def boxes_from_canvas(boxes_px, width: int, height: int, canvas_px: int) -> np.ndarray:
+    """The inverse of boxes_to_canvas: boxes [K, 4] (x, y, w, h) px of the canvas (a served
+    model's ``boxes_px``) -> [K, 4] float32 px of the W x H image."""
+    boxes = np.asarray(boxes_px, np.float64).reshape(-1, 4)
+    new_w, new_h, left, top = letterbox(width, height, canvas_px)
+    sx, sy = new_w / width, new_h / height
+    out = (boxes - np.array([left, top, 0.0, 0.0])) / np.array([sx, sy, sx, sy])
+    return out.astype(np.float32)
+
+
 # ------------------------------------------------------------------ writing (make_dataset)
 def png_bits(images: np.ndarray) -> int:
     """8 if every value of ``images`` (float32 in [0, 1]) is exactly k / 255, so that an 8-bit

@@ -77,7 +77,6 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     if spec.data is not None and fresh_scenes:
         raise files.DataError(f"train_eval.fresh_scenes: {spec.data} is a fixed set of images")
     in_memory = pipeline.prepare(spec)
-    log = _file_logger(out)
     keras.utils.set_random_seed(seed)  # initial weights
     with dist.scope():
         model = models.model_for(spec)
@@ -86,6 +85,7 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
         generator = tf.random.Generator.from_seed(seed + 1)
     workdir_lib.write_record(out, seed, spec.data_seed, spec.data,
                              start_step=workdir_lib.restored_step(workdir))
+    log = _file_logger(out)
     dist.prepare(optimizer)
     objectives.warn_if_count_min_dropped(objective, model.quirks)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
