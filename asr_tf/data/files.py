@@ -202,9 +202,8 @@ def _tfds_splits(data, canvas_px, limit_bytes) -> dict:
         split = tfds_source.read_split(data, name, canvas_px, limit_bytes)
         raw[name] = dict(split, files=None)
     if len(raw) > 1 and raw["test"]["channels"] != raw["train"]["channels"]:
-        raise DataError(f"mixed channel counts: {raw['train']['names'][0]} has "
-                        f"{raw['train']['channels']} channel(s), {raw['test']['names'][0]} "
-                        f"has {raw['test']['channels']}")
+        raise images.mixed_channels(raw["train"]["names"][0], raw["train"]["channels"],
+                                    raw["test"]["names"][0], raw["test"]["channels"])
     return raw
 
 

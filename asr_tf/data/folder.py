@@ -84,10 +84,8 @@ def scan(root: str) -> dict:
     first = splits["train"]
     for split in splits.values():
         if split.channels != first.channels:
-            raise DataError(
-                f"mixed channel counts: {first.path(0)} has {first.channels} channel(s), "
-                f"{split.path(0)} has {split.channels}; one channel count per data set "
-                "(convert the images to grayscale or to RGB)")
+            raise images.mixed_channels(first.path(0), first.channels, split.path(0),
+                                        split.channels)
     return splits
 
 
@@ -103,10 +101,8 @@ def _scan_split(folder: str, annotated: bool) -> SplitFiles:
     channels = np.array([c for _, _, c in headers])
     odd = np.flatnonzero(channels != channels[0])
     if odd.size:
-        raise DataError(
-            f"mixed channel counts: {os.path.join(folder, names[0])} has {channels[0]} "
-            f"channel(s), {os.path.join(folder, names[odd[0]])} has {channels[odd[0]]}; one "
-            "channel count per data set (convert the images to grayscale or to RGB)")
+        raise images.mixed_channels(os.path.join(folder, names[0]), channels[0],
+                                    os.path.join(folder, names[odd[0]]), channels[odd[0]])
     sizes = np.array([(w, h) for w, h, _ in headers], np.int64).reshape(-1, 2)
     boxes = None
     if annotated:

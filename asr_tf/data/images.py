@@ -28,6 +28,13 @@ class DataError(ValueError):
     """Bad input data; the message names the file (or field) and the problem."""
 
 
+def mixed_channels(first, first_channels, other, other_channels) -> DataError:
+    """The error of a data set whose images ``first`` and ``other`` differ in channels."""
+    return DataError(f"mixed channel counts: {first} has {first_channels} channel(s), {other} "
+                     f"has {other_channels}; one channel count per data set (convert the "
+                     "images to grayscale or to RGB)")
+
+
 def channels_of_mode(mode: str) -> int | None:
     """Channels of an image of PIL ``mode`` after decoding (1 or 3); None if unsupported."""
     if mode in _GRAY_8 or mode in _GRAY_16:

@@ -79,8 +79,8 @@ def read_split(data, split: str, canvas_px: int, limit_bytes: int) -> dict:
         except ValueError as err:
             raise DataError(f"{name}: image: {err}") from err
         if canvases and canvas.shape != canvases[0].shape:
-            raise DataError(f"mixed channel counts: {names[0]} has {canvases[0].shape[-1]} "
-                            f"channel(s), {name} has {canvas.shape[-1]}")
+            raise images.mixed_channels(names[0], canvases[0].shape[-1], name,
+                                        canvas.shape[-1])
         if (len(canvases) + 1) * canvas.nbytes > limit_bytes:
             raise DataError(f"{data}: its {split} split takes more than {limit_bytes:,} bytes "
                             f"on the {canvas_px} px canvas, the in-memory bound of a TFDS data "
