@@ -154,6 +154,11 @@ def test_bad_folders_name_the_file_and_problem(tmp_path):
             files.load_data(str(root), 50, (1,), (10, 20))
 
     fails(tmp_path / "none", r"none: no such folder")
+    for bad, message in (((0, (1,), (1, 2)), "canvas_px must be a positive int"),
+                         ((50, (3, 1), (1, 2)), "counts must be sorted, unique ints >= 1"),
+                         ((50, (1,), (5, 2)), r"size_range_px must be \(c_min, c_max\)")):
+        with pytest.raises(DataError, match=message):
+            files.load_data(str(tmp_path / "none"), *bad)
     os.makedirs(tmp_path / "a" / "test")
     fails(tmp_path / "a", r"a: no train/ folder")
     os.makedirs(tmp_path / "a" / "train")

@@ -159,15 +159,22 @@ def load_data(data, canvas_px, counts, size_range_px, data_seed=0,
       size_range_px: (c_min, c_max) of the size constraints, px of the canvas.
       data_seed: splits a data set without a test split.
     Raises DataError naming the file, example or field (asr_tf/data/folder.py, coco.py,
-    tfds_source.py), ValueError for a bad canvas_px, counts or size range.
+    tfds_source.py), or a bad canvas_px, counts or size range.
     """
     if isinstance(canvas_px, bool) or not isinstance(canvas_px, (int, np.integer)) \
             or canvas_px <= 0:
-        raise ValueError(f"canvas_px must be a positive int, got {canvas_px!r}")
+        raise DataError(f"canvas_px must be a positive int, got {canvas_px!r}")
     counts = tuple(counts)
     if not counts or list(counts) != sorted(set(counts)) or not all(
             isinstance(c, (int, np.integer)) and c >= 1 for c in counts):
-        raise ValueError(f"counts must be sorted, unique ints >= 1, got {counts!r}")
+        raise DataError(f"counts must be sorted, unique ints >= 1, got {counts!r}")
+    try:
+        c_min, c_max = (float(v) for v in size_range_px)
+    except (TypeError, ValueError):
+        c_min = c_max = float("nan")
+    if not 0 < c_min <= c_max:
+        raise DataError(f"size_range_px must be (c_min, c_max) px with 0 < c_min <= c_max, "
+                         f"got {size_range_px!r}")
     data = resolve(data)
     raw = _tfds_splits(data, canvas_px, limit_bytes) if tfds_source.is_tfds(data) else \
         _folder_splits(data, canvas_px)
