@@ -246,6 +246,7 @@ def test_a_built_in_data_set_as_a_folder_reads_back_bit_for_bit(tmp_path):
 
 # --- the run ------------------------------------------------------------------------------------
 def test_the_run_refuses_colour_too_many_boxes_and_other_data(tmp_path):
+    from asr_tf import models
     from asr_tf.run import config, workdir as workdir_lib
 
     small = ["build_model.lstm_units = 8"]
@@ -255,7 +256,7 @@ def test_the_run_refuses_colour_too_many_boxes_and_other_data(tmp_path):
     assert (spec.channels, spec.canvas_px, spec.counts, spec.size_range_px) == \
         (3, 50, (1, 3), (17, 23))  # the config's data set lends canvas, counts and size range
     with pytest.raises(DataError, match=r"3-channel \(colour\) images; colour is not yet supp"):
-        workdir_lib.build_components(spec)
+        models.model_for(spec)
     crowded = make_folder(tmp_path / "crowd", boxes=[[[0, 0, 1, 1]] * 3] * 3)
     config.parse(["air_asr_13"], small + [f"run_spec.data = '{crowded}'",
                                           "build_model.max_glimpses = 2", "run_spec.counts = (1,)",
@@ -264,7 +265,7 @@ def test_the_run_refuses_colour_too_many_boxes_and_other_data(tmp_path):
     assert (spec.canvas_px, spec.counts) == (20, (1,))
     with pytest.raises(DataError, match=r"crowd/train/000.png: 3 boxes, more than "
                                         r"build_model.max_glimpses = 2"):
-        workdir_lib.build_components(spec)
+        models.model_for(spec)
     # another folder on resume: refused before anything is written
     workdir = str(tmp_path / "w")
     os.makedirs(workdir)
