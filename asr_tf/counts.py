@@ -23,13 +23,16 @@ PRESENCE_KEY = re.compile(r"pres_(\d+)obj_step(\d+)$")
 
 
 def count_frac_key(true_count, count):
-    """The scalar of the fraction of true-count scenes inferred as ``count``."""
-    return f"count_frac_{true_count}obj_{count}"
+    """The scalar of the fraction of true-count scenes inferred as ``count`` (true_count None:
+    of all scenes, their true counts unknown)."""
+    return f"count_frac_{true_count}obj_{count}" if true_count is not None \
+        else f"count_frac_any_{count}"
 
 
 def presence_key(true_count, step):
-    """The scalar of the mean presence probability of glimpse ``step`` on true-count scenes."""
-    return f"pres_{true_count}obj_step{step}"
+    """The scalar of the mean presence probability of glimpse ``step`` on true-count scenes
+    (true_count None: on all scenes)."""
+    return f"pres_{true_count}obj_step{step}" if true_count is not None else f"pres_any_step{step}"
 
 
 def as_counts(name, values):
@@ -111,11 +114,16 @@ def count_report(count, z_pres_prob, true_count, step_mask=None):
 
     Scalars: ``count_frac_<c>obj_<k>`` (fraction of true-count-c scenes inferred as k),
     ``pres_<c>obj_step<t>`` (mean p_t over the scenes that reached step t; NaN skipped).
+    ``true_count`` None (scenes without boxes): one group of all scenes, keyed None,
+    ``count_frac_any_<k>`` and ``pres_any_step<t>``.
     """
     p = np.asarray(z_pres_prob)
     t_max = p.shape[1] if p.ndim == 2 else 0
-    hist = count_histogram(count, true_count, t_max)
-    pres = presence_by_step(p, true_count, count, step_mask)
+    groups = np.zeros(np.shape(count), np.int64) if true_count is None else true_count
+    hist = count_histogram(count, groups, t_max)
+    pres = presence_by_step(p, groups, count, step_mask)
+    if true_count is None:
+        hist, pres = {None: hist[0]}, {None: pres[0]}
     scalars = {}
     for c, (frac, _) in hist.items():
         for k, f in enumerate(frac):

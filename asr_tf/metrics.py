@@ -237,25 +237,30 @@ def evaluate_outputs(images, recon, nelbo, inf_count, scale, shift, gt_boxes_px,
     """All paper metrics from the arrays of one (stochastic) test pass.
 
     Args:
-      images: [N, S, S(, 1)] test images in [0, 1].
-      recon: [N, S, S(, 1)] canvas (clipped here for SE).
+      images: [N, S, S(, C)] test images in [0, 1].
+      recon: [N, S, S(, C)] canvas (clipped here for SE).
       nelbo: [N] per-image negative ELBO (or a scalar, already averaged).
       inf_count: [N] inferred count.
       scale: [N, T] (or [N, T, 1]) inferred scale; shift: [N, T, 2] inferred shift.
-      gt_boxes_px: [N, M, 4] GT (x, y, w, h); gt_mask: [N, M]; true_count: [N].
+      gt_boxes_px: [N, M, 4] GT (x, y, w, h); gt_mask: [N, M]; true_count: [N]; all three
+        None for images without boxes.
       canvas_px: S; default images.shape[1].
       tight_gt: see `gt_boxes_xyxy`.
     Returns:
-      {'acc', 'se', 'nelbo', 'miou'} as Python floats.
+      {'acc', 'se', 'nelbo', 'miou'} as Python floats; without boxes {'se', 'nelbo'} (ACC and
+      mIoU are left out, not given a value).
     """
     images = np.asarray(images)
     if canvas_px is None:
         canvas_px = images.shape[1]
+    result = {"se": squared_error(images, recon),
+              "nelbo": float(np.mean(np.asarray(nelbo, dtype=np.float64)))}
+    if true_count is None:
+        return result
     inf_boxes = boxes_from_where(scale, shift, canvas_px)
     return {
         "acc": count_accuracy(inf_count, true_count),
-        "se": squared_error(images, recon),
-        "nelbo": float(np.mean(np.asarray(nelbo, dtype=np.float64))),
+        **result,
         "miou": mean_iou(gt_boxes_px, gt_mask, inf_boxes, inf_count, tight_gt=tight_gt),
     }
 

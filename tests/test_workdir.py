@@ -69,9 +69,9 @@ def test_record_keeps_the_seeds_and_refuses_others(tmp_path):
     assert (first["seed"], first["data_seed"], first["start_step"]) == (1, 0, 0)
     assert second["start_step"] == 6 and first["commit"] == second["commit"]
     before = open(os.path.join(workdir, "invocations.jsonl")).read()
-    for seed, data_seed in ((2, 0), (1, 3)):
+    for seed, data_seed, change in ((2, 0, "seed 1 -> 2"), (1, 3, "data_seed 0 -> 3")):
         with pytest.raises(workdir_lib.RecordMismatchError,
-                           match=r"started with \{'seed': 1, 'data_seed': 0\}"):
+                           match=rf"started with other seeds or data \({change}\)"):
             workdir_lib.write_record(workdir, seed=seed, data_seed=data_seed)
     assert open(os.path.join(workdir, "invocations.jsonl")).read() == before
     # Other bindings on resume: the original record stays, this invocation's beside it.
@@ -200,7 +200,7 @@ def test_record_and_evaluate_tool_reproduce_a_seed_1_run(tmp_path, repo_root):
               for name in ("config.gin", "invocations.jsonl", "metrics.jsonl")}
     out = _train_tool(repo_root, workdir, "--seed", "2", "--max_steps", "9")
     assert out.returncode != 0
-    assert "was started with {'seed': 1, 'data_seed': 0}" in out.stderr
+    assert "was started with other seeds or data (seed 1 -> 2)" in out.stderr
     after = {name: open(os.path.join(workdir, name)).read() for name in before}
     assert after == before and not os.path.exists(os.path.join(workdir, "config.gin.latest"))
     # The same seed resumes and records the second invocation.

@@ -1,6 +1,7 @@
 """Throughput benchmarks; prints one JSON line. Modes live in asr_tf.lab.benchmarks.BENCHMARKS.
 
   python tools/benchmark.py --what data --dataset mnist_13
+  python tools/benchmark.py --what data --data DIR   # a folder (or tfds:NAME), streamed and cached
   python tools/benchmark.py --what train --config air_asr_14 --batches 50 --warmup_batches 5
   python tools/benchmark.py --what sampler
   python tools/benchmark.py --what tensorboard --config air_asr_14   # first scalar served
@@ -28,6 +29,9 @@ flags.DEFINE_integer("batches", 200, "measured batches")
 flags.DEFINE_integer("warmup_batches", 20, "batches before measuring")
 flags.DEFINE_integer("seed", 0, "seed")
 flags.DEFINE_bool("fresh_scenes", False, "data mode: never-repeating scenes")
+flags.DEFINE_string("data", None, "data mode: a data set from files (a folder or tfds:NAME), on "
+                    "the canvas of --dataset: its scan, its decoding once, its rate streamed "
+                    "from the files and from memory")
 flags.DEFINE_string("config", "air_asr_14", "train mode: the config whose data and model to "
                     "time; tensorboard mode: the config to train")
 flags.DEFINE_string("kinds", "air,pprior,asr", "train mode: model kinds to time")
@@ -53,9 +57,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     options = {name: FLAGS[name].value for name in
-               ("dataset", "batch_size", "batches", "warmup_batches", "seed", "fresh_scenes",
-                "config", "kinds", "jit_modes", "export_path", "clients", "requests_per_client",
-                "serving_batch_sizes", "load_rounds")}
+               ("dataset", "data", "batch_size", "batches", "warmup_batches", "seed",
+                "fresh_scenes", "config", "kinds", "jit_modes", "export_path", "clients",
+                "requests_per_client", "serving_batch_sizes", "load_rounds")}
     try:
         if FLAGS.what == "serve_steps":  # one side of --compare_with (asr_tf/lab/step_compare.py)
             if FLAGS.threads:

@@ -21,6 +21,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    from asr_tf.data import DataError
     from asr_tf.lab import diagnostics
     from asr_tf.run import workdir as workdir_lib
 
@@ -29,7 +30,7 @@ def main(argv):
                                               num_test=FLAGS.num_test, seed=FLAGS.seed,
                                               ledger=FLAGS.ledger,
                                               ledger_prior_logit=FLAGS.ledger_prior_logit)
-    except (FileNotFoundError, workdir_lib.CheckpointError) as err:
+    except (FileNotFoundError, workdir_lib.CheckpointError, DataError) as err:
         raise app.UsageError(str(err))
     print(result["markdown"])
     if "ledger_check" in result:

@@ -30,6 +30,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    from asr_tf.data import DataError
     from asr_tf.run import trained, workdir as workdir_lib
 
     try:
@@ -41,7 +42,7 @@ def main(argv):
         result = trained.evaluate_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                                           num_test=FLAGS.num_test, seed=FLAGS.seed,
                                           deterministic=FLAGS.deterministic)
-    except (FileNotFoundError, workdir_lib.CheckpointError) as err:
+    except (FileNotFoundError, workdir_lib.CheckpointError, DataError) as err:
         raise app.UsageError(str(err))
     result["code"] = workdir_lib.code_of(FLAGS.workdir, result["step"])
     text = json.dumps(result, indent=1)

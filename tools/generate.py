@@ -16,12 +16,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    from asr_tf.data import DataError
     from asr_tf.run import trained, workdir as workdir_lib
 
     try:
         path = trained.write_figure(FLAGS.workdir, FLAGS.out, reconstruct=FLAGS.reconstruct,
                                     num=FLAGS.num, seed=FLAGS.seed, checkpoint=FLAGS.checkpoint)
-    except (FileNotFoundError, workdir_lib.CheckpointError) as err:
+    except (FileNotFoundError, workdir_lib.CheckpointError, DataError) as err:
         raise app.UsageError(str(err))
     print(path)
 

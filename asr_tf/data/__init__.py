@@ -1,5 +1,6 @@
-"""Synthetic multi-object data: sources (MNIST, dSprites), numpy scenes (patches, placement,
-files), tf.data pipeline.
+"""Multi-object data: synthetic scenes (sources MNIST and dSprites, patches, placement, files),
+data sets from files (folders of images, TFDS: images, coco, folder, tfds_source, files), the
+tf.data pipeline.
 
 The numpy parts import without TensorFlow; the pipeline names are loaded on first use.
 """
@@ -11,6 +12,7 @@ from asr_tf.data.scenes import (  # noqa: F401
     synthesize_batch,
     synthesize_scene,
 )
+from asr_tf.data.images import DataError  # noqa: F401
 from asr_tf.data.placement import SceneSynthesisError  # noqa: F401
 from asr_tf.data.sources import MnistNotFoundError, dsprites_sprites, load_mnist  # noqa: F401
 

@@ -1,6 +1,7 @@
-"""`tf.data` input pipeline over the synthetic scenes of `asr_tf.data.scenes`.
+"""`tf.data` input pipeline over the synthetic scenes of `asr_tf.data.scenes` or the images of a
+data set from files (`asr_tf.data.files`).
 
-Design (resumable, deterministic, no files):
+Design (resumable, deterministic):
   1. An *index stream*: global positions p = step * B + j (j = 0..B-1), from
      p0 = start_step * B, each mapped to a scene index by arithmetic only, then batched:
        * train, shuffle='permutation' (default): epoch e = p // N, i = p % N,
@@ -20,7 +21,8 @@ Design (resumable, deterministic, no files):
      Sharded (num_shards n > 1, multi-worker training): shard i of batch B takes positions
      p = step * B * n + i * B + j, i.e. rows [i*B, (i+1)*B) of the batch of B*n that one
      process gets at that step, so the n shards of a step together are exactly that batch.
-  2. Whole batches of indices are synthesised by `scenes.synthesize_batch` inside
+  2. Whole batches of indices are synthesised by `scenes.synthesize_batch` (or read by
+     `files.SplitData.batch`: from memory, or decoded from their files) inside
      `tf.numpy_function`, several batches in parallel, in order, then prefetched.
 
 Throughput (tools/benchmark.py --what data, 2-core CPU): ~5,000 mnist_13 scenes/s
@@ -40,15 +42,32 @@ import threading
 
 import numpy as np
 
-from asr_tf.data import scenes
+from asr_tf.data import files, scenes
 
 SHUFFLE_BUFFER = 10000  # Q41: the original's shuffle buffer
 _UNBOUNDED = 2**62  # end of an endless position stream
 
 
+def resolve_spec(name_or_spec, **spec_overrides):
+    """A data set from files as it is; a built-in one by name or spec, with overrides."""
+    if isinstance(name_or_spec, files.FileDataSpec):
+        if spec_overrides:
+            raise ValueError(f"{name_or_spec.data}: a data set from files takes no overrides "
+                             f"({sorted(spec_overrides)})")
+        return name_or_spec
+    return scenes.get_spec(name_or_spec, **spec_overrides)
+
+
+def prepare(spec) -> bool | None:
+    """Before training: a data set from files decodes every image once (a corrupt file raises
+    files.DataError naming it), in memory if it fits (files.CACHE_LIMIT_BYTES). Returns whether
+    it is in memory; None for a synthetic data set (nothing to do)."""
+    return spec.load() if isinstance(spec, files.FileDataSpec) else None
+
+
 def num_train_scenes(spec) -> int:
     """N, the training scenes of a dataset (39,000 for the count sets, 19,000 for bbox)."""
-    return scenes.get_spec(spec).num_train
+    return resolve_spec(spec).num_train
 
 
 def steps_per_epoch(spec, batch: int = 64) -> int:
@@ -169,7 +188,7 @@ def scene_index_dataset(spec, **stream) -> tf.data.Dataset:
     """The batched scene-index stream of `make_dataset` (``stream``: its `Stream` arguments):
     [B] int64 per step, split indices of `scenes.synthesize_batch` ('fresh' ones if
     fresh_scenes)."""
-    return _index_dataset(scenes.get_spec(spec), Stream(**stream))
+    return _index_dataset(resolve_spec(spec), Stream(**stream))
 
 
 def _index_dataset(spec, st):
@@ -213,16 +232,19 @@ def make_dataset(
     cache_scenes: bool = True,
     **spec_overrides,
 ) -> tf.data.Dataset:
-    """Batches of synthetic scenes.
+    """Batches of scenes: synthetic ones, or a data set from files.
 
     Args:
-      name_or_spec: a registered dataset name (scenes.DATASETS) or a scenes.DatasetSpec.
+      name_or_spec: a registered dataset name (scenes.DATASETS), a scenes.DatasetSpec or a
+        files.FileDataSpec (its images from memory if FileDataSpec.load kept them, else decoded
+        from the files batch by batch).
       split: 'train' or 'test'.
       batch_size: B.
       seed: non-negative int, the reading order (the training run's seed): the shuffle of the
         training scenes, or which stretch of fresh scenes. The scenes themselves and the
         train/test split are the data set's (``spec.data_seed``, e.g. ``data_seed=1`` below).
-      fresh_scenes: train only; draw never-repeating new scenes instead of the fixed set.
+      fresh_scenes: train only, synthetic data sets only; draw never-repeating new scenes
+        instead of the fixed set.
       start_step: the first batch is the one step `start_step` would get (resuming).
       shuffle: train only; 'permutation' (per-epoch random permutation, default), 'buffer'
         (the original's shuffle(10000), Q41) or None (fixed order). Ignored with fresh scenes.
@@ -238,32 +260,38 @@ def make_dataset(
         are disjoint and together are that unsharded batch. A last partial batch
         (drop_remainder=False) is split the same way, so shards may be short or empty.
       cache_scenes: keep the scenes of a fixed split in memory once synthesised (see the
-        module docstring); ignored with fresh scenes.
+        module docstring); ignored with fresh scenes and for data sets from files.
       **spec_overrides: DatasetSpec fields to replace, e.g. images_per_count=500, data_seed=1.
 
     Returns a tf.data.Dataset of dicts:
-      image [B, S, S, 1] float32 in [0, 1]; count [B] int32;
-      boxes_px [B, 4, 4] float32, rows (x, y, w, h) in pixels, zero padded;
-      box_mask [B, 4] bool.
+      image [B, S, S, C] float32 in [0, 1] (C = spec.channels, 1 for the synthetic sets);
+      count [B] int32 (-1: a data set without boxes);
+      boxes_px [B, M, 4] float32, rows (x, y, w, h) in pixels, zero padded (M = spec.max_boxes,
+      4 for the synthetic sets); box_mask [B, M] bool.
     """
-    spec = scenes.get_spec(name_or_spec, **spec_overrides)
+    spec = resolve_spec(name_or_spec, **spec_overrides)
     st = Stream(split=split, batch_size=batch_size, seed=seed, fresh_scenes=fresh_scenes,
                 start_step=start_step, shuffle=shuffle, repeat=repeat,
                 drop_remainder=drop_remainder, num_shards=num_shards, shard_index=shard_index)
     scene_split, drop_remainder = st.scene_split, st.drop_remainder
     indices = _index_dataset(spec, st)
-    size = spec.canvas_px
+    size, channels, max_boxes = spec.canvas_px, spec.channels, spec.max_boxes
     batch_dim = batch_size if drop_remainder else None
 
-    if cache_scenes and scene_split != "fresh":
+    if isinstance(spec, files.FileDataSpec):
+        if fresh_scenes:
+            raise ValueError(f"{spec.data}: fresh scenes are for synthetic data sets")
+        make_batch = spec.split(split).batch
+    elif cache_scenes and scene_split != "fresh":
         make_batch = SceneCache(spec, scene_split).batch
     else:
         make_batch = functools.partial(scenes.synthesize_batch, spec, split=scene_split)
 
     def synthesize(batch_indices):  # numpy [B] int64 -> tuple of numpy arrays
         batch = make_batch(batch_indices)
+        image = batch["image"]
         return (
-            batch["image"][..., None],  # [B, S, S, 1]
+            image if image.ndim == 4 else image[..., None],  # [B, S, S, C]
             batch["count"],
             batch["boxes_px"],
             batch["box_mask"],
@@ -277,10 +305,10 @@ def make_dataset(
             stateful=False,
             name="synthesize_scenes",
         )
-        image.set_shape([batch_dim, size, size, 1])
+        image.set_shape([batch_dim, size, size, channels])
         count.set_shape([batch_dim])
-        boxes_px.set_shape([batch_dim, scenes.MAX_OBJECTS, 4])
-        box_mask.set_shape([batch_dim, scenes.MAX_OBJECTS])
+        boxes_px.set_shape([batch_dim, max_boxes, 4])
+        box_mask.set_shape([batch_dim, max_boxes])
         return dict(image=image, count=count, boxes_px=boxes_px, box_mask=box_mask)
 
     dataset = indices.map(to_tensors, num_parallel_calls=num_parallel_calls, deterministic=True)

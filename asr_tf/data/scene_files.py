@@ -1,11 +1,16 @@
-"""Files of synthesised scenes (tools/make_dataset.py via scenes.export_scenes): the .npz of
-arrays and a PNG preview grid with the ground-truth boxes, each written atomically."""
+"""Files of synthesised scenes (tools/make_dataset.py via scenes.export_scenes and
+scenes.export_folder): the .npz of arrays and a PNG preview grid with the ground-truth boxes,
+each written atomically; or a data set folder (PNGs and annotations.json, docs/OWN_DATA.md).
+"""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import numpy as np
+
+from asr_tf.data import coco, images as image_files
 
 
 def check_output_paths(out: str, preview: str | None) -> None:
@@ -72,3 +77,45 @@ def atomic_write(path: str, write_fn) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_folder(out: str, splits: dict) -> int:
+    """Writes scenes as a data set folder: ``out/<split>/<index>.png`` (zero-padded split index,
+    so that file-name order is index order) and ``out/<split>/annotations.json`` (the boxes, COCO
+    form), into a temporary folder renamed to ``out`` at the end (nothing is left on failure).
+
+    Args:
+      out: a folder that does not exist yet (its parent must).
+      splits: {split name: dict(image [N, S, S] float32 in [0, 1], boxes_px [N, M, 4] (x, y, w,
+        h), box_mask [N, M])}.
+    Returns the PNGs' bit depth: 8 if every value of every image is k / 255 (the values of an
+    8-bit PNG, bit for bit), else 16 (grayscale, quantised to k / 65535).
+    """
+    check_new_folder(out)
+    bits = max(image_files.png_bits(arrays["image"]) for arrays in splits.values())
+    parent = os.path.dirname(os.path.abspath(out))
+    tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(out) + ".tmp")
+    try:
+        for split, arrays in splits.items():
+            folder = os.path.join(tmp, split)
+            os.makedirs(folder)
+            num = len(arrays["image"])
+            names = [f"{i:0{max(6, len(str(num - 1)))}d}.png" for i in range(num)]
+            for name, image in zip(names, arrays["image"]):
+                image_files.write_png(os.path.join(folder, name), image, bits)
+            size = arrays["image"].shape[2], arrays["image"].shape[1]  # (width, height)
+            coco.write(folder, names, [size] * num,
+                       [b[m] for b, m in zip(arrays["boxes_px"], arrays["box_mask"])])
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return bits
+
+
+def check_new_folder(out: str) -> None:
+    """Raises ValueError unless ``out`` does not exist and its parent folder does."""
+    if os.path.exists(out):
+        raise ValueError(f"{out} exists; give a new folder (nothing is overwritten)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise ValueError(f"the parent folder of {out} does not exist")

@@ -120,6 +120,12 @@ class DatasetSpec:
             fail("data_seed", self.data_seed, "expected an int in [0, 2**63)")
         object.__setattr__(self, "data_seed", int(self.data_seed))
 
+    # What a data set from files has too (asr_tf/data/files.py, FileDataSpec).
+    data = None  # not from files
+    channels = 1  # grayscale
+    has_boxes = True  # every scene has its ground-truth boxes
+    max_boxes = MAX_OBJECTS  # box slots per scene
+
     @property
     def num_scenes(self) -> int:
         """Scenes in the fixed dataset (train + test)."""
@@ -186,7 +192,7 @@ def _check_split(split: str) -> str:
 # Scenes, splits, batches
 # ---------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=32)
-def _split_permutation(num_scenes: int, data_seed: int) -> np.ndarray:
+def split_permutation(num_scenes: int, data_seed: int) -> np.ndarray:
     """Joint permutation [num_scenes] of full-set ids; position < num_test -> test split."""
     perm = np.random.default_rng((data_seed, _STREAM_SPLIT)).permutation(num_scenes)
     perm.flags.writeable = False
@@ -195,7 +201,7 @@ def _split_permutation(num_scenes: int, data_seed: int) -> np.ndarray:
 
 def scene_ids(spec: DatasetSpec, split: str) -> np.ndarray:
     """Full-set ids [N_split] of a fixed split: split index i is full-set scene ids[i]."""
-    perm = _split_permutation(spec.num_scenes, spec.data_seed)
+    perm = split_permutation(spec.num_scenes, spec.data_seed)
     if _check_split(split) == "fresh":
         raise ValueError("the 'fresh' split has no fixed scene ids")
     return perm[spec.num_test :] if split == "train" else perm[: spec.num_test]
@@ -344,3 +350,29 @@ def export_scenes(
     )
     scene_files.write_scenes(arrays, out, preview)
     return arrays
+
+
+def export_folder(name: str, out: str, num: int | None = None, num_test: int | None = None,
+                  spec_overrides: dict | None = None) -> dict:
+    """Writes a data set as a folder of PNGs with annotations.json (docs/OWN_DATA.md): the first
+    ``num`` training scenes (default all) to ``out/train``, the first ``num_test`` test scenes
+    (default all) to ``out/test``, each in split-index order, so that training on the folder
+    reads the scenes a run on the fly reads (all of them, the same data seed). ``spec_overrides``
+    replace DatasetSpec fields (``{'data_seed': 1}``). Validated before anything is written;
+    ``out`` must not exist. Returns {'train': N, 'test': N_test, 'bits':
+    the PNGs' bit depth} (scene_files.write_folder).
+    """
+    spec = get_spec(name, **(spec_overrides or {}))
+    sizes = {}
+    for split, wanted in (("train", num), ("test", num_test)):
+        limit = spec.num_in_split(split)
+        wanted = limit if wanted is None else wanted
+        if isinstance(wanted, bool) or not isinstance(wanted, (int, np.integer)) \
+                or not 1 <= wanted <= limit:
+            raise ValueError(f"{split} scenes: {wanted!r}; the {split} split of {name!r} has "
+                             f"{limit}: give 1 to {limit}")
+        sizes[split] = int(wanted)
+    scene_files.check_new_folder(out)
+    splits = {split: synthesize_batch(spec, np.arange(n), split) for split, n in sizes.items()}
+    bits = scene_files.write_folder(out, splits)
+    return dict(sizes, bits=bits)

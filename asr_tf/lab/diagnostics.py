@@ -14,6 +14,7 @@ import tensorflow as tf
 from asr_tf import metrics
 from asr_tf import objectives
 from asr_tf.counts import as_counts, count_histogram, count_report
+from asr_tf.data import DataError
 from asr_tf.models.base import batch_major, flat, unflat
 from asr_tf.nn import transformer
 from asr_tf.run import trained
@@ -277,6 +278,9 @@ def diagnose_workdir(workdir, checkpoint=None, num_test=None, seed=None, ledger=
     """
     run = trained.load_trained(workdir, checkpoint)
     model, spec, step = run.model, run.spec, run.step
+    if not spec.has_boxes:
+        raise DataError(f"{spec.data} has no boxes: the count diagnostics are per true count "
+                        "(tools/evaluate.py gives the histogram of inferred counts)")
     seed = run.seed if seed is None else seed
     scenes = run.evaluator(num_test, seed).test
     images, true_count = scenes["image"], scenes["count"].numpy()

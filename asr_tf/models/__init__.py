@@ -3,6 +3,7 @@ gin-decorated directly: that crashes with Keras 3); ``model_for`` builds a run's
 data set."""
 import gin
 
+from asr_tf.data import DataError
 from asr_tf.models.air import AIR, PresencePriorSchedule
 from asr_tf.models.pprior import PPriorAIR
 from asr_tf.quirks import Quirks
@@ -59,6 +60,18 @@ def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpse
 
 def model_for(spec, quirks=None):
     """The run's model (``build_model`` as gin binds it) for the data set ``spec``: its canvas,
-    allowed counts and size range."""
-    return build_model(canvas_px=spec.canvas_px, counts=spec.counts,
-                       size_range_px=spec.size_range_px, quirks=quirks)
+    allowed counts and size range. Raises DataError for data it cannot take: colour images
+    (the models take one channel for now), a scene from files with more boxes than the model
+    has glimpse steps (``max_glimpses``)."""
+    if spec.channels != 1:
+        raise DataError(f"{spec.data}: {spec.channels}-channel (colour) images; colour is not "
+                        "yet supported by the models: convert the images to grayscale")
+    model = build_model(canvas_px=spec.canvas_px, counts=spec.counts,
+                        size_range_px=spec.size_range_px, quirks=quirks)
+    if spec.data is not None and spec.has_boxes:
+        most, name = spec.most_boxes()
+        if most > model.max_glimpses:
+            raise DataError(f"{name}: {most} boxes, more than build_model.max_glimpses = "
+                            f"{model.max_glimpses}, the most objects the model can find in a "
+                            "scene; raise build_model.max_glimpses or leave such scenes out")
+    return model

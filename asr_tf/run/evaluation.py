@@ -1,5 +1,6 @@
 """Evaluation of a run on its data set's fixed test scenes (docs/ORIGINAL.md §8): ACC, SE, nELBO,
-mIoU, box statistics, the count histogram; reconstruction and generation grids.
+mIoU, box statistics, the count histogram; reconstruction and generation grids. A data set from
+files without boxes has no ACC, mIoU or histogram per true count (``no_box_metrics``).
 
 The test scenes are the data set's (``spec.data_seed``), the same for every seed of a run; the
 evaluation noise at step k comes from the run's seed and k, so evaluating a checkpoint again
@@ -62,20 +63,31 @@ class Evaluator:
             terms.append({k: v.numpy() for k, v in t.items()})
         out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
         term = {k: np.concatenate([t[k] for t in terms]) for k in terms[0]}
+        images = self.test["image"].numpy()
+        boxes = self.spec.has_boxes  # else ACC, mIoU and SE per true count are left out
+        true_count = self.test["count"].numpy() if boxes else None
         result = metrics_lib.evaluate_outputs(
-            self.test["image"].numpy(), out["recon"], term["nelbo"], out["count"], out["scale"],
-            out["shift"], self.test["boxes_px"].numpy(), self.test["box_mask"].numpy(),
-            self.test["count"].numpy(), canvas_px=self.spec.canvas_px,
-            tight_gt=self.model.quirks.tight_gt)
+            images, out["recon"], term["nelbo"], out["count"], out["scale"], out["shift"],
+            self.test["boxes_px"].numpy() if boxes else None,
+            self.test["box_mask"].numpy() if boxes else None, true_count,
+            canvas_px=self.spec.canvas_px, tight_gt=self.model.quirks.tight_gt)
         for k in ("nll", "kl_pres", "kl_scale", "kl_shift", "kl_what"):
             result[k] = float(term[k].mean())
         result.update(box_diagnostics(out, self.spec.canvas_px))
-        result.update(se_by_count(self.test["image"].numpy(), out["recon"],
-                                   self.test["count"].numpy()))
-        # count histogram per true count and presence per glimpse step (count_frac_*, pres_*)
+        if boxes:
+            result.update(se_by_count(images, out["recon"], true_count))
+        # count histogram per true count (without boxes: of all scenes) and presence per
+        # glimpse step (count_frac_*, pres_*)
         result.update(counts.count_report(out["count"], out["z_pres_prob"],
-                                               self.test["count"].numpy())["scalars"])
+                                          true_count)["scalars"])
         return result, out
+
+
+def no_box_metrics(spec):
+    """What summary.json and the tools say instead of box metrics for a data set without
+    boxes."""
+    return (f"not available: {spec.data} has no boxes (no annotations.json, no objects/bbox), "
+            "so ACC, mIoU and the count histogram per true count cannot be computed")
 
 
 def both_passes(evaluator, step):

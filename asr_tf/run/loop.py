@@ -24,7 +24,7 @@ from asr_tf import metrics as metrics_lib
 from asr_tf import models
 from asr_tf import objectives
 from asr_tf import training
-from asr_tf.data import pipeline
+from asr_tf.data import files, pipeline
 from asr_tf.run import distribute
 from asr_tf.run import evaluation
 from asr_tf.run import summaries
@@ -69,16 +69,23 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     dist = distribute.Distributed(strategy, batch_size)
     out = dist.output_dir(workdir)  # what this worker writes
     workdir_lib.lock(out)  # one trainer per workdir
+    # Everything that can refuse the run does so before the record is written: other seeds or
+    # data than the workdir's, bad data (each file checked), data the model cannot take.
+    data, data_seed = workdir_lib.bound_data()
+    workdir_lib.check_record(out, seed, data_seed, data)
     spec = workdir_lib.run_spec()
-    workdir_lib.write_record(out, seed, spec.data_seed,  # refuses other seeds
-                             start_step=workdir_lib.restored_step(workdir))
-    log = _file_logger(out)
+    if spec.data is not None and fresh_scenes:
+        raise files.DataError(f"train_eval.fresh_scenes: {spec.data} is a fixed set of images")
+    in_memory = pipeline.prepare(spec)
     keras.utils.set_random_seed(seed)  # initial weights
     with dist.scope():
         model = models.model_for(spec)
         objective = objectives.objective_for(spec)
         optimizer = training.make_optimizer(model)
         generator = tf.random.Generator.from_seed(seed + 1)
+    workdir_lib.write_record(out, seed, spec.data_seed, spec.data,
+                             start_step=workdir_lib.restored_step(workdir))
+    log = _file_logger(out)
     dist.prepare(optimizer)
     objectives.warn_if_count_min_dropped(objective, model.quirks)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
@@ -99,6 +106,11 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     stop_at = min(total, max_steps) if max_steps else total
     log.info("run %s: %s, %d/%d steps, batch %d, %s", os.path.basename(workdir), spec.name, start,
              total, batch_size, type(model).__name__)
+    if spec.data is not None:
+        log.info("data %s: %d train / %d test images on the %d px canvas, %s, %s", spec.data,
+                 spec.num_train, spec.num_test, spec.canvas_px,
+                 "with boxes" if spec.has_boxes else "without boxes",
+                 "in memory" if in_memory else "streamed from the files")
     log.info("%s", dist.describe())
     log.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS") or "(none)")
     evaluator = evaluation.Evaluator(model, spec, num_test, seed)
@@ -160,6 +172,8 @@ def train_eval(workdir, num_steps=None, num_epochs=300, batch_size=64, eval_ever
     bar.close()
     workdir_lib.write_operative_config(out)
     summary = dict(step=step, total_steps=total, **best.summary())
+    if not spec.has_boxes:
+        summary["box_metrics"] = evaluation.no_box_metrics(spec)
     if dist.is_chief and step > start:
         summary["at_end"] = evaluation.both_passes(evaluator, step)
     workdir_lib.write_summary(out, summary)
@@ -179,6 +193,8 @@ def summary_line(workdir, summary):
             + (f"{metrics(end['stochastic'])} (one stochastic pass), "
                f"{metrics(end['deterministic'])} (deterministic)" if end
                else metrics(summary.get("final") or {})))
+    if "box_metrics" in summary:
+        text += f"; box metrics {summary['box_metrics']}"
     return text + f"; {os.path.join(workdir, workdir_lib.SUMMARY_FILE)}"
 
 

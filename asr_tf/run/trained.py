@@ -12,7 +12,6 @@ import tensorflow as tf
 
 from asr_tf import models
 from asr_tf import viz
-from asr_tf.data import scenes
 from asr_tf.run import config, evaluation, workdir as workdir_lib
 
 
@@ -22,7 +21,7 @@ class Trained:
     evaluations used: ``seed`` (the run's, from its invocation record) and ``num_test`` (its
     ``train_eval.num_test``; None: the whole test split)."""
     model: object
-    spec: scenes.DatasetSpec
+    spec: object  # a scenes.DatasetSpec, or a files.FileDataSpec (run_spec.data)
     step: int
     seed: int
     num_test: object
@@ -38,7 +37,8 @@ class Trained:
 def load_trained(workdir, checkpoint=None):
     """Rebuilds a run from its record and restores its latest (or the given) checkpoint into
     its model; a :class:`Trained`. The record's bindings are read here, once, and cleared from
-    gin afterwards. Raises CheckpointError / FileNotFoundError clearly."""
+    gin afterwards. Raises CheckpointError / FileNotFoundError / files.DataError (the run's data
+    from files is gone or changed) clearly."""
     config.parse_record(workdir)
     try:
         spec = workdir_lib.run_spec()
@@ -60,6 +60,8 @@ def evaluate_workdir(workdir, checkpoint=None, num_test=None, seed=None, determi
     (Q25-Q27) instead of the run's configured pass."""
     run = load_trained(workdir, checkpoint)
     result, _ = run.evaluator(num_test, seed)(run.step, deterministic=deterministic or None)
+    if not run.spec.has_boxes:
+        result["box_metrics"] = evaluation.no_box_metrics(run.spec)
     return dict(step=run.step, **result)
 
 
@@ -77,11 +79,11 @@ def end_evaluations(workdir, checkpoint=None):
 
 def write_figure(workdir, out_path, reconstruct=False, num=64, seed=None, checkpoint=None):
     """Writes a PNG grid of prior samples, or of test reconstructions with inferred boxes
-    (the first ``num`` test scenes; ``seed`` default: the run's)."""
+    (the first ``num`` test scenes, or all if fewer; ``seed`` default: the run's)."""
     run = load_trained(workdir, checkpoint)
     seed = run.seed if seed is None else seed
-    if reconstruct:
-        evaluator = run.evaluator(num_test=num, seed=seed)
+    if reconstruct:  # at most the test split (a data set from files may hold fewer than num)
+        evaluator = run.evaluator(num_test=min(num, run.spec.num_test), seed=seed)
         _, out = evaluator(run.step)
         grid = evaluation.boxed_panels(evaluator.test["image"].numpy()[..., 0], out["recon"],
                                        out, run.spec.canvas_px, n=num)

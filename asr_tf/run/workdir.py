@@ -31,7 +31,7 @@ import sys
 import gin
 import tensorflow as tf
 
-from asr_tf.data import scenes
+from asr_tf.data import files, scenes
 from asr_tf.run import xla_cpu
 
 CONFIG_FILE = "config.gin"
@@ -54,7 +54,7 @@ class CheckpointError(RuntimeError):
 
 
 class RecordMismatchError(ValueError):
-    """An invocation whose seeds differ from the ones its workdir was started with."""
+    """An invocation whose seeds or data differ from the ones its workdir was started with."""
 
 
 class WorkdirBusyError(RuntimeError):
@@ -63,11 +63,40 @@ class WorkdirBusyError(RuntimeError):
 
 # ------------------------------------------------------------------ the run's parts
 @gin.configurable
-def run_spec(dataset="mnist_13", dataset_overrides=None, data_seed=0):
-    """The data set of a run: ``dataset`` names one of scenes.DATASETS; ``data_seed`` fixes its
-    scenes and its train/test split (0 for every run of the paper's tables, whatever the run's
-    own seed)."""
-    return scenes.get_spec(dataset, **dict(dataset_overrides or {}, data_seed=data_seed))
+def run_spec(dataset="mnist_13", dataset_overrides=None, data_seed=0, data=None, canvas_px=None,
+             counts=None, size_range_px=None):
+    """The data set of a run.
+
+    Args:
+      dataset: one of scenes.DATASETS (a run config binds it), synthesised, unless ``data``.
+      dataset_overrides: DatasetSpec fields to replace in it.
+      data_seed: fixes its scenes and its train/test split (0 for every run of the paper's
+        tables, whatever the run's own seed); splits a data set from files without a test split.
+      data: None, or the images of the run: a folder or 'tfds:NAME[/CONFIG]'
+        (docs/OWN_DATA.md; ``tools/train.py --data``).
+      canvas_px, counts, size_range_px: the canvas side S, the allowed object counts and the
+        object size range (c_min, c_max) in px of the canvas, that the model and the
+        constraints use; None: ``dataset``'s (mnist_13: 50, (1, 3), (17, 23)). With ``data``
+        the images are put on this canvas (asr_tf/data/images.py); without, they change the
+        synthesised set.
+    Returns a scenes.DatasetSpec, or with ``data`` a files.FileDataSpec (its images not yet
+    decoded). Raises files.DataError naming the file or field of bad data.
+    """
+    spec = scenes.get_spec(dataset, **dict(dataset_overrides or {}, data_seed=data_seed))
+    mine = {k: v for k, v in (("canvas_px", canvas_px), ("counts", counts),
+                              ("size_range_px", size_range_px)) if v is not None}
+    if data is None:
+        return scenes.get_spec(spec, **mine)
+    mine = {**{k: getattr(spec, k) for k in ("canvas_px", "counts", "size_range_px")}, **mine}
+    return files.load_data(data, data_seed=data_seed, **mine)
+
+
+def bound_data():
+    """(data, data_seed) of the run_spec bindings in force, before any file is read: ``data``
+    as its identity (a folder's absolute path; None for a synthesised set)."""
+    bound = gin.get_bindings("run_spec")
+    data = bound.get("data")
+    return (None if data is None else files.resolve(data)), int(bound.get("data_seed", 0))
 
 
 # ------------------------------------------------------------------ the lock
@@ -119,23 +148,33 @@ def busy(workdir):
 
 
 # ------------------------------------------------------------------ the record
-def write_record(workdir, seed, data_seed, start_step=0, argv=None, tree=CODE_TREE):
-    """Writes the bindings in force to ``config.gin`` (first invocation) and appends this
-    invocation, with the run's seeds and the code of ``tree`` (:func:`code_state`; a diff of
-    uncommitted changes saved as ``code-<hash>.diff``), to ``invocations.jsonl``.
-
-    Seeds other than the first invocation's are refused (RecordMismatchError) before anything
-    is written: they would make another run. A later invocation with other bindings keeps the
-    original ``config.gin``, writes its own to ``config.gin.latest`` and warns.
-    """
-    seeds = {"seed": int(seed), "data_seed": int(data_seed)}
+def check_record(workdir, seed, data_seed, data=None):
+    """Refuses (RecordMismatchError) seeds or data other than the first invocation's: they
+    would make another run. ``data``: the identity of a data set from files (bound_data),
+    None for a synthesised one."""
     first = next(iter(invocations(workdir)), None)
-    if first is not None:
-        then = {k: first.get(k) for k in seeds}
-        if then != seeds:
-            raise RecordMismatchError(
-                f"{workdir!r} was started with {then}; this invocation has {seeds}. A different "
-                "seed is a different run: use another --workdir.")
+    if first is None:
+        return
+    now = {"seed": int(seed), "data_seed": int(data_seed), "data": data}
+    then = {k: first.get(k) for k in now}
+    if then != now:
+        changed = ", ".join(f"{k} {then[k]!r} -> {now[k]!r}" for k in now if then[k] != now[k])
+        raise RecordMismatchError(
+            f"{workdir!r} was started with other seeds or data ({changed}). A different seed or "
+            "data set is a different run: use another --workdir.")
+
+
+def write_record(workdir, seed, data_seed, data=None, start_step=0, argv=None, tree=CODE_TREE):
+    """Writes the bindings in force to ``config.gin`` (first invocation) and appends this
+    invocation, with the run's seeds and data and the code of ``tree`` (:func:`code_state`; a
+    diff of uncommitted changes saved as ``code-<hash>.diff``), to ``invocations.jsonl``.
+
+    Seeds or data other than the first invocation's are refused (check_record) before anything
+    is written. A later invocation with other bindings keeps the original ``config.gin``,
+    writes its own to ``config.gin.latest`` and warns.
+    """
+    check_record(workdir, seed, data_seed, data)
+    seeds = {"seed": int(seed), "data_seed": int(data_seed)}
     path = os.path.join(workdir, CONFIG_FILE)
     text = gin.config_str()
     if os.path.exists(path) and open(path).read() != text:
@@ -152,7 +191,8 @@ def write_record(workdir, seed, data_seed, start_step=0, argv=None, tree=CODE_TR
             f.write(diff)
     record = {"time": datetime.datetime.now().isoformat(timespec="seconds"),
               "argv": list(sys.argv if argv is None else argv), "start_step": int(start_step),
-              **code, "machine": machine(), **seeds}
+              **code, "machine": machine(), **seeds,
+              **({"data": data} if data is not None else {})}
     with open(os.path.join(workdir, INVOCATIONS_FILE), "a") as f:
         f.write(json.dumps(record) + "\n")
 
