@@ -85,7 +85,7 @@ def test_residues_only_left_and_right_of_a_rendered_box():
     inv = tf.math.divide_no_nan(1.0, scale)
 
     def inside(axis):  # [n, S]: 0 <= source position < G - 1 (float32, as the sampler)
-        pos = F._source_pixels(s, g, inv, -shift[:, axis] / scale).numpy()
+        pos = T._source_pixels(s, g, inv, -shift[:, axis] / scale).numpy()
         return (pos >= 0) & (pos < g - 1)
 
     col_in, row_in = inside(0), inside(1)
@@ -98,12 +98,13 @@ def test_residues_only_left_and_right_of_a_rendered_box():
     assert np.all(hard[~(row_in[:, :, None] & col_in[:, None, :])] == 0.0)
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_band_pixels_pass_rounding_level_gradients_the_exact_sampler_none(jit):
-    # A BCE-sized upstream gradient (1e8, as 1 / (r + 1e-10) under ink) on the residue pixels:
-    # the four terms cancel only up to rounding in the backward pass too, so a rounding-level
-    # part of it reaches the box's shift and scale and the glimpse's edge columns (the only
-    # ones the band reads); the exact sampler passes exactly nothing.
+@pytest.mark.parametrize("graph", [False, True])
+def test_band_pixels_pass_rounding_level_gradients_the_exact_sampler_none(graph):
+    # A BCE-sized upstream gradient (1e8, as 1 / (r + 1e-10) under ink) on the residue pixels
+    # beside the box: the four terms cancel only up to rounding in the backward pass too, so a
+    # rounding-level part of it reaches the box's horizontal shift and its scale and the
+    # glimpse's edge columns (the only ones the band reads); the vertical shift's terms cancel
+    # exactly there in the rendering's order (RENDER_ORDER); the exact sampler passes nothing.
     rng = np.random.default_rng(10)
     n, g, s = 8, 28, 50
     glimpse = _c(rng.uniform(0.05, 1.0, (n, g, g)))
@@ -118,12 +119,13 @@ def test_band_pixels_pass_rounding_level_gradients_the_exact_sampler_none(jit):
                 tape.watch([gl, sc, sh])
                 value = tf.reduce_sum(T.render_glimpse(gl, sc, sh, s, edge) * probe)
             return tape.gradient(value, [gl, sc, sh])
-        run = tf.function(fn, jit_compile=True) if jit else fn
+        run = tf.function(fn) if graph else fn
         grads[edge] = [x.numpy() for x in run(glimpse, scale, shift)]
     for x in grads["hard"]:
         np.testing.assert_array_equal(x, 0.0)
     d_glimpse, d_scale, d_shift = grads["four_gathers"]
-    assert np.all(d_scale != 0) and np.all(d_shift != 0)
+    assert np.all(d_scale != 0) and np.all(d_shift[:, 0] != 0)
+    np.testing.assert_array_equal(d_shift[:, 1], 0.0)
     np.testing.assert_array_equal(d_glimpse[:, :, 1:-1], 0.0)
     edges = np.abs(d_glimpse[:, :, [0, -1]])
     assert edges.max() > 0 and edges.mean() < 1e8 * 1e-4  # rounding-level share of the probe
@@ -190,19 +192,140 @@ def test_a_stopped_step_at_a_tiny_scale_adds_nothing():
 
 @pytest.mark.parametrize("mode", ["graph", "xla"])
 def test_eager_graph_and_xla_agree_bit_for_bit(mode):
-    # XLA would fuse a product and its sum into one multiply-add, grappler regroup sums and
-    # round 1 / s differently: the module fences all three.
+    # XLA would fuse a product and its sum into one multiply-add and grappler round 1 / s
+    # differently: the module fences both (values; XLA's gradients are not the original's).
     args = _render_inputs(8)
     images = _c(np.random.default_rng(8).uniform(size=(4, 50, 50)))
 
-    def both(glimpses, weights, scale, shift, images):
+    beyond = args[3][:, 0] * 1.3  # windows partly outside the image (computed outside the
+    # graph: grappler would re-associate a product written inside it)
+
+    def both(glimpses, weights, scale, shift, images, beyond):
         canvas = T.render_glimpses_summed(glimpses, weights, scale, shift, 50, "four_gathers")
-        window = T.extract_glimpse(images, scale[:, 0], shift[:, 0] * 1.3, 28, "four_gathers")
+        window = T.extract_glimpse(images, scale[:, 0], beyond, 28, "four_gathers")
         return canvas, window
 
     run = tf.function(both, jit_compile=(mode == "xla"))
-    for got, want in zip(run(*args, images), both(*args, images)):
+    for got, want in zip(run(*args, images, beyond), both(*args, images, beyond)):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+# ----------------------------------------------------------------- the original's gradient
+
+def _box_rows_cols(scale, shift, s, g):
+    """[n, S] masks: canvas rows / columns whose source position lies inside the glimpse."""
+    inv = tf.math.divide_no_nan(1.0, scale)
+
+    def inside(axis):
+        pos = T._source_pixels(s, g, inv, -shift[:, axis] / scale).numpy()
+        return (pos >= 0) & (pos < g - 1)
+    return inside(1), inside(0)
+
+
+@pytest.mark.parametrize("order", [F.RENDER_ORDER, F.EXTRACT_ORDER])
+def test_the_gradient_order_decides_which_uncovered_pixels_reach_the_box(order):
+    """A huge upstream gradient (the BCE's 1e10 at an uncovered ink pixel) on the pixels above
+    and below a rendered box, where the output is exactly 0: with the rendering's order
+    (c, d, a, b at x) the four terms of x's gradient cancel exactly there; with the extraction's
+    (a, d, b, c) they leave a rounding residue, and the box feels those pixels."""
+    rng = np.random.default_rng(12)
+    n, g, s = 6, 28, 50
+    glimpse = _c(rng.uniform(0.05, 1.0, (n, g, g)))
+    scale, shift = _c(rng.uniform(0.25, 0.6, n)), _c(rng.uniform(-0.4, 0.4, (n, 2)))
+    rows_in, cols_in = _box_rows_cols(scale, shift, s, g)
+    above_below = _c((~rows_in[:, :, None] & cols_in[:, None, :]) * 1e10)  # [n, S, S]
+    zeros = tf.zeros_like(scale)
+    theta = F._theta(((tf.math.divide_no_nan(1.0, scale), zeros,
+                       tf.math.divide_no_nan(-shift[:, 0], scale)),
+                      (zeros, tf.math.divide_no_nan(1.0, scale),
+                       tf.math.divide_no_nan(-shift[:, 1], scale))))
+    with tf.GradientTape() as tape:
+        tape.watch(theta)
+        out = F.sample_theta(glimpse, theta, (s, s), order)
+        value = tf.reduce_sum(out * above_below)
+    assert np.all(out.numpy()[above_below.numpy() > 0] == 0.0)
+    d_x_row = tape.gradient(value, theta).numpy()[:, 0]  # x's row of theta: [n, 3]
+    if order == F.RENDER_ORDER:
+        np.testing.assert_array_equal(d_x_row, 0.0)
+    else:
+        assert np.all(np.abs(d_x_row).max(axis=1) > 1.0)
+
+
+def _numpy_position_gradient(g_out, images, x, y, order):
+    """x's gradient of sum(g_out * out) term by term in float32, the terms added left to right
+    in ``order`` (a, b, c, d: the terms of wa, wb, wc, wd). Flat [N*P] inputs."""
+    n, h, w = images.shape
+    x0 = np.clip(np.floor(x).astype(np.int64), 0, w - 1)
+    x1 = np.clip(np.floor(x).astype(np.int64) + 1, 0, w - 1)
+    y0 = np.clip(np.floor(y).astype(np.int64), 0, h - 1)
+    y1 = np.clip(np.floor(y).astype(np.int64) + 1, 0, h - 1)
+    b = np.repeat(np.arange(n), x.size // n)
+    ia, ib, ic, id_ = (images[b, yy, xx] for yy, xx in ((y0, x0), (y1, x0), (y0, x1), (y1, x1)))
+    x0f, x1f, y0f, y1f = (v.astype(f32) for v in (x0, x1, y0, y1))
+    terms = {"a": -((g_out * ia) * (y1f - y)), "b": -((g_out * ib) * (y - y0f)),
+             "c": (g_out * ic) * (y1f - y), "d": (g_out * id_) * (y - y0f)}
+    total = terms[order[0]]
+    for key in order[1:]:
+        total = (total + terms[key]).astype(f32)
+    return total
+
+
+@pytest.mark.parametrize("order", [F.RENDER_ORDER, F.EXTRACT_ORDER])
+def test_position_gradient_equals_the_terms_added_in_order_bit_for_bit(order):
+    rng = np.random.default_rng(13)
+    n, g, out_hw = 5, 9, (11, 13)
+    images = rng.uniform(0.05, 1.0, (n, g, g)).astype(f32)
+    x = _c(rng.uniform(-3.0, g + 2.0, n * 143))  # inside and outside the source, [N*P]
+    y = _c(rng.uniform(-3.0, g + 2.0, n * 143))
+    g_out = rng.normal(size=n * 143).astype(f32) * f32(1e8)
+    corners = [tf.cast(c, tf.float32) for c in (*F._corner(x, g), *F._corner(y, g))]
+    x0f, x1f, y0f, y1f = corners[0], corners[1], corners[2], corners[3]
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        wa, wb, wc, wd = F._weights(x, y, x0f, x1f, y0f, y1f, order)
+        b = np.repeat(np.arange(n), 143)
+        pick = lambda yy, xx: _c(images[b, yy.numpy().astype(int), xx.numpy().astype(int)])
+        ia, ib, ic, id_ = (pick(yy, xx) for yy, xx in ((y0f, x0f), (y1f, x0f), (y0f, x1f), (y1f, x1f)))
+        value = tf.reduce_sum(_c(g_out) * (wa * ia + wb * ib + wc * ic + wd * id_))
+    got = tape.gradient(value, x).numpy()
+    want = _numpy_position_gradient(g_out, images, x.numpy(), y.numpy(), order[0])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_image_gradient_is_one_segment_sum_in_gather_order():
+    """The images' gradient adds, per source pixel, the a, b, c then d gathers' terms, each in
+    output order (the sum of the four gathers' sparse gradients, as the original's), bit for
+    bit; outside the box those terms cancel only up to rounding."""
+    rng = np.random.default_rng(14)
+    n, g, s = 3, 28, 50
+    glimpse = _c(rng.uniform(0.05, 1.0, (n, g, g)))
+    scale, shift = _c(rng.uniform(0.25, 0.6, n)), _c(rng.uniform(-0.4, 0.4, (n, 2)))
+    probe = rng.normal(size=(n, s, s)).astype(f32) * f32(1e9)
+    with tf.GradientTape() as tape:
+        tape.watch(glimpse)
+        value = tf.reduce_sum(F.render_glimpse(glimpse, scale, shift, s) * probe)
+    got = tape.gradient(value, glimpse).numpy().reshape(-1)
+    zeros = tf.zeros_like(scale)  # the sampler's own positions: the same ops
+    theta = F._theta(((tf.math.divide_no_nan(1.0, scale), zeros,
+                       tf.math.divide_no_nan(-shift[:, 0], scale)),
+                      (zeros, tf.math.divide_no_nan(1.0, scale),
+                       tf.math.divide_no_nan(-shift[:, 1], scale))))
+    grid = tf.tile(F._target_grid(s, s)[None], [n, 1, 1])
+    source = tf.matmul(theta, grid).numpy()  # [n, 2, P]
+    x = (source[:, 0].reshape(-1) + f32(1)) * (f32(g) - f32(1.001)) / f32(2)
+    y = (source[:, 1].reshape(-1) + f32(1)) * (f32(g) - f32(1.001)) / f32(2)
+    x0 = np.clip(np.floor(x).astype(np.int64), 0, g - 1)
+    x1 = np.clip(np.floor(x).astype(np.int64) + 1, 0, g - 1)
+    y0 = np.clip(np.floor(y).astype(np.int64), 0, g - 1)
+    y1 = np.clip(np.floor(y).astype(np.int64) + 1, 0, g - 1)
+    base = np.repeat(np.arange(n) * g * g, s * s)
+    up = probe.reshape(-1)
+    x0f, x1f, y0f, y1f = (v.astype(f32) for v in (x0, x1, y0, y1))
+    want = np.zeros(n * g * g, f32)
+    for weight, yy, xx in (((x1f - x) * (y1f - y), y0, x0), ((x1f - x) * (y - y0f), y1, x0),
+                           ((x - x0f) * (y1f - y), y0, x1), ((x - x0f) * (y - y0f), y1, x1)):
+        np.add.at(want, base + yy * g + xx, up * weight)  # in output order, one at a time
+    np.testing.assert_array_equal(got, want)
 
 
 # ----------------------------------------------------------------- inside: the exact sampler

@@ -1,56 +1,50 @@
-"""The original code's sampler arithmetic: quirk Q30, ``Quirks.sampler_edge = 'four_gathers'``.
+"""The original code's sampler, values and gradients: quirk Q30, ``Quirks.sampler_edge =
+'four_gathers'``.
 
-The original samples with the classic TF spatial transformer (``air/transformer.py``, an
-Apache-2.0 copy, docs/ORIGINAL.md §3.1). Per output pixel, in float32 and one op (one rounding)
-at a time:
+The original samples with the classic TF spatial transformer (its ``air/transformer.py``,
+docs/ORIGINAL.md §3.1). This module builds the same TensorFlow ops in the same arrangement, so
+that both its values and TensorFlow's gradient of it are the original's. Per output pixel, in
+float32, one op (one rounding) at a time:
 
-  x_s = s_x * x_t + o_x                  theta @ [x_t, y_t, 1]; the y_t term is 0 * y_t
+  [x_s, y_s] = theta @ [x_t, y_t, 1]     one batched product, [N, 2, 3] x [N, 3, P]
   x   = (x_s + 1) * (W - 1.001) / 2      source pixels; y likewise with H
   x0  = clip(int(floor(x)), 0, W-1),  x1 = clip(int(floor(x)) + 1, 0, W-1)   (y0, y1 likewise)
   wa = (x1-x)(y1-y)   wb = (x1-x)(y-y0)   wc = (x-x0)(y1-y)   wd = (x-x0)(y-y0)   (clipped corners)
-  out = ((wa*Ia + wb*Ib) + wc*Ic) + wd*Id     four flat gathers Ia=U[y0,x0], Ib=U[y1,x0],
-                                              Ic=U[y0,x1], Id=U[y1,x1], summed left to right
+  out = AddN(wa*Ia, wb*Ib, wc*Ic, wd*Id)  four gathers from the flattened batch of images,
+                                          Ia=U[y0,x0], Ib=U[y1,x0], Ic=U[y0,x1], Id=U[y1,x1]
 
 Inside the source this is bilinear interpolation, the same values as the exact sampler
-(:mod:`asr_tf.nn.transformer`, 'hard') up to rounding. Outside, the clipped corners coincide and
-the terms cancel in exact arithmetic, but not always in float32:
+(:mod:`asr_tf.nn.transformer`, 'hard') up to rounding. Outside, the clipped corners coincide
+and the terms cancel in exact arithmetic, but not always in float32:
 
 * x outside, y inside (left and right of a rendered box): x0 = x1, so wc = -wa, wd = -wb,
-  Ic = Ia, Id = Ib and out = ((A + B) - A) - B with A = wa*Ia, B = wb*Ib. That is the rounding
-  error of A + B, up to half an ulp of A + B: tiny residues of either sign (positive and
-  negative equally often), up to a few 1e-6 where |x| is large.
-* y outside (above and below a box, and the corners): y0 = y1, so B = -A and D = -C, and
-  out = ((A - A) + C) - C = 0 exactly.
+  Ic = Ia, Id = Ib and out = ((A + B) - A) - B with A = wa*Ia, B = wb*Ib: the rounding error
+  of A + B, tiny residues of either sign, up to a few 1e-6 where |x| is large.
+* y outside (above and below a box, and the corners): B = -A and D = -C, out = 0 exactly.
 
-The canvas of a glimpse loop is summed step by step, ``canvas += z * rendered``, starting from
-zeros; the residues of every step are kept. The reconstruction BCE divides by (r + 1e-10), so
-a positive residue r ~ 1e-7 under ink has a BCE gradient ~1e7 (a negative one is clipped to 0,
-no gradient), which the sampler's own rounding-level gradients pass on: the original's boxes
-get large gradients from their left and right borders, where the exact sampler gives none.
+The reconstruction BCE divides by (r + 1e-10): a residue r ~ 1e-7 under ink has a gradient
+~1e7, and an ink pixel the canvas leaves at exactly 0 has 1e10. Those reach the box through
+the sampler's backward pass, where the four terms of a position's gradient cancel again only
+up to rounding. That rounding is most of the original's gradient on a box (docs/ORIGINAL.md,
+Q30), so this module reproduces it too:
 
-Every rounding step above is kept in eager, graph and XLA execution alike (tests check the
-three agree bit for bit):
+* The images' gradient is the gathers' own: one segment sum over every gathered position, the
+  a, b, c, d gathers in turn, in output order (the gathers are real gathers).
+* The positions' gradient adds its four terms in the order the original's gradient adds them,
+  which TensorFlow's graph optimizer decides, and differently for the original's two samplers:
+  EXTRACT_ORDER and RENDER_ORDER, measured on the original's own graph (the in-model gradients
+  of both samplers reproduced bit for bit by asr_tf/lab/original_compare.py). With the
+  rendering's order the terms of a pixel above or below the box cancel exactly and only those
+  beside it leave a residue; another order leaves residues on all four sides and a box
+  gradient ten to a hundred times as large.
+* theta's gradient is the batched product's, summed over the P output pixels.
 
-* XLA:CPU contracts a product followed by a sum into one fused multiply-add (one rounding
-  instead of two), which would change the residues (and leave some above and below the box
-  too). The products that feed a sum are therefore fenced (:func:`_fenced`): a select that
-  keeps the value but hides the multiply from the contraction (XLA's optimization barrier
-  does not: it is removed before fusion).
-* Grappler regroups chains of sums (``(x + o) + 1`` as ``x + (o + 1)``); the fences on
-  partial sums keep the original's order.
-* Grappler's constant folding turns ``1 / s`` into a reciprocal that is 1 ulp off for a third
-  of the values; ``divide_no_nan`` keeps the exact division (it gives 0, not inf, at s = 0,
-  where the original's positions are inf/NaN anyway).
-* The target grid is a constant computed as the original's LinSpace kernel (TF 1.12):
-  start + step * i in float32, step = (stop - start) / (num - 1).
-
-Gradients are TensorFlow's autodiff of these ops (the fences pass gradients through). As in
-the original, the positions are per output pixel and every weight has its own subtractions, so
-a position's gradient sums its four terms pixel by pixel, where they cancel only up to
-rounding. The sums run in this TF's (and XLA's) order, not TF 1.12's: only the forward values
-are the original's bit for bit. The gathers are one-hot products (the same values for finite
-images; a NaN or inf pixel would spread to its whole row and column), whose gradient is two
-products instead of a scatter (slow on XLA:CPU).
+Values are kept bit for bit in eager, graph and XLA execution: the products that feed a sum
+are fenced (:func:`_fenced`, a select that keeps the value and hides the multiply from XLA's
+fused multiply-add), and ``divide_no_nan`` keeps the exact division where grappler would fold
+``1 / s`` into a reciprocal 1 ulp off. Gradients are the original's in eager and graph
+execution (the sums of the positions' gradient are fenced against grappler's regrouping); XLA
+sums the images' gradient and theta's in its own order, so faithful.gin trains without XLA.
 """
 import numpy as np
 import tensorflow as tf
@@ -138,14 +132,8 @@ def sample_theta(images, theta, out_hw, order=EXTRACT_ORDER):
     """The original's sampler, op for op: ``images`` [N, H, W] under ``theta`` [N, 2, 3] (target
     to source, normalised coordinates) to [N, H', W'].
 
-    The same TensorFlow ops in the same arrangement as the classic transformer the original
-    uses, so that TensorFlow's gradient of it is the original's too: the positions are one
-    batched product theta @ grid; the four corners are gathered from the flattened batch of
-    images (their gradient: one segment sum over all the gathered positions, a, b, c then d,
-    in output order, as the original accumulates it); the four weighted values are summed by
-    one AddN. The products are fenced (:func:`_fenced`) so that XLA cannot fuse them into the
-    sum; the gradients are not (under XLA they are not the original's: faithful.gin trains
-    without XLA)."""
+    See the module docstring; ``order``: the order of the positions' gradient terms,
+    EXTRACT_ORDER or RENDER_ORDER."""
     n = tf.shape(images)[0]
     h, w = images.shape[1], images.shape[2]
     out_h, out_w = out_hw
