@@ -63,9 +63,10 @@ def _recompute_canvas(model, images, noise, out, use_present=True):
     canvas = np.zeros((images.shape[0], S, S), np.float32)
     for t in range(int(out["steps_executed"])):
         eps_pix = noise["eps_pix"][t] if "eps_pix" in noise else None
-        _, _, rendered = model._glimpse_and_render(images[..., 0], out["scale"][:, t],
-                                                   out["shift"][:, t], noise["eps_what"][t],
-                                                   eps_pix, TRAIN)
+        scale, shift = out["scale"][:, t], out["shift"][:, t]
+        _, z_what = model._encode_glimpse(images, scale, shift, noise["eps_what"][t], TRAIN)
+        rendered = transformer.render_glimpse(model.decode(z_what, eps_pix), scale, shift, S,
+                                              model.quirks.sampler_edge)[..., 0]
         w = out["z_pres"][:, t].numpy()
         if use_present:
             w = w * out["present"][:, t].numpy()
