@@ -377,7 +377,9 @@ class GlimpseModel(keras.Model):
             records = {k: tf.where(tf.reshape(ran, [t_max] + [1] * (v.shape.rank - 1)), v,
                                    tf.zeros_like(v)) for k, v in records.items()}
         out = {k: batch_major(records[k]) for k in RECORD_KEYS}  # each [B, T, ...]
-        out.update(canvas=canvas, recon=tf.clip_by_value(canvas, 0.0, 1.0),
+        s = self.canvas_px  # the recon clipped as rows [B, S, S*C]: objectives.bernoulli_nll
+        rows = tf.clip_by_value(tf.reshape(canvas, [-1, s, s * self.channels]), 0.0, 1.0)
+        out.update(canvas=canvas, recon=tf.reshape(rows, tf.shape(canvas)),
                    count=tf.cast(carry["count"], tf.int32), step_mask=step_mask,
                    steps_executed=t_exec)
         return out
