@@ -97,10 +97,15 @@ def test_make_optimizer_hyper_parameters():
 
 # ----------------------------------------------------------------- synthetic scenes
 
-def squares_batch(batch=8, seed=0, side=12):
-    """1-3 bright, non-overlapping side x side squares per 50x50 scene: [B, S, S, 1] float32."""
+# Square colours of a colour batch: red, green, blue, yellow, magenta, cyan.
+COLOURS = ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1))
+
+
+def squares_batch(batch=8, seed=0, side=12, channels=1):
+    """1-3 bright, non-overlapping side x side squares per 50x50 scene: [B, S, S, C] float32;
+    white (C = 1), or each square one of COLOURS picked at random (C = 3)."""
     rng = np.random.default_rng(seed)
-    x = np.zeros((batch, S, S, 1), np.float32)
+    x = np.zeros((batch, S, S, channels), np.float32)
     for b in range(batch):
         n = 1 + b % 3
         placed = 0
@@ -108,7 +113,7 @@ def squares_batch(batch=8, seed=0, side=12):
             r, c = rng.integers(2, S - side - 2, 2)
             if x[b, r - 1:r + side + 1, c - 1:c + side + 1].any():
                 continue
-            x[b, r:r + side, c:c + side, 0] = 1.0
+            x[b, r:r + side, c:c + side] = 1.0 if channels == 1 else COLOURS[rng.integers(6)]
             placed += 1
     return tf.constant(x)
 
