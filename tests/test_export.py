@@ -197,6 +197,8 @@ def test_colour_export_round_trip(tmp_path):
     out = sess.run("serving_default", {"images": images})
     assert out["reconstruction"].shape == (4, S, S, 3)
     _assert_matches(out, ref)
+    stochastic = sess.run("infer_stochastic", {"images": images, "seed": np.int64(1)})
+    assert stochastic["reconstruction"].shape == (4, S, S, 3)
     gen = sess.run("generate", {"num_scenes": np.int32(3), "seed": np.int64(0)})
     sess.close()
     assert gen["images"].shape == (3, S, S, 3) and gen["images"].max() > 0.0
