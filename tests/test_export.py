@@ -184,7 +184,7 @@ def test_colour_export_round_trip(tmp_path):
     """A colour model (C = 3) exported and loaded as TF Serving loads it: the signatures take and
     return [N, S, S, 3], record C, and refuse a grayscale request."""
     keras.utils.set_random_seed(0)
-    model = make_model("pprior", S, (1, 3), channels=3,
+    model = make_model("pprior", S, (2,), channels=3,  # one count: scenes of 2 objects
                        quirks=Quirks(sampler_edge="hard", lstm_fused_kernel=False))
     rng = np.random.RandomState(1)
     images = (rng.rand(4, S, S, 3) * rng.rand(4, 1, 1, 3)).astype(np.float32)
@@ -202,6 +202,7 @@ def test_colour_export_round_trip(tmp_path):
     gen = sess.run("generate", {"num_scenes": np.int32(3), "seed": np.int64(0)})
     sess.close()
     assert gen["images"].shape == (3, S, S, 3) and gen["images"].max() > 0.0
+    np.testing.assert_array_equal(gen["count"], [2, 2, 2])
     # served over gRPC: colour in and out; a grayscale request is refused by the graph's check
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
