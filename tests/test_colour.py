@@ -164,16 +164,23 @@ def test_a_model_refuses_a_channel_count_it_was_not_built_for():
             models.build_model("air", S, (1,), channels=bad, **MODEL_VALUES["air"])
 
 
-def test_model_for_takes_the_data_sets_channels():
+def test_model_for_takes_the_data_sets_channels(tmp_path):
+    from PIL import Image
+
+    from asr_tf.data import files
+
     assert scenes.get_spec("mnist_13").channels == 1  # the synthetic sets are grayscale
+    for split in ("train", "test"):  # a folder of two RGB images per split
+        os.makedirs(tmp_path / split)
+        for i in range(2):
+            Image.fromarray(np.full([S, S, C], 60 * i, np.uint8)).save(tmp_path / split / f"{i}.png")
+    spec = files.load_data(str(tmp_path), S, (1, 2), (4.0, 6.0))
     for kind, values in MODEL_VALUES.items():
         gin.bind_parameter("build_model.kind", kind)
         for name, value in {**values, **TINY}.items():
             gin.bind_parameter(f"build_model.{name}", value)
-        spec = types.SimpleNamespace(canvas_px=S, counts=(1, 2), size_range_px=(4.0, 6.0),
-                                     channels=C)
         model = models.model_for(spec)
-        assert model.channels == C and model.vae.channels == C
+        assert spec.channels == C and model.channels == C and model.vae.channels == C
         gin.clear_config()
 
 
