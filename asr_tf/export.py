@@ -5,18 +5,19 @@
 ``tensorflow_model_server --model_config_file``. Every signature returns plain
 tensors (no TFP distributions) and needs neither asr_tf nor TFP to load.
 
-Signatures (S = canvas_px, T = max_glimpses, Z = z_what_dim):
+Signatures (S = canvas_px, C = the model's channels, 1 grayscale or 3 RGB, T = max_glimpses,
+Z = z_what_dim; the signatures' input shapes record S and C):
 
-  serving_default   images float32 [N, S, S, 1] in [0, 1]
+  serving_default   images float32 [N, S, S, C] in [0, 1]
                     -> count int32 [N], z_pres float32 [N, T], boxes_px float32 [N, T, 4],
-                       z_what float32 [N, T, Z], reconstruction float32 [N, S, S, 1]
+                       z_what float32 [N, T, Z], reconstruction float32 [N, S, S, C]
                     Deterministic: posterior means, z_pres = [posterior prob > 0.5], no
                     decoder noise (the model's deterministic pass, all noise zero).
   infer_stochastic  images as above, seed int64 [] -> the same outputs from one stochastic
                     test pass (Q25-Q27: sampled where/what, Bernoulli z_pres, AIR's decoder
                     noise) with stateless noise: equal (images, seed) give equal outputs.
   generate          num_scenes int32 [] (1..max_generate), seed int64 []
-                    -> images float32 [N, S, S, 1] clipped to [0, 1], count int32 [N],
+                    -> images float32 [N, S, S, C] clipped to [0, 1], count int32 [N],
                        boxes_px float32 [N, T, 4].
                     The model's own ``generate``: pPrior/ASR's prior LSTM decides the count;
                     AIR (whose prior does not model the count) gives scene n exactly
@@ -32,9 +33,9 @@ z_what are zero where z_pres is 0. A box is (x, y, w, h) in pixels, top-left cor
 x = (shift_x + 1) * S/2 - scale * S/2, w = h = scale * S (``metrics.where_px``).
 
 Input checks run inside the graph (TF Serving's C++ session checks the dtype of a request, not
-its shape): wrong rank, wrong canvas size, an empty batch (N = 0) or values outside [0, 1] (or
-NaN) raise InvalidArgumentError "images must be float32 [N, S, S, 1], N >= 1, with values in
-[0, 1] ...".
+its shape): wrong rank, wrong canvas size, another channel count, an empty batch (N = 0) or
+values outside [0, 1] (or NaN) raise InvalidArgumentError "images must be float32
+[N, S, S, C], N >= 1, with values in [0, 1] ...".
 """
 import os
 import re
@@ -57,32 +58,32 @@ _VERSION_RE = re.compile(r"^\d+$")
 
 
 # --------------------------------------------------------------------------- helpers
-def images_contract(canvas_px):
+def images_contract(canvas_px, channels):
     """The message every input-check failure carries."""
-    return (f"images must be float32 [N, {canvas_px}, {canvas_px}, 1], N >= 1, with values "
-            "in [0, 1]")
+    return (f"images must be float32 [N, {canvas_px}, {canvas_px}, {channels}], N >= 1, with "
+            "values in [0, 1]")
 
 
-def _check_images(images, canvas_px):
+def _check_images(images, canvas_px, channels):
     """In-graph checks of ``images``; returns images with their static shape set.
 
     Uses raw Rank/Shape ops so nothing is folded away at trace time from the signature's
     static shape: a C++ server feeds whatever the request holds.
     """
-    msg = images_contract(canvas_px)
+    msg = images_contract(canvas_px, channels)
     rank = tf.raw_ops.Rank(input=images)
     shape = tf.raw_ops.Shape(input=images, out_type=tf.int32)
     shape4 = tf.concat([shape, tf.constant([-1, -1, -1, -1], tf.int32)], 0)[:4]
     shape_ok = tf.reduce_all(tf.stack([
         tf.equal(rank, 4), tf.greater(shape4[0], 0), tf.equal(shape4[1], canvas_px),
-        tf.equal(shape4[2], canvas_px), tf.equal(shape4[3], 1)]))
+        tf.equal(shape4[2], canvas_px), tf.equal(shape4[3], channels)]))
     check_shape = tf.debugging.Assert(shape_ok, [msg + "; got shape", shape], summarize=8)
     with tf.control_dependencies([check_shape]):
         in_range = tf.reduce_all(tf.logical_and(images >= 0.0, images <= 1.0))  # NaN fails too
         check_range = tf.debugging.Assert(
             in_range, [msg + "; got min/max", tf.reduce_min(images), tf.reduce_max(images)])
     with tf.control_dependencies([check_range]):
-        return tf.ensure_shape(tf.identity(images), [None, canvas_px, canvas_px, 1])
+        return tf.ensure_shape(tf.identity(images), [None, canvas_px, canvas_px, channels])
 
 
 class StatelessDraws:
@@ -124,7 +125,7 @@ def _infer_outputs(model, out):
         "z_pres": mask,
         "boxes_px": _masked(boxes_xywh(out["scale"], out["shift"], model.canvas_px), mask),
         "z_what": _masked(out["z_what"], mask),
-        "reconstruction": out["recon"][..., None],
+        "reconstruction": out["recon"],  # [N, S, S, C]
     }
 
 
@@ -140,19 +141,19 @@ def serving_functions(model, max_generate=DEFAULT_MAX_GENERATE):
 
     Returns dict name -> (fn, input_signature); names 'infer', 'infer_stochastic', 'generate'.
     """
-    s = model.canvas_px
-    images_spec = tf.TensorSpec([None, s, s, 1], tf.float32, name="images")
+    s, c = model.canvas_px, model.channels
+    images_spec = tf.TensorSpec([None, s, s, c], tf.float32, name="images")
     seed_spec = tf.TensorSpec([], tf.int64, name="seed")
     num_spec = tf.TensorSpec([], tf.int32, name="num_scenes")
 
     def infer(images):
-        images = _check_images(images, s)
+        images = _check_images(images, s, c)
         batch = tf.shape(images)[0]
         out = model(images, _zero_noise(model, batch), training=False, deterministic=True)
         return _infer_outputs(model, out)
 
     def infer_stochastic(images, seed):
-        images = _check_images(images, s)
+        images = _check_images(images, s, c)
         batch = tf.shape(images)[0]
         noise = model.sample_noise(batch, StatelessDraws(seed))
         out = model(images, noise, training=False, deterministic=False)
@@ -166,7 +167,7 @@ def serving_functions(model, max_generate=DEFAULT_MAX_GENERATE):
             num = tf.identity(num_scenes)
         out = model.generate(model.generation_noise(num, StatelessDraws(seed)))
         boxes = _masked(boxes_xywh(out["scale"], out["shift"], s), out["present"])
-        return {"images": tf.clip_by_value(out["images"], 0.0, 1.0)[..., None],
+        return {"images": tf.clip_by_value(out["images"], 0.0, 1.0),  # [N, S, S, C]
                 "count": tf.cast(out["count"], tf.int32), "boxes_px": boxes}
 
     return {"infer": (infer, [images_spec]),
@@ -201,7 +202,7 @@ def model_config_text(model_name, base_path):
 def _ensure_built(model):
     if not model.built:  # a forward pass builds the Keras model (variables exist already)
         s = model.canvas_px
-        model(tf.zeros([1, s, s, 1]), _zero_noise(model, 1), training=False)
+        model(tf.zeros([1, s, s, model.channels]), _zero_noise(model, 1), training=False)
 
 
 def export_saved_model(model, export_dir, version=None, stochastic_default=False,
@@ -281,4 +282,4 @@ def deterministic_reference(model, images):
     return {"count": out["count"].astype(np.int32), "z_pres": out["present"],
             "boxes_px": np.where(on, boxes, 0.0).astype(np.float32),
             "z_what": np.where(on, out["z_what"], 0.0).astype(np.float32),
-            "reconstruction": out["recon"][..., None]}
+            "reconstruction": out["recon"]}

@@ -29,21 +29,29 @@ MARGIN_EPS = 1e-8  # the code's threshold on -gm below which R2 (and R1, Q20) ar
 
 
 def bernoulli_nll(images, recon):
-    """-sum_pixels [x ln(r + e) + (1 - x) ln(1 - r + e)] on grayscale x (Q9).
+    """-sum_pixels [x ln(r + e) + (1 - x) ln(1 - r + e)] on grayscale x (Q9); with C channels
+    one Bernoulli per pixel and channel, summed over both.
+
+    Both are read as rows of S*C values ([B, S, S*C]), the layout in which the models clip their
+    canvas: with C = 1 that is the [B, S, S] of the grayscale-only code, and XLA:CPU sums each
+    image's terms in the same order as it did (a [B, S, S, 1] layout sums them in another order:
+    the same weights, logged losses a few float32 ulps apart).
 
     Args:
-      images: [B, S, S] or [B, S, S, 1] in [0, 1].
-      recon: same shape as images, already clipped to [0, 1] (Q31).
+      images: [B, S, S, C] in [0, 1] (or any shape with as many values per image as recon).
+      recon: [B, S, S, C], already clipped to [0, 1] (Q31).
     Returns:
       [B] per-image negative log-likelihood.
     """
-    x = tf.reshape(images, tf.shape(recon))
-    nll = -(x * _log_eps(recon, BCE_EPS) + (1.0 - x) * _log_eps(1.0 - recon, BCE_EPS))
+    rows = tf.concat([tf.shape(recon)[:2], [-1]], 0)
+    r = tf.reshape(recon, rows)  # [B, S, S*C]
+    x = tf.reshape(images, rows)
+    nll = -(x * _log_eps(r, BCE_EPS) + (1.0 - x) * _log_eps(1.0 - r, BCE_EPS))
     return tf.reduce_sum(tf.reshape(nll, [tf.shape(nll)[0], -1]), -1)
 
 
 def squared_error(images, recon):
-    """[B] sum over pixels of (x - r)^2."""
+    """[B] sum over pixels (and channels) of (x - r)^2."""
     d = tf.reshape(images, tf.shape(recon)) - recon
     return tf.reduce_sum(tf.reshape(d * d, [tf.shape(d)[0], -1]), -1)
 
@@ -132,7 +140,7 @@ def total_loss(images, outputs, objective, canvas_px, quirks, batch_mean=None,
     num_replicas``, so that the replicas' losses add up to the global-batch loss.
 
     Args:
-      images: [B, S, S, 1]; outputs: the model's dict (records [B, T, ...], ``step_mask`` [T]).
+      images: [B, S, S, C]; outputs: the model's dict (records [B, T, ...], ``step_mask`` [T]).
     Returns:
       (loss scalar, dict of per-image terms [B] (nELBO parts, per-image constraints),
        dict of batch terms (batch constraints, scalars)).

@@ -144,7 +144,7 @@ def _mask_to_steps(outputs, step_mask):
 def _replica_update(model, optimizer, batch, noise, step, objective, global_batch, num_replicas):
     """One replica's share of the update on the global batch; returns global-batch logs."""
     ctx = tf.distribute.get_replica_context()
-    images = batch["image"]  # [B/n, S, S, 1]
+    images = batch["image"]  # [B/n, S, S, C]
     replica_batch = global_batch // num_replicas
     shard = batch.get("shard", 0)  # one process: a plain pipeline batch will do
     noise = {k: tf.reshape(v, [v.shape[0], num_replicas, replica_batch] + v.shape[2:].as_list())[
@@ -192,9 +192,9 @@ def train_step(model, optimizer, generator, batch, step, objective, strategy=Non
     """One update on the global batch of ``global_batch`` images.
 
     Args:
-      batch: this process's per-replica batches (dicts with ``image`` [B/n, S, S, 1] and
+      batch: this process's per-replica batches (dicts with ``image`` [B/n, S, S, C] and
         ``shard``, the replica's rows of the global batch; distribute.Distributed.dataset).
-        One process: any dict with ``image`` [B, S, S, 1].
+        One process: any dict with ``image`` [B, S, S, C].
       step: int64 scalar, the training step before this update.
       objective: objectives.Objective.
       strategy: a tf.distribute.Strategy; None: this process alone (the default strategy).

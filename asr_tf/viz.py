@@ -1,11 +1,11 @@
 """Images of the MOG-ASR runs (docs/ORIGINAL.md §9): grids with numpy + PIL (curves:
 asr_tf/plots.py).
 
-* `draw_boxes`: a grayscale canvas, upscaled (nearest), with 1-px box outlines coloured by step
-  (red, green, blue, yellow, magenta, cyan).
+* `draw_boxes`: a grayscale or RGB canvas, upscaled (nearest), with 1-px box outlines coloured
+  by step (red, green, blue, yellow, magenta, cyan).
 * `image_grid`: the int(sqrt(N)) x int(sqrt(N)) grid filled column by column that the original
   `pile_image` meant to build (quirk Q37, fixed: floats are clipped to [0, 1] and converted to
-  uint8; grayscale is repeated to RGB).
+  uint8; grayscale is repeated to RGB, colour shown as it is).
 * `reconstruction_panels`: per image [original + inferred boxes | 4-px white | reconstruction +
   boxes | 4-px white], gridded (the `visualize_{step}.png` images, paper Figures 4-6).
 * `save_png`.
@@ -78,7 +78,7 @@ def draw_boxes(image, boxes_xyxy, colors: Optional[Sequence[Tuple[int, int, int]
     """Draws box outlines on an upscaled copy of one image.
 
     Args:
-      image: [H, W] or [H, W, 1] float in [0, 1] (uint8 and RGB also accepted).
+      image: [H, W], [H, W, 1] or [H, W, 3] (RGB) float in [0, 1] (uint8 also accepted).
       boxes_xyxy: [K, 4] boxes (x1, y1, x2, y2) in pixels of `image`; box k gets
         colors[k % len(colors)] (default STEP_COLORS, i.e. by step order).
       upscale: integer nearest-neighbour upscale factor; box coordinates are multiplied by it
@@ -169,8 +169,8 @@ def reconstruction_panels(images, recon, boxes_xyxy, counts, upscale: int = 2, s
     """Original + reconstruction side by side, with the inferred boxes, gridded.
 
     Args:
-      images: [N, H, W(, 1)] inputs in [0, 1].
-      recon: [N, H, W(, 1)] reconstructions (clipped to [0, 1] for display).
+      images: [N, H, W(, C)] inputs in [0, 1], C 1 (grayscale) or 3 (RGB).
+      recon: [N, H, W(, C)] reconstructions (clipped to [0, 1] for display).
       boxes_xyxy: [N, T, 4] inferred boxes (x1, y1, x2, y2) in pixels (`metrics.boxes_from_where`).
       counts: [N] inferred counts; only the first counts[n] boxes of image n are drawn.
       upscale: nearest-neighbour upscale of each image.

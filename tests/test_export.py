@@ -179,6 +179,50 @@ def test_tf1_session_generate_and_stochastic(exported):
     assert not np.array_equal(s1["reconstruction"], s3["reconstruction"])
 
 
+@pytest.mark.slow
+def test_colour_export_round_trip(tmp_path):
+    """A colour model (C = 3) exported and loaded as TF Serving loads it: the signatures take and
+    return [N, S, S, 3], record C, and refuse a grayscale request."""
+    keras.utils.set_random_seed(0)
+    model = make_model("pprior", S, (2,), channels=3,  # one count: scenes of 2 objects
+                       quirks=Quirks(sampler_edge="hard", lstm_fused_kernel=False))
+    rng = np.random.RandomState(1)
+    images = (rng.rand(4, S, S, 3) * rng.rand(4, 1, 1, 3)).astype(np.float32)
+    path = export.export_saved_model(model, str(tmp_path / "colour_model"), max_generate=8)
+    ref = export.deterministic_reference(model, images)
+    sess = _TF1Session(path)
+    for name in ("serving_default", "infer_stochastic"):
+        dims = [d.size for d in sess.meta.signature_def[name].inputs["images"].tensor_shape.dim]
+        assert dims == [-1, S, S, 3], (name, dims)
+    out = sess.run("serving_default", {"images": images})
+    assert out["reconstruction"].shape == (4, S, S, 3)
+    _assert_matches(out, ref)
+    stochastic = sess.run("infer_stochastic", {"images": images, "seed": np.int64(1)})
+    assert stochastic["reconstruction"].shape == (4, S, S, 3)
+    gen = sess.run("generate", {"num_scenes": np.int32(3), "seed": np.int64(0)})
+    sess.close()
+    assert gen["images"].shape == (3, S, S, 3) and gen["images"].max() > 0.0
+    np.testing.assert_array_equal(gen["count"], [2, 2, 2])
+    # served over gRPC: colour in and out; a grayscale request is refused by the graph's check
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    server, port, servicer = serving.start_server(path, "pprior_model", max_workers=2)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(_request(images=images), timeout=60)
+        _assert_matches({k: tf.make_ndarray(v) for k, v in response.outputs.items()}, ref)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(_request(images=images[..., :1]), timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "[N, 50, 50, 3]" in err.value.details()
+    finally:
+        channel.close()
+        server.stop(grace=None)
+        servicer.close()
+
+
 # ----------------------------------------------------------------------------- saved_model_cli
 
 def _cli():

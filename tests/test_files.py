@@ -245,7 +245,7 @@ def test_a_built_in_data_set_as_a_folder_reads_back_bit_for_bit(tmp_path):
 
 
 # --- the run ------------------------------------------------------------------------------------
-def test_the_run_refuses_colour_too_many_boxes_and_other_data(tmp_path):
+def test_the_run_takes_colour_and_refuses_too_many_boxes_and_other_data(tmp_path):
     from asr_tf import models
     from asr_tf.run import config, workdir as workdir_lib
 
@@ -255,8 +255,7 @@ def test_the_run_refuses_colour_too_many_boxes_and_other_data(tmp_path):
     spec = workdir_lib.run_spec()
     assert (spec.channels, spec.canvas_px, spec.counts, spec.size_range_px) == \
         (3, 50, (1, 3), (17, 23))  # the config's data set lends canvas, counts and size range
-    with pytest.raises(DataError, match=r"3-channel \(colour\) images; colour is not yet supp"):
-        models.model_for(spec)
+    assert models.model_for(spec).channels == 3  # the model reads the data set's channels
     crowded = make_folder(tmp_path / "crowd", boxes=[[[0, 0, 1, 1]] * 3] * 3)
     config.parse(["air_asr_13"], small + [f"run_spec.data = '{crowded}'",
                                           "build_model.max_glimpses = 2", "run_spec.counts = (1,)",

@@ -59,7 +59,7 @@ def test_both_kinds_generate_with_and_without_a_count(kind):
     noise = _noise(model)
     for count in (None, 2, tf.constant([1, 2, 3, 4, 6])):
         out = model.generate(noise, count)
-        assert out["images"].shape == (N, S, S) and out["scale"].shape == (N, T)
+        assert out["images"].shape == (N, S, S, 1) and out["scale"].shape == (N, T)
         assert out["shift"].shape == (N, T, 2) and out["present"].shape == (N, T)
         assert out["count"].dtype == tf.int32
         present = out["present"].numpy()
@@ -135,4 +135,4 @@ def test_evaluation_generates_through_the_models_own_rule():
     gen = tf.random.Generator.from_seed(3)
     scenes = evaluation.generate_scenes(model, 6, gen)
     np.testing.assert_array_equal(scenes["count"], [2, 4, 2, 4, 2, 4])
-    assert isinstance(scenes["images"], np.ndarray) and scenes["images"].shape == (6, S, S)
+    assert isinstance(scenes["images"], np.ndarray) and scenes["images"].shape == (6, S, S, 1)

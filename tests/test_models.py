@@ -63,9 +63,10 @@ def _recompute_canvas(model, images, noise, out, use_present=True):
     canvas = np.zeros((images.shape[0], S, S), np.float32)
     for t in range(int(out["steps_executed"])):
         eps_pix = noise["eps_pix"][t] if "eps_pix" in noise else None
-        _, _, rendered = model._glimpse_and_render(images[..., 0], out["scale"][:, t],
-                                                   out["shift"][:, t], noise["eps_what"][t],
-                                                   eps_pix, TRAIN)
+        scale, shift = out["scale"][:, t], out["shift"][:, t]
+        _, z_what = model._encode_glimpse(images, scale, shift, noise["eps_what"][t], TRAIN)
+        rendered = transformer.render_glimpse(model.decode(z_what, eps_pix), scale, shift, S,
+                                              model.quirks.sampler_edge)[..., 0]
         w = out["z_pres"][:, t].numpy()
         if use_present:
             w = w * out["present"][:, t].numpy()
@@ -87,8 +88,8 @@ def test_output_shapes(kind, training):
               "kl_shift", "kl_what", "present", "scale"):
         assert out[k].shape == (b, T), k
     assert out["shift"].shape == (b, T, 2)
-    assert out["canvas"].shape == (b, S, S)
-    assert out["recon"].shape == (b, S, S)
+    assert out["canvas"].shape == (b, S, S, 1)
+    assert out["recon"].shape == (b, S, S, 1)
     assert out["count"].shape == (b,) and out["count"].dtype == tf.int32
     assert out["step_mask"].shape == (T,)
     assert out["steps_executed"].shape == ()
@@ -147,7 +148,7 @@ def test_masking_after_forced_stop(kind):
     # after stopping, z_pres is 1 again (u = 1) but nothing reaches the canvas
     z = out["z_pres"].numpy()
     assert z[0, 2] > 0.99 and present[0, 2] == 0.0
-    canvas = out["canvas"].numpy()
+    canvas = out["canvas"].numpy()[..., 0]
     np.testing.assert_allclose(canvas, _recompute_canvas(model, images, noise, out), atol=1e-4)
     unmasked = _recompute_canvas(model, images, noise, out, use_present=False)
     assert np.abs(unmasked[0] - canvas[0]).max() > 1e-2  # the mask matters for item 0
@@ -419,7 +420,7 @@ def test_air_without_decoder_noise():
     noise = model.sample_noise(2, tf.random.Generator.from_seed(0))
     assert "eps_pix" not in noise
     out = model(_images(2), noise, training=True)
-    assert out["canvas"].shape == (2, S, S)
+    assert out["canvas"].shape == (2, S, S, 1)
 
 
 def test_wrong_image_shape_raises():
@@ -437,7 +438,7 @@ def test_pprior_generation_fixed_scale_renders_at_mean_size():
     noise = model.generation_noise(n, tf.random.Generator.from_seed(0))
     noise["eps_shift"] = tf.zeros_like(noise["eps_shift"])  # prior means: boxes near the centre
     gen = model.generate(noise)
-    assert gen["images"].shape == (n, S, S)
+    assert gen["images"].shape == (n, S, S, 1)
     assert gen["scale"].shape == (n, T) and gen["shift"].shape == (n, T, 2)
     assert gen["present"].shape == (n, T) and gen["count"].shape == (n,)
     np.testing.assert_array_equal(gen["count"].numpy(), [1] * n)  # fix_steps = 1 (+-100)
@@ -446,9 +447,9 @@ def test_pprior_generation_fixed_scale_renders_at_mean_size():
     probs = tf.sigmoid(model.vae.decoder(noise["eps_what"][0]).distribution.logits)
     want = transformer.render_glimpse(tf.reshape(probs, [n, 28, 28]), tf.fill([n], 0.4),
                                       gen["shift"][:, 0], S)
-    np.testing.assert_allclose(gen["images"].numpy(), want.numpy(), atol=1e-5)
+    np.testing.assert_allclose(gen["images"].numpy()[..., 0], want.numpy(), atol=1e-5)
     # the decoder mean is > 0 everywhere, so the support is the box: 0.4 * 49 = 19.6 px wide
-    images = gen["images"].numpy()
+    images = gen["images"].numpy()[..., 0]
     for i in range(n):
         cols = np.nonzero(images[i].sum(0))[0]
         rows = np.nonzero(images[i].sum(1))[0]
@@ -472,7 +473,7 @@ def test_air_generation_draws_exactly_n_objects():
     model = _model("air")
     noise = model.generation_noise(n, tf.random.Generator.from_seed(2))
     gen = model.generate(noise, 2)
-    assert gen["images"].shape == (n, S, S)
+    assert gen["images"].shape == (n, S, S, 1)
     np.testing.assert_array_equal(gen["count"].numpy(), [2] * n)
     np.testing.assert_array_equal(gen["present"].numpy(), [[1, 1, 0, 0, 0, 0]] * n)
     want = np.zeros((n, S, S), np.float32)
@@ -481,7 +482,7 @@ def test_air_generation_draws_exactly_n_objects():
         window = tf.sigmoid(logits + 0.3 * noise["eps_pix"][t])
         want += transformer.render_glimpse(tf.reshape(window, [n, 28, 28]), gen["scale"][:, t],
                                            gen["shift"][:, t], S).numpy()
-    np.testing.assert_allclose(gen["images"].numpy(), want, atol=1e-5)
+    np.testing.assert_allclose(gen["images"].numpy()[..., 0], want, atol=1e-5)
     np.testing.assert_allclose(
         gen["scale"].numpy(),
         tf.sigmoid(-1.0 + math.sqrt(0.05) * noise["eps_scale"][..., 0]).numpy().T, rtol=1e-5)

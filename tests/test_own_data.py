@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from asr_tf.data import DataError, coco, files, scenes
 from asr_tf.run import config, loop, trained, workdir as workdir_lib
@@ -71,6 +72,67 @@ def test_without_boxes_the_summary_says_box_metrics_are_not_available(tmp_path):
     assert json.load(open(workdir / "summary.json"))["box_metrics"] == summary["box_metrics"]
     assert "box metrics not available" in loop.summary_line(str(workdir), summary)
     assert trained.evaluate_workdir(str(workdir))["box_metrics"] == summary["box_metrics"]
+
+
+ORANGE = (255, 128, 0)  # the squares' colour: in no box outline (viz.STEP_COLORS), not grey
+
+
+def _colour_folder(root, num_train=24, num_test=16, side=12):
+    """An RGB folder: 50 x 50 black images holding 1 or 3 orange side x side squares (the
+    counts of air_asr_13), with their boxes."""
+    rng = np.random.default_rng(0)
+    for split, num in (("train", num_train), ("test", num_test)):
+        os.makedirs(os.path.join(root, split))
+        names, boxes = [], []
+        for i in range(num):
+            image, placed = np.zeros([50, 50, 3], np.uint8), []
+            while len(placed) < (1 if i % 2 else 3):
+                x, y = (int(v) for v in rng.integers(0, 50 - side, 2))
+                if not image[y:y + side, x:x + side].any():
+                    image[y:y + side, x:x + side] = ORANGE
+                    placed.append([x, y, side, side])
+            names.append(f"{i:03d}.png")
+            Image.fromarray(image).save(os.path.join(root, split, names[-1]))
+            boxes.append(placed)
+        coco.write(os.path.join(root, split), names, [(50, 50)] * num, boxes)
+    return root
+
+
+def _has_orange(png_array):
+    return bool(np.all(png_array[..., :3] == ORANGE, -1).any())
+
+
+@pytest.mark.slow
+def test_a_colour_folder_trains_evaluates_draws_and_serves(tmp_path):
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from asr_tf import export
+
+    folder = _colour_folder(str(tmp_path / "rgb"))
+    workdir = tmp_path / "w"
+    summary = _train(workdir, [f"run_spec.data = '{folder}'"])
+    assert np.isfinite(summary["final"]["nelbo"]) and 0.0 <= summary["final"]["acc"] <= 1.0
+    run = trained.load_trained(str(workdir))
+    assert run.model.channels == 3 and run.spec.channels == 3
+    # TensorBoard's reconstructions: the test scenes in their colour
+    acc = EventAccumulator(str(workdir / "eval"), size_guidance={"tensors": 0})
+    acc.Reload()
+    png = tf.make_ndarray(acc.Tensors("reconstructions")[-1].tensor_proto)[2]
+    assert _has_orange(tf.io.decode_png(png).numpy())
+    # generate.py's figures: reconstructions in colour, samples as RGB
+    figure = trained.write_figure(str(workdir), str(tmp_path / "recon.png"), reconstruct=True)
+    assert _has_orange(np.asarray(Image.open(figure)))
+    samples = np.asarray(Image.open(trained.write_figure(str(workdir), str(tmp_path / "gen.png"))))
+    assert samples.ndim == 3 and samples.shape[-1] == 3
+    # export.py: the signatures take and return [N, 50, 50, 3]
+    path = export.export_saved_model(run.model, str(tmp_path / "model"), max_generate=8)
+    loaded = tf.saved_model.load(path)
+    images = run.evaluator().test["image"][:2]  # [2, 50, 50, 3]
+    out = loaded.signatures["serving_default"](images=images)
+    assert out["reconstruction"].shape == (2, 50, 50, 3)
+    gen = loaded.signatures["generate"](num_scenes=tf.constant(2), seed=tf.constant(0, tf.int64))
+    assert gen["images"].shape == (2, 50, 50, 3)
 
 
 def _voc_examples(num_train=5, num_test=3, bbox=((0.1, 0.2, 0.5, 0.6),)):

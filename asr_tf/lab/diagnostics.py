@@ -26,12 +26,12 @@ def boxes_by_step(scale, shift, present, images, true_count, canvas_px):
     Args:
       scale: [N, T] window side as a fraction of the canvas; shift: [N, T, 2] centres in
         [-1, 1] (x, y); present: [N, T] 1 where the step's object is on the canvas;
-      images: [N, S, S] (or [N, S, S, 1]) the test scenes; true_count: [N]; canvas_px: S.
+      images: [N, S, S] (or [N, S, S, C]) the test scenes; true_count: [N]; canvas_px: S.
     Returns:
       {true count c: {"present": [T] fraction of scenes with step t present, "side_px": [T]
       mean side of the present boxes, "ink_covered": [T] mean fraction of a scene's ink
-      (sum of pixel values) inside the union of its present boxes 0..t (a pixel is inside a
-      box when its centre is)}}; NaN where no box.
+      (sum of pixel values, over the channels too) inside the union of its present boxes
+      0..t (a pixel is inside a box when its centre is)}}; NaN where no box.
     """
     scale, shift = np.asarray(scale, np.float64), np.asarray(shift, np.float64)
     present = np.asarray(present) > 0.5
@@ -40,7 +40,7 @@ def boxes_by_step(scale, shift, present, images, true_count, canvas_px):
         raise ValueError(f"scale {scale.shape}, shift {shift.shape} and present {present.shape} "
                          "must be [N, T], [N, T, 2], [N, T]")
     true_count = as_counts("true_count", true_count)
-    x = np.asarray(images, np.float64).reshape(n, canvas_px, canvas_px)
+    x = np.asarray(images, np.float64).reshape(n, canvas_px, canvas_px, -1).sum(-1)  # [N, S, S]
     centre, side = metrics.where_px(scale, shift, canvas_px)  # [N, T, 2], [N, T]
     grid = np.arange(canvas_px) + 0.5  # pixel centres
     lo, hi = centre - side[..., None] / 2, centre + side[..., None] / 2  # [N, T, 2]
@@ -116,10 +116,10 @@ def glimpse_ledger(model, images, noise, step=0):
     summed).
 
     Args:
-      model: an AIR (``kind`` 'air'); images: [B, S, S, 1]; noise: dict from
+      model: an AIR (``kind`` 'air'); images: [B, S, S, C]; noise: dict from
         ``model.sample_noise`` (test-pass noise); step: global step (for the prior log-odds).
     Returns:
-      dict of numpy arrays: ``rendered`` [B, T, S, S] (each glimpse on the canvas, z=1),
+      dict of numpy arrays: ``rendered`` [B, T, S, S, C] (each glimpse on the canvas, z=1),
       ``kl_glimpse`` [B, T] (KL of scale + shift + what, nats), ``z_pres_logit`` [B, T],
       ``prior_logit`` [T] (the annealed prior plus any -ap bias).
     """
@@ -130,7 +130,8 @@ def glimpse_ledger(model, images, noise, step=0):
     eps_pix = noise.get("eps_pix")
     glimpses = model.decode(flat(rec["z_what"]), None if eps_pix is None else flat(eps_pix))
     rendered = transformer.render_glimpse(glimpses, flat(rec["scale"]), flat(rec["shift"]),
-                                          model.canvas_px, model.quirks.sampler_edge)  # [T*B, S, S]
+                                          model.canvas_px,
+                                          model.quirks.sampler_edge)  # [T*B, S, S, C]
     kl = rec["kl_scale"] + rec["kl_shift"] + rec["kl_what"]  # [T, B]
     return {"rendered": batch_major(unflat(rendered, t_max)).numpy(),
             "kl_glimpse": batch_major(kl).numpy(),
@@ -158,8 +159,9 @@ def count_elbo_ledger(images, rendered, kl_glimpse, prior_logit):
     i.e. the KL of a posterior certain of count k.
 
     Args:
-      images: [N, S, S] (or [N, S, S, 1]) in [0, 1].
-      rendered: [N, T, S, S] each step's glimpse on the canvas (:func:`glimpse_ledger`).
+      images: [N, S, S] (or [N, S, S, C]) in [0, 1].
+      rendered: [N, T, S, S] (or [N, T, S, S, C]) each step's glimpse on the canvas
+        (:func:`glimpse_ledger`).
       kl_glimpse: [N, T] KL of scale + shift + what of each step, nats.
       prior_logit: [T] (or [N, T]) prior log-odds a_t of presence.
     Returns:
@@ -169,8 +171,8 @@ def count_elbo_ledger(images, rendered, kl_glimpse, prior_logit):
       reconstruction value of adding glimpse t).
     """
     rendered = np.asarray(rendered, np.float64)
-    if rendered.ndim != 4:
-        raise ValueError(f"rendered must be [N, T, S, S], got shape {rendered.shape}")
+    if rendered.ndim not in (4, 5):
+        raise ValueError(f"rendered must be [N, T, S, S(, C)], got shape {rendered.shape}")
     n, t_max = rendered.shape[:2]
     x = np.asarray(images, np.float64).reshape(n, *rendered.shape[2:])
     kl = np.asarray(kl_glimpse, np.float64)

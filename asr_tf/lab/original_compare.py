@@ -118,7 +118,7 @@ def run_original(original_dir, request, workdir):
 STEP_PAIRS = (
     ("mvn_shift_mean", "q_shift_loc", None), ("mvn_shift_var", "q_shift_scale", np.square),
     ("mvn_scale_mean", "q_scale_loc", None), ("mvn_scale_var", "q_scale_scale", np.square),
-    ("window", "window", None), ("what_mean", "what_loc", None),
+    ("window", "window", lambda w: w[..., 0]), ("what_mean", "what_loc", None),
     ("what_log_var", "what_scale", lambda s: 2.0 * np.log(s)), ("y", "y", None),
     ("posterior_logit", "z_pres_logit", None), ("z_pres_prob", "z_pres_prob", None),
     ("prior_logit", "prior_logit", None), ("scale", "scale", lambda s: s[..., None]),

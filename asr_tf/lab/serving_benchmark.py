@@ -41,7 +41,7 @@ def run(export_path, batch_sizes=(1, 64), iterations=None, warmup=3, signature="
       warmup: untimed calls first (the first call also builds the runtime function).
       signature: the signature to call; it must take ``images`` (and optionally ``seed``).
       seed: of the random images (and the ``seed`` input of a stochastic signature).
-      images: optional [M, S, S, 1] float32 in [0, 1] (e.g. test scenes), tiled to each batch
+      images: optional [M, S, S, C] float32 in [0, 1] (e.g. test scenes), tiled to each batch
         size instead of uniform noise. The glimpse loop stops when every image of the batch
         has stopped, so latency depends on the images (reported as ``max_count``).
     Returns:
@@ -57,16 +57,16 @@ def run(export_path, batch_sizes=(1, 64), iterations=None, warmup=3, signature="
     load_s = time.perf_counter() - start
     fn = loaded.signatures[signature]
     specs = fn.structured_input_signature[1]
-    canvas = int(specs["images"].shape[1])
+    canvas, channels = int(specs["images"].shape[1]), int(specs["images"].shape[3])
     rng = np.random.RandomState(seed)
     result = {"export_path": os.path.abspath(export_path), "signature": signature,
               "canvas_px": canvas, "cpu_count": os.cpu_count(), "tf_version": tf.__version__,
               "load_s": round(load_s, 3)}
     for n in batch_sizes:
         if images is None:
-            batch = rng.rand(n, canvas, canvas, 1).astype(np.float32)
+            batch = rng.rand(n, canvas, canvas, channels).astype(np.float32)
         else:
-            batch = np.resize(np.asarray(images, np.float32), (n, canvas, canvas, 1))
+            batch = np.resize(np.asarray(images, np.float32), (n, canvas, canvas, channels))
         args = {"images": tf.constant(batch)}
         if "seed" in specs:
             args["seed"] = tf.constant(seed, tf.int64)

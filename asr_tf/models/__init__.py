@@ -1,6 +1,8 @@
 """Model factory: ``build_model`` is the gin-configurable entry (Keras classes are not
 gin-decorated directly: that crashes with Keras 3); ``model_for`` builds a run's model for its
 data set."""
+import numbers
+
 import gin
 
 from asr_tf.data import DataError
@@ -15,7 +17,7 @@ MODEL_KINDS = (AIR.kind, PPriorAIR.kind)
 def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpses=6,
                 z_what_dim=50, lstm_units=256, glimpse_px=28, z_pres_temperature=gin.REQUIRED,
                 stop_threshold=gin.REQUIRED, decoder_noise=gin.REQUIRED, add_prior=False,
-                scale_bias_init=0.0, quirks=None, zpres_prior=None):
+                scale_bias_init=0.0, quirks=None, zpres_prior=None, channels=1):
     """Builds AIR ('air') or AIR-pPrior/ASR ('pprior') for a dataset.
 
     Args:
@@ -39,7 +41,12 @@ def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpse
       quirks: a Quirks (default: gin-configured Quirks()).
       zpres_prior: AIR only: the annealed z_pres prior, a PresencePriorSchedule (default: the
         gin-configured PresencePriorSchedule(); configs/air.gin binds the original's values).
+      channels: C, the images' channels (1 grayscale, 3 RGB): the data set's, which
+        ``model_for`` passes. The model takes images [B, S, S, C] of this C only.
     """
+    if isinstance(channels, bool) or not isinstance(channels, numbers.Integral) or channels < 1:
+        raise ValueError(f"build_model: channels={channels!r}, the images' channel count, must "
+                         "be an int >= 1")
     quirks = quirks or Quirks()
     counts = tuple(int(c) for c in counts)
     if kind == "air":
@@ -47,27 +54,23 @@ def build_model(kind, canvas_px, counts, size_range_px=(17.0, 23.0), max_glimpse
                    z_pres_temperature=z_pres_temperature, stop_threshold=stop_threshold,
                    decoder_noise=decoder_noise, counts=counts, add_prior=add_prior,
                    zpres_prior=zpres_prior or PresencePriorSchedule(),
-                   scale_bias_init=scale_bias_init, quirks=quirks)
+                   scale_bias_init=scale_bias_init, quirks=quirks, channels=channels)
     if kind == "pprior":
         return PPriorAIR(canvas_px, max_glimpses, z_what_dim, lstm_units, glimpse_px,
                          z_pres_temperature=z_pres_temperature, stop_threshold=stop_threshold,
                          decoder_noise=decoder_noise,
                          fix_steps=counts[0] if len(counts) == 1 else None,
                          size_range_px=size_range_px, scale_bias_init=scale_bias_init,
-                         quirks=quirks)
+                         quirks=quirks, channels=channels)
     raise ValueError(f"model kind {kind!r} is not one of {MODEL_KINDS}")
 
 
 def model_for(spec, quirks=None):
     """The run's model (``build_model`` as gin binds it) for the data set ``spec``: its canvas,
-    allowed counts and size range. Raises DataError for data it cannot take: colour images
-    (the models take one channel for now), a scene from files with more boxes than the model
-    has glimpse steps (``max_glimpses``)."""
-    if spec.channels != 1:
-        raise DataError(f"{spec.data}: {spec.channels}-channel (colour) images; colour is not "
-                        "yet supported by the models: convert the images to grayscale")
+    allowed counts, size range and channels. Raises DataError for data it cannot take: a scene
+    from files with more boxes than the model has glimpse steps (``max_glimpses``)."""
     model = build_model(canvas_px=spec.canvas_px, counts=spec.counts,
-                        size_range_px=spec.size_range_px, quirks=quirks)
+                        size_range_px=spec.size_range_px, quirks=quirks, channels=spec.channels)
     if spec.data is not None and spec.has_boxes:
         most, name = spec.most_boxes()
         if most > model.max_glimpses:

@@ -135,7 +135,7 @@ class AIR(GlimpseModel):
     ``counts``: the data set's allowed object counts (default 1..max_glimpses): the scenes of
     :meth:`generate` hold them in turn, and ``add_prior`` (the ``-ap`` flag) fixes the count
     to them with +-100 biases. ``zpres_prior`` (a PresencePriorSchedule, default the
-    original's) anneals the prior.
+    original's) anneals the prior. ``channels``: C, the images' (asr_tf/models/base.py).
     """
 
     kind = "air"
@@ -143,15 +143,16 @@ class AIR(GlimpseModel):
 
     def __init__(self, canvas_px, max_glimpses=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
                  z_pres_temperature=1.0, stop_threshold=0.99, decoder_noise=0.3, counts=None,
-                 add_prior=False, zpres_prior=None, scale_bias_init=0.0, quirks=None, name="air",
-                 **kwargs):
+                 add_prior=False, zpres_prior=None, scale_bias_init=0.0, quirks=None, channels=1,
+                 name="air", **kwargs):
         super().__init__(canvas_px, max_glimpses, glimpse_px, z_what_dim, z_pres_temperature,
-                         stop_threshold, decoder_noise, quirks, name=name, **kwargs)
-        self.net = AIRNet(canvas_px * canvas_px, lstm_units,
+                         stop_threshold, decoder_noise, quirks, channels=channels, name=name,
+                         **kwargs)
+        self.net = AIRNet(canvas_px * canvas_px * self.channels, lstm_units,
                           orthogonal_recurrent=self.quirks.lstm_orthogonal_recurrent,
                           scale_bias_init=scale_bias_init,
                           fused_init=self.quirks.lstm_fused_kernel)
-        self.vae = GlimpseVAE(z_what_dim, glimpse_px)
+        self.vae = GlimpseVAE(z_what_dim, glimpse_px, self.channels)
         self.counts = tuple(int(c) for c in (counts or range(1, max_glimpses + 1)))
         bad = [c for c in self.counts if not 1 <= c <= max_glimpses]
         if bad:
@@ -233,17 +234,16 @@ class AIR(GlimpseModel):
         n = tf.shape(noise["u_pres"])[1]
         count = (generation_counts(self.counts, n) if count is None
                  else per_scene_count(count, n, self.max_glimpses))  # [N]
-        s, g_px = self.canvas_px, self.glimpse_px
+        s = self.canvas_px
         present = tf.cast(tf.range(self.max_glimpses)[None] < count[:, None], tf.float32)  # [N, T]
-        canvas = tf.zeros([n, s, s])
+        canvas = tf.zeros([n, s, s, self.channels])
         scales, shifts = [], []
         for t in range(self.max_glimpses):
             scale = tf.sigmoid(SCALE_PRIOR_LOC + math.sqrt(SCALE_PRIOR_VAR) * noise["eps_scale"][t][:, 0])
             shift = tf.tanh(noise["eps_shift"][t])
-            logits = self.vae.decoder(noise["eps_what"][t]).distribution.logits
-            window = tf.sigmoid(logits + self.decoder_noise * noise["eps_pix"][t])
-            canvas += present[:, t, None, None] * transformer.render_glimpse(
-                tf.reshape(window, [-1, g_px, g_px]), scale, shift, s, self.quirks.sampler_edge)
+            window = self.decode(noise["eps_what"][t], noise["eps_pix"][t])  # [N, G, G, C]
+            canvas += present[:, t, None, None, None] * transformer.render_glimpse(
+                window, scale, shift, s, self.quirks.sampler_edge)
             scales.append(scale)
             shifts.append(shift)
         return {"images": canvas, "count": count, "scale": tf.stack(scales, 1),

@@ -26,6 +26,12 @@ All randomness enters through a ``noise`` dict drawn outside the model
 (:meth:`GlimpseModel.sample_noise`), so a forward pass is a pure function of the
 weights, the images and the noise: jit and non-jit steps agree, and tests can
 fix the noise.
+
+Channels: a model is built for C channels (``channels``, 1 for grayscale, 3 for RGB) and
+refuses any other C. Images, glimpses and the canvas carry C last ([B, S, S, C]); the inference
+LSTM reads S*S*C values, the glimpse VAE G*G*C (one Bernoulli per pixel and channel), and each
+channel is cut and rendered with the same window (``transformer.per_channel``). With C = 1
+every layer has the shapes and the computation it had before colour.
 """
 import keras
 import tensorflow as tf
@@ -129,13 +135,15 @@ class GlimpseModel(keras.Model):
 
     def __init__(self, canvas_px, max_glimpses=6, glimpse_px=28, z_what_dim=50,
                  z_pres_temperature=0.1, stop_threshold=0.9, decoder_noise=0.0,
-                 quirks=None, name="glimpse_model", **kwargs):
+                 quirks=None, channels=1, name="glimpse_model", **kwargs):
         super().__init__(name=name, **kwargs)
         if max_glimpses < 1:
             raise ValueError(f"max_glimpses={max_glimpses} must be >= 1")
+        self.channels = int(channels)  # C, the images' (build_model checks it)
         self.canvas_px = int(canvas_px)
         self.max_glimpses = int(max_glimpses)
         self.glimpse_px = int(glimpse_px)
+        self.glimpse_dim = self.glimpse_px ** 2 * self.channels  # G*G*C: the VAE's width
         self.z_what_dim = int(z_what_dim)
         self.z_pres_temperature = float(z_pres_temperature)
         self.stop_threshold = float(stop_threshold)
@@ -170,7 +178,7 @@ class GlimpseModel(keras.Model):
           count: None, the model's own rule for how many objects a scene holds; or an int,
             or [N] ints (one per scene, ``priors.generation_counts``): exactly that many.
         Returns:
-          dict ``images`` [N, S, S] (sum of objects, not clipped), ``count`` [N] int32,
+          dict ``images`` [N, S, S, C] (sum of objects, not clipped), ``count`` [N] int32,
           ``scale`` [N, T], ``shift`` [N, T, 2], ``present`` [N, T].
         """
         raise NotImplementedError
@@ -182,7 +190,7 @@ class GlimpseModel(keras.Model):
         shapes = {"u_pres": [t, batch], "eps_shift": [t, batch, 2], "eps_scale": [t, batch, 1],
                   "eps_what": [t, batch, self.z_what_dim]}
         if self.decoder_noise > 0:
-            shapes["eps_pix"] = [t, batch, self.glimpse_px ** 2]
+            shapes["eps_pix"] = [t, batch, self.glimpse_dim]
         return shapes
 
     def sample_noise(self, batch, generator):
@@ -201,7 +209,7 @@ class GlimpseModel(keras.Model):
 
     def generation_noise(self, num, generator):
         """Noise for :meth:`generate` of ``num`` scenes, leading [T, num]."""
-        t, g2 = self.max_glimpses, self.glimpse_px ** 2
+        t, g2 = self.max_glimpses, self.glimpse_dim
         key, kind = self.GEN_PIXEL_NOISE
         return {"u_pres": generator.uniform([t, num]), "eps_shift": generator.normal([t, num, 2]),
                 "eps_scale": generator.normal([t, num, 1]),
@@ -213,24 +221,16 @@ class GlimpseModel(keras.Model):
         """Cuts the window and encodes it.
 
         Args:
-          images: [N, S, S]; scale [N]; shift [N, 2]; eps_what [N, z].
+          images: [N, S, S, C]; scale [N]; shift [N, 2]; eps_what [N, z].
         Returns:
           (q(z_what) Normal [N, z], z_what [N, z])
         """
         window = transformer.extract_glimpse(images, scale, shift, self.glimpse_px,
-                                             self.quirks.sampler_edge)  # [N, G, G]
+                                             self.quirks.sampler_edge)  # [N, G, G, C]
         if mode == MEAN:
             eps_what = tf.zeros_like(eps_what)
-        q_what, z_what = self.vae.encode(tf.reshape(window, [-1, self.glimpse_px ** 2]), eps_what)
+        q_what, z_what = self.vae.encode(tf.reshape(window, [-1, self.glimpse_dim]), eps_what)
         return q_what.distribution, z_what
-
-    def _glimpse_and_render(self, images, scale, shift, eps_what, eps_pix, mode):
-        """One step's glimpse round trip, as a reference (the model batches these over
-        steps): (q(z_what), z_what [B, z], rendered [B, S, S])."""
-        q_what, z_what = self._encode_glimpse(images, scale, shift, eps_what, mode)
-        rendered = transformer.render_glimpse(self.decode(z_what, eps_pix), scale, shift,
-                                              self.canvas_px, self.quirks.sampler_edge)
-        return q_what, z_what, rendered
 
     def _z_pres(self, alpha_q, u, mode):
         """Relaxed (train) or hard (test, Q25) z_pres and its relaxed logit y, all [B]."""
@@ -252,15 +252,16 @@ class GlimpseModel(keras.Model):
         return carry, present, active_before
 
     def decode(self, z_what, eps_pix):
-        """Decoded glimpses [N, G, G] (pixel probabilities) from z_what [N, z]; AIR adds
-        logit noise eps_pix [N, G*G] (Q32), None elsewhere."""
-        logits = self.vae.decoder(z_what).distribution.logits  # [N, G*G]
+        """Decoded glimpses [N, G, G, C] (pixel probabilities) from z_what [N, z]; AIR adds
+        logit noise eps_pix [N, G*G*C] (Q32), None elsewhere."""
+        logits = self.vae.decoder(z_what).distribution.logits  # [N, G*G*C]
         if eps_pix is not None:
             logits = logits + self.decoder_noise * eps_pix
-        return tf.reshape(tf.sigmoid(logits), [-1, self.glimpse_px, self.glimpse_px])
+        g = self.glimpse_px
+        return tf.reshape(tf.sigmoid(logits), [-1, g, g, self.channels])
 
     def _render_canvas(self, records, step_mask, eps_pix):
-        """The canvas [B, S, S]: sum over steps of present * z_pres * the rendered glimpse.
+        """The canvas [B, S, S, C]: sum over steps of present * z_pres * the rendered glimpse.
 
         Decodes all T steps as one [B*T] batch and renders them summed
         (``transformer.render_glimpses_summed``). Steps not executed (present = 0 for every
@@ -275,31 +276,31 @@ class GlimpseModel(keras.Model):
         z_what = batch_major(records["z_what"])  # [B, T, z]
         glimpses = self.decode(tf.reshape(z_what, [-1, self.z_what_dim]),
                                 None if eps_pix is None else
-                                tf.reshape(batch_major(eps_pix), [-1, self.glimpse_px ** 2]))
-        glimpses = tf.reshape(glimpses, [-1, t_max, self.glimpse_px, self.glimpse_px])
+                                tf.reshape(batch_major(eps_pix), [-1, self.glimpse_dim]))
+        glimpses = tf.reshape(glimpses, [-1, t_max] + glimpses.shape[1:].as_list())  # [B,T,G,G,C]
         return transformer.render_glimpses_summed(glimpses, batch_major(weight),
                                                   batch_major(scale), batch_major(shift),
                                                   self.canvas_px, self.quirks.sampler_edge)
 
     # ------------------------------------------------------------------ loop
-    def _step_traces(self, t, carry, images2d, image_ctx, noise_t, mode):
-        carry, trace = self._step(t, carry, images2d, image_ctx, noise_t, mode)
+    def _step_traces(self, t, carry, images, image_ctx, noise_t, mode):
+        carry, trace = self._step(t, carry, images, image_ctx, noise_t, mode)
         carry, present, active_before = self._advance(carry, trace["z_pres"])
         return carry, dict(trace, present=present, active_before=active_before)
 
     def _trace_shapes_all(self):
         return dict(self._trace_shapes(), present=[], active_before=[])
 
-    def _unrolled(self, carry, images2d, image_ctx, noise, mode):
+    def _unrolled(self, carry, images, image_ctx, noise, mode):
         """All T steps, unrolled. Returns traces [T, B, ...] and the final carry."""
         traces = []
         for t in range(self.max_glimpses):
             noise_t = {k: v[t] for k, v in noise.items()}
-            carry, trace = self._step_traces(t, carry, images2d, image_ctx, noise_t, mode)
+            carry, trace = self._step_traces(t, carry, images, image_ctx, noise_t, mode)
             traces.append(trace)
         return {k: tf.stack([tr[k] for tr in traces]) for k in traces[0]}, carry
 
-    def _while_loop(self, carry, images2d, image_ctx, noise, mode, batch):
+    def _while_loop(self, carry, images, image_ctx, noise, mode, batch):
         """tf.while_loop while any item is active. Returns (steps run, traces [T, B, ...]
         with zeros at the steps not run, final carry)."""
         t_max = self.max_glimpses
@@ -308,7 +309,7 @@ class GlimpseModel(keras.Model):
 
         def body(t, carry, traces):
             noise_t = {k: v[t] for k, v in noise.items()}
-            carry, trace = self._step_traces(t, carry, images2d, image_ctx, noise_t, mode)
+            carry, trace = self._step_traces(t, carry, images, image_ctx, noise_t, mode)
             traces = {k: tf.tensor_scatter_nd_update(traces[k], [[t]], trace[k][None])
                       for k in traces}
             return t + 1, carry, traces
@@ -323,22 +324,23 @@ class GlimpseModel(keras.Model):
         return t_exec, traces, carry
 
     def _start(self, images):
-        """The pass's start: images [B, S, S], the image context and the zero carry."""
-        s = self.canvas_px
-        if images.shape.rank != 4 or images.shape[1] != s or images.shape[2] != s:
-            raise ValueError(f"images must be [B, {s}, {s}, 1], got {images.shape}")
-        images2d = tf.convert_to_tensor(images)[..., 0]  # [B, S, S]
-        batch = tf.shape(images2d)[0]
-        image_ctx = self._image_context(tf.reshape(images2d, [batch, s * s]))
+        """The pass's start: images [B, S, S, C], the image context and the zero carry."""
+        s, c = self.canvas_px, self.channels
+        if images.shape.rank != 4 or tuple(images.shape[1:]) != (s, s, c):
+            raise ValueError(f"images must be [B, {s}, {s}, {c}] (this model was built for {c} "
+                             f"channel{'s' if c > 1 else ''}), got {images.shape}")
+        images = tf.convert_to_tensor(images)  # [B, S, S, C]
+        batch = tf.shape(images)[0]
+        image_ctx = self._image_context(tf.reshape(images, [batch, s * s * c]))
         carry = self._init_carry(batch)
         carry.update(stop_sum=tf.zeros([batch]), count=tf.zeros([batch]))
-        return images2d, image_ctx, carry
+        return images, image_ctx, carry
 
     def call(self, images, noise, step=0, training=True, all_steps=False, deterministic=None):
         """One inference pass.
 
         Args:
-          images: [B, S, S, 1] float in [0, 1].
+          images: [B, S, S, C] float in [0, 1], C = ``channels`` (else a ValueError).
           noise: dict from :meth:`sample_noise`.
           step: global training step (AIR's annealed prior uses it).
           training: relaxed z_pres if True, hard z_pres (test model) if False.
@@ -351,23 +353,23 @@ class GlimpseModel(keras.Model):
             with z_pres thresholded at 0.5; False, one stochastic pass; None, as
             ``Quirks.deterministic_eval`` says.
         Returns:
-          dict with ``canvas`` [B, S, S] (unclipped), ``recon`` [B, S, S] clipped to [0,1],
+          dict with ``canvas`` [B, S, S, C] (unclipped), ``recon`` [B, S, S, C] clipped to [0,1],
           ``count`` [B] int32, ``step_mask`` [T] float (1 for executed steps),
           ``steps_executed`` scalar int32, and the records of RECORD_KEYS, each [B, T, ...].
         """
-        images2d, image_ctx, carry = self._start(images)
+        images, image_ctx, carry = self._start(images)
         mode = self.pass_mode(training, deterministic)
         step = tf.cast(step, tf.float32)
         t_max = self.max_glimpses
         if training or all_steps:
-            traces, carry = self._unrolled(carry, images2d, image_ctx, noise, mode)
+            traces, carry = self._unrolled(carry, images, image_ctx, noise, mode)
             # the loop's own stopping point: item b needs steps 0..count_b
             t_exec = tf.minimum(t_max, 1 + tf.cast(tf.reduce_max(carry["count"]), tf.int32))
         else:
-            t_exec, traces, carry = self._while_loop(carry, images2d, image_ctx, noise, mode,
-                                                     tf.shape(images2d)[0])
+            t_exec, traces, carry = self._while_loop(carry, images, image_ctx, noise, mode,
+                                                     tf.shape(images)[0])
         step_mask = tf.cast(tf.range(t_max) < t_exec, tf.float32)  # [T]
-        records = self._readout(images2d, traces, noise, step, mode)
+        records = self._readout(images, traces, noise, step, mode)
         records["present"] = traces["present"]
         canvas = self._render_canvas(records, step_mask, noise.get("eps_pix"))
         if not all_steps:  # zeros at the steps not executed, as the loop leaves them
@@ -375,7 +377,9 @@ class GlimpseModel(keras.Model):
             records = {k: tf.where(tf.reshape(ran, [t_max] + [1] * (v.shape.rank - 1)), v,
                                    tf.zeros_like(v)) for k, v in records.items()}
         out = {k: batch_major(records[k]) for k in RECORD_KEYS}  # each [B, T, ...]
-        out.update(canvas=canvas, recon=tf.clip_by_value(canvas, 0.0, 1.0),
+        s = self.canvas_px  # the recon clipped as rows [B, S, S*C]: objectives.bernoulli_nll
+        rows = tf.clip_by_value(tf.reshape(canvas, [-1, s, s * self.channels]), 0.0, 1.0)
+        out.update(canvas=canvas, recon=tf.reshape(rows, tf.shape(canvas)),
                    count=tf.cast(carry["count"], tf.int32), step_mask=step_mask,
                    steps_executed=t_exec)
         return out
@@ -388,9 +392,9 @@ class GlimpseModel(keras.Model):
         Returns:
           the readout's records [T, B, ...] (the keys of RECORD_KEYS but ``present``).
         """
-        images2d, image_ctx, carry = self._start(images)
+        images, image_ctx, carry = self._start(images)
         mode = self.pass_mode(False, deterministic)
-        traces, _ = self._unrolled(carry, images2d, image_ctx, noise, mode)
+        traces, _ = self._unrolled(carry, images, image_ctx, noise, mode)
         ones = tf.ones_like(traces["present"])  # [T, B]
         traces = dict(traces, present=ones, active_before=ones)
-        return self._readout(images2d, traces, noise, tf.cast(step, tf.float32), mode)
+        return self._readout(images, traces, noise, tf.cast(step, tf.float32), mode)

@@ -56,7 +56,7 @@ class InferenceRNN(keras.Model):
         self.built = True  # every sub-layer is built above: nothing left for the first call
 
     def project_image(self, images_flat):
-        """[B, S*S] -> [B, 4u], computed once per pass (the image is the same at every step)."""
+        """[B, S*S*C] -> [B, 4u], computed once per pass (the image is the same at every step)."""
         return self.lstm.project(0, images_flat)
 
     def call(self, image_proj, z_what_prev, where_prev, state):
@@ -132,25 +132,27 @@ class PPriorAIR(GlimpseModel):
         +100 for t < k and -100 after, instead of the learned prior.
       size_range_px: (c_min, c_max); generation renders the constant scale
         mean(c_min, c_max) / S (Q35).
+      channels: C, the images' channels (asr_tf/models/base.py).
     """
 
     kind = "pprior"
 
     def __init__(self, canvas_px, max_glimpses=6, z_what_dim=50, lstm_units=256, glimpse_px=28,
                  z_pres_temperature=0.1, stop_threshold=0.9, decoder_noise=0.0, fix_steps=None,
-                 size_range_px=(17.0, 23.0), scale_bias_init=0.0, quirks=None, name="pprior_air",
-                 **kwargs):
+                 size_range_px=(17.0, 23.0), scale_bias_init=0.0, quirks=None, channels=1,
+                 name="pprior_air", **kwargs):
         super().__init__(canvas_px, max_glimpses, glimpse_px, z_what_dim, z_pres_temperature,
-                         stop_threshold, decoder_noise, quirks=quirks, name=name, **kwargs)
+                         stop_threshold, decoder_noise, quirks=quirks, channels=channels,
+                         name=name, **kwargs)
         ortho, fused = self.quirks.lstm_orthogonal_recurrent, self.quirks.lstm_fused_kernel
         self.fix_steps = fix_steps
         self.size_range_px = tuple(float(v) for v in size_range_px)
-        self.inference = InferenceRNN(canvas_px * canvas_px, z_what_dim, lstm_units,
-                                      orthogonal_recurrent=ortho, scale_bias_init=scale_bias_init,
-                                      fused_init=fused)
+        self.inference = InferenceRNN(canvas_px * canvas_px * self.channels, z_what_dim,
+                                      lstm_units, orthogonal_recurrent=ortho,
+                                      scale_bias_init=scale_bias_init, fused_init=fused)
         self.prior = PriorRNN(z_what_dim, lstm_units, orthogonal_recurrent=ortho,
                               fused_init=fused)
-        self.vae = GlimpseVAE(z_what_dim, glimpse_px)
+        self.vae = GlimpseVAE(z_what_dim, glimpse_px, self.channels)
         self.built = True  # every variable exists (GlimpseModel: all state is made in __init__)
 
     def lstm_cores(self):
@@ -234,14 +236,14 @@ class PPriorAIR(GlimpseModel):
         are fixed to that count per scene, as ``fix_steps`` fixes them.
         """
         n = tf.shape(noise["u_pres"])[1]
-        s, g_px = self.canvas_px, self.glimpse_px
+        s = self.canvas_px
         if count is None and self.fix_steps is not None:
             count = self.fix_steps
         fixed = None if count is None else per_scene_count(count, n, self.max_glimpses)  # [N]
         zeros_u = tf.zeros([n, self.prior.units])
         state, g_prev = (zeros_u, zeros_u), zeros_u
         z_what_prev, where_prev = tf.zeros([n, self.z_what_dim]), tf.zeros([n, 3])
-        stop_sum, canvas, total = tf.zeros([n]), tf.zeros([n, s, s]), tf.zeros([n])
+        stop_sum, canvas, total = tf.zeros([n]), tf.zeros([n, s, s, self.channels]), tf.zeros([n])
         const_scale = sum(self.size_range_px) / 2.0 / s
         scales, shifts, presents = [], [], []
         for t in range(self.max_glimpses):  # fixed, short: unrolled
@@ -254,18 +256,18 @@ class PPriorAIR(GlimpseModel):
                      else tf.sigmoid(zeta[:, 0]))
             shift = tf.tanh(xi)
             z_what = noise["eps_what"][t]
-            probs = tf.sigmoid(self.vae.decoder(z_what).distribution.logits)  # [N, G*G]
+            probs = self.decode(z_what, None)  # [N, G, G, C]
             if self.quirks.gen_bernoulli_pixels:
-                probs = tf.cast(probs > noise["u_pix"][t], tf.float32)
-            rendered = transformer.render_glimpse(tf.reshape(probs, [-1, g_px, g_px]), scale, shift,
-                                                  s, self.quirks.sampler_edge)
+                probs = tf.cast(probs > tf.reshape(noise["u_pix"][t], tf.shape(probs)), tf.float32)
+            rendered = transformer.render_glimpse(probs, scale, shift, s,
+                                                  self.quirks.sampler_edge)  # [N, S, S, C]
             if fixed is None:  # the prior LSTM's head on g_{t-1} (Q13) or g_t
                 alpha_p = self.prior.z_pres_logit(g_prev if self.quirks.zpres_prior_lag else g)
             else:
                 alpha_p = fixed_presence_logit(t, fixed)  # [N]
             z = tf.cast(alpha_p + concrete.logistic_noise(noise["u_pres"][t]) > 0.0, tf.float32)
             stop_sum, present = stop_rule(stop_sum, z, self.stop_threshold)
-            canvas = canvas + (present * z)[:, None, None] * rendered
+            canvas = canvas + (present * z)[:, None, None, None] * rendered
             total = total + present
             scales.append(scale)
             shifts.append(shift)

@@ -22,7 +22,17 @@ Three edge modes (gin switch ``sampler_edge``, quirk Q30):
   * ``'zero_pad'`` (remedy): true bilinear interpolation with zeros outside the
     source; samples near the border blend with zeros, so gradients pull boxes
     back onto the ink.
+
+Channels: :func:`extract_glimpse`, :func:`render_glimpse` and :func:`render_glimpses_summed`
+take single-channel images ([N, H, W]) or images with a trailing channel axis ([N, H, W, C],
+colour). Every channel of an item is sampled with that item's weights: the C channels are
+folded into the batch (item-major, [N*C, H, W]) and the item's scale and shift repeated C
+times (their gradients sum over the channels). One channel ([N, H, W, 1]) runs exactly the
+single-channel computation, so a grayscale model computes what it computed before colour
+was added, bit for bit.
 """
+import functools
+
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
@@ -192,42 +202,73 @@ def inverse_theta(scale, shift):
     return glimpse_theta(1.0 / scale, -shift / scale[:, None])
 
 
+def per_channel(sample, images, plane_rank, *params):
+    """``sample(planes, *params)``, a sampler of single-channel ``planes`` (rank ``plane_rank``,
+    batch first) with per-item ``params`` ([N, ...] each), applied to ``images``: of rank
+    ``plane_rank`` (one channel) as they are; of rank ``plane_rank + 1`` (a trailing channel
+    axis C) every channel with its item's params, C folded into the batch.
+
+    Returns the sampled planes, with the trailing channel axis if ``images`` had one.
+    """
+    rank = images.shape.rank
+    if rank == plane_rank:
+        return sample(images, *params)
+    if rank != plane_rank + 1:
+        raise ValueError(f"expected images of rank {plane_rank} (one channel) or {plane_rank + 1}"
+                         f" (channels last), got shape {images.shape}")
+    channels = images.shape[-1]
+    if channels == 1:  # the single-channel computation itself
+        return sample(images[..., 0], *params)[..., None]
+    planes = tf.transpose(images, [0, rank - 1] + list(range(1, rank - 1)))  # [N, C, ...]
+    planes = tf.reshape(planes, [-1] + images.shape[1:-1].as_list())  # [N*C, ...], item-major
+    out = sample(planes, *[tf.repeat(p, channels, axis=0) for p in params])  # [N*C, ...]
+    out = tf.reshape(out, [-1, channels] + out.shape[1:].as_list())  # [N, C, ...]
+    return tf.transpose(out, [0] + list(range(2, out.shape.rank)) + [1])  # [N, ..., C]
+
+
 def extract_glimpse(canvas, scale, shift, glimpse_px=28, edge="hard"):
     """Cuts a square window out of each canvas.
 
     Args:
-      canvas: [N, S, S] images.
+      canvas: [N, S, S] images, or [N, S, S, C] (:func:`per_channel`).
       scale: [N] window half-width in normalised units (window side = scale * S px).
       shift: [N, 2] window centre in [-1, 1] (x = column, y = row).
       glimpse_px: output side.
       edge: one of quirks.SAMPLER_EDGES (Q30).
     Returns:
-      [N, glimpse_px, glimpse_px] glimpses.
+      [N, glimpse_px, glimpse_px] glimpses ([N, G, G, C] from [N, S, S, C]).
     """
     _check_edge(edge, SAMPLER_EDGES)
-    if edge == "four_gathers":
-        return four_gathers.extract_glimpse(canvas, scale, shift, glimpse_px)
-    return sample_separable(canvas, scale, scale, shift[:, 0], shift[:, 1],
-                            (glimpse_px, glimpse_px), edge)
+
+    def sample(planes, scale, shift):
+        if edge == "four_gathers":
+            return four_gathers.extract_glimpse(planes, scale, shift, glimpse_px)
+        return sample_separable(planes, scale, scale, shift[:, 0], shift[:, 1],
+                                (glimpse_px, glimpse_px), edge)
+    return per_channel(sample, canvas, 3, scale, shift)
 
 
 def render_glimpse(glimpse, scale, shift, canvas_px, edge="hard"):
     """Pastes each glimpse back onto an empty S x S canvas (the exact inverse map).
 
     Args:
-      glimpse: [N, G, G] windows.
+      glimpse: [N, G, G] windows, or [N, G, G, C] (:func:`per_channel`).
       scale, shift: as in :func:`extract_glimpse`.
       canvas_px: int S.
       edge: one of quirks.SAMPLER_EDGES (Q30).
     Returns:
-      [N, S, S] canvases, zero outside the box (up to rounding residues with 'four_gathers').
+      [N, S, S] canvases ([N, S, S, C] from [N, G, G, C]), zero outside the box (up to
+      rounding residues with 'four_gathers').
     """
     _check_edge(edge, SAMPLER_EDGES)
-    if edge == "four_gathers":
-        return four_gathers.render_glimpse(glimpse, scale, shift, canvas_px)
-    inv = 1.0 / scale
-    return sample_separable(glimpse, inv, inv, -shift[:, 0] * inv, -shift[:, 1] * inv,
-                            (canvas_px, canvas_px), edge)
+
+    def sample(planes, scale, shift):
+        if edge == "four_gathers":
+            return four_gathers.render_glimpse(planes, scale, shift, canvas_px)
+        inv = 1.0 / scale
+        return sample_separable(planes, inv, inv, -shift[:, 0] * inv, -shift[:, 1] * inv,
+                                (canvas_px, canvas_px), edge)
+    return per_channel(sample, glimpse, 3, scale, shift)
 
 
 def render_glimpses_summed(glimpses, weights, scale, shift, canvas_px, edge="hard"):
@@ -241,16 +282,22 @@ def render_glimpses_summed(glimpses, weights, scale, shift, canvas_px, edge="har
     the column one transposed, [B*K, G, S], so every reshape is free (batch-major inputs).
 
     Args:
-      glimpses: [B, K, G, G] windows.
+      glimpses: [B, K, G, G] windows, or [B, K, G, G, C] (:func:`per_channel`).
       weights: [B, K] factor of each rendering (e.g. present * z_pres).
       scale: [B, K]; shift: [B, K, 2], as in :func:`render_glimpse`.
       canvas_px: int S.
       edge: one of quirks.SAMPLER_EDGES (Q30); 'four_gathers' renders K glimpses and sums the
         weighted renderings step by step, as the original's running canvas.
     Returns:
-      [B, S, S] canvases.
+      [B, S, S] canvases ([B, S, S, C] from [B, K, G, G, C]).
     """
     _check_edge(edge, SAMPLER_EDGES)
+    return per_channel(functools.partial(_render_summed, canvas_px=canvas_px, edge=edge),
+                       glimpses, 4, weights, scale, shift)
+
+
+def _render_summed(glimpses, weights, scale, shift, canvas_px, edge):
+    """:func:`render_glimpses_summed` of single-channel glimpses [B, K, G, G] -> [B, S, S]."""
     if edge == "four_gathers":
         return four_gathers.render_glimpses_summed(glimpses, weights, scale, shift, canvas_px)
     g = glimpses.shape[-1]

@@ -1,5 +1,9 @@
 """Glimpse VAE (docs/ORIGINAL.md §3.2): a 784-512-256 softplus encoder to a 50-d Gaussian and
-a 50-256-512 softplus decoder to 784 Bernoulli logits. Both return TFP distributions."""
+a 50-256-512 softplus decoder to 784 Bernoulli logits. Both return TFP distributions.
+
+A glimpse of C channels (colour: C = 3) is G x G x C values, flattened channels last
+([N, G, G, C] -> [N, G*G*C]): the encoder reads G*G*C inputs and the decoder gives G*G*C
+logits, one Bernoulli per pixel and channel. Grayscale (C = 1) is the original's 784."""
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -27,12 +31,13 @@ class _HiddenStack:
 
 
 class GlimpseEncoder(_HiddenStack, keras.Model):
-    """q(z_what | glimpse): [N, 784] -> Independent Normal with event shape [z_dim]."""
+    """q(z_what | glimpse): [N, G*G*C] (784 for grayscale) -> Independent Normal with event
+    shape [z_dim]."""
 
-    def __init__(self, hidden=(512, 256), z_dim=50, glimpse_px=28, name="glimpse_encoder",
-                 **kwargs):
+    def __init__(self, hidden=(512, 256), z_dim=50, glimpse_px=28, channels=1,
+                 name="glimpse_encoder", **kwargs):
         super().__init__(name=name, **kwargs)
-        self._num_hidden = _dense_stack(self, (glimpse_px * glimpse_px,) + tuple(hidden))
+        self._num_hidden = _dense_stack(self, (glimpse_px * glimpse_px * channels,) + tuple(hidden))
         self.loc = keras.layers.Dense(z_dim, name="loc")
         self.log_var = keras.layers.Dense(z_dim, name="log_var")
         self.loc.build((None, hidden[-1]))
@@ -40,7 +45,7 @@ class GlimpseEncoder(_HiddenStack, keras.Model):
         self.built = True  # every sub-layer is built above: nothing left for the first call
 
     def call(self, glimpse_flat):
-        h = glimpse_flat  # [N, 784]
+        h = glimpse_flat  # [N, G*G*C]
         for layer in self.hidden:
             h = layer(h)
         return tfd.Independent(
@@ -48,13 +53,14 @@ class GlimpseEncoder(_HiddenStack, keras.Model):
 
 
 class GlimpseDecoder(_HiddenStack, keras.Model):
-    """p(glimpse | z_what): [N, z_dim] -> Independent Bernoulli over 784 pixels (logits)."""
+    """p(glimpse | z_what): [N, z_dim] -> Independent Bernoulli over the G*G*C pixel values
+    (784 for grayscale), logits flattened channels last."""
 
-    def __init__(self, hidden=(256, 512), z_dim=50, glimpse_px=28, name="glimpse_decoder",
-                 **kwargs):
+    def __init__(self, hidden=(256, 512), z_dim=50, glimpse_px=28, channels=1,
+                 name="glimpse_decoder", **kwargs):
         super().__init__(name=name, **kwargs)
         self._num_hidden = _dense_stack(self, (z_dim,) + tuple(hidden))
-        self.logits = keras.layers.Dense(glimpse_px * glimpse_px, name="logits")
+        self.logits = keras.layers.Dense(glimpse_px * glimpse_px * channels, name="logits")
         self.logits.build((None, hidden[-1]))
         self.built = True  # every sub-layer is built above: nothing left for the first call
 
@@ -62,18 +68,20 @@ class GlimpseDecoder(_HiddenStack, keras.Model):
         h = z_what  # [N, z]
         for layer in self.hidden:
             h = layer(h)
-        return tfd.Independent(tfd.Bernoulli(logits=self.logits(h), dtype=tf.float32), 1)
+        return tfd.Independent(tfd.Bernoulli(logits=self.logits(h), dtype=tf.float32),
+                               1)  # [N] event [G*G*C]
 
 
 class GlimpseVAE(keras.Model):
     """Encoder and decoder pair; ``call`` encodes, samples with given noise, decodes."""
 
-    def __init__(self, z_dim=50, glimpse_px=28, name="glimpse_vae", **kwargs):
+    def __init__(self, z_dim=50, glimpse_px=28, channels=1, name="glimpse_vae", **kwargs):
         super().__init__(name=name, **kwargs)
         self.z_dim = z_dim
         self.glimpse_px = glimpse_px
-        self.encoder = GlimpseEncoder(z_dim=z_dim, glimpse_px=glimpse_px)
-        self.decoder = GlimpseDecoder(z_dim=z_dim, glimpse_px=glimpse_px)
+        self.channels = channels
+        self.encoder = GlimpseEncoder(z_dim=z_dim, glimpse_px=glimpse_px, channels=channels)
+        self.decoder = GlimpseDecoder(z_dim=z_dim, glimpse_px=glimpse_px, channels=channels)
         self.built = True  # both parts are built at construction
 
     def encode(self, glimpse_flat, eps):

@@ -133,8 +133,8 @@ def se_by_count(images, recon, true_count):
 def boxed_panels(images, recon, where, canvas_px, n=64):
     """[image with inferred boxes | reconstruction with boxes] for the first ``n`` scenes.
 
-    Args: images, recon [N, S, S]; where: dict with ``scale`` [N, T], ``shift`` [N, T, 2],
-    ``count`` [N].
+    Args: images, recon [N, S, S, C] (C 1: grayscale, 3: colour); where: dict with ``scale``
+    [N, T], ``shift`` [N, T, 2], ``count`` [N].
     """
     boxes = metrics_lib.boxes_from_where(where["scale"][:n], where["shift"][:n], canvas_px)
     return viz.reconstruction_panels(images[:n], recon[:n], boxes, where["count"][:n])
@@ -142,7 +142,7 @@ def boxed_panels(images, recon, where, canvas_px, n=64):
 
 def eval_images(model, spec, out, test, step, generator_seed):
     """Reconstruction panels of the first 64 test scenes and a grid of 64 prior samples."""
-    recon = boxed_panels(test["image"].numpy()[..., 0], out["recon"], out, spec.canvas_px)
+    recon = boxed_panels(test["image"].numpy(), out["recon"], out, spec.canvas_px)
     gen = tf.random.Generator.from_seed(generator_seed + step)
     samples = generate_scenes(model, 64, gen)
     images = np.clip(samples["images"], 0, 1)

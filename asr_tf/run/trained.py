@@ -85,7 +85,7 @@ def write_figure(workdir, out_path, reconstruct=False, num=64, seed=None, checkp
     if reconstruct:  # at most the test split (a data set from files may hold fewer than num)
         evaluator = run.evaluator(num_test=min(num, run.spec.num_test), seed=seed)
         _, out = evaluator(run.step)
-        grid = evaluation.boxed_panels(evaluator.test["image"].numpy()[..., 0], out["recon"],
+        grid = evaluation.boxed_panels(evaluator.test["image"].numpy(), out["recon"],
                                        out, run.spec.canvas_px, n=num)
     else:
         samples = evaluation.generate_scenes(run.model, num, tf.random.Generator.from_seed(seed))
