@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from asr_tf.lab import original_compare, original_run, original_weights
+from asr_tf.lab import original_compare, original_report, original_run, original_weights
 from asr_tf.quirks import Quirks
 from conftest import make_model
 
@@ -48,18 +48,18 @@ def test_air_map_covers_every_variable():
 
 
 def test_difference_and_verdict_by_hand():
-    d = original_compare.difference([1.0, -4.0, 2.0], [1.0, -4.0004, 2.0])
+    d = original_report.difference([1.0, -4.0, 2.0], [1.0, -4.0004, 2.0])
     assert d["max_abs"] == pytest.approx(4e-4) and d["rel"] == pytest.approx(1e-4)
-    assert original_compare.verdict(d) == "rounding"
-    d = original_compare.difference([1.0, 2.0], [1.5, 2.0])
+    assert original_report.verdict(d) == "rounding"
+    d = original_report.difference([1.0, 2.0], [1.5, 2.0])
     assert d["rel"] == pytest.approx(0.25)
-    assert original_compare.verdict(d) == "different"
-    assert original_compare.verdict(dict(d, control_rel=0.05)) == "amplified"  # within 10x
-    assert original_compare.verdict(dict(d, control_rel=0.01)) == "different"
-    nan = original_compare.difference([1.0, np.nan], [1.0, 2.0])
-    assert nan["nonfinite_mismatch"] == 1 and original_compare.verdict(nan) == "different"
+    assert original_report.verdict(d) == "different"
+    assert original_report.verdict(dict(d, control_rel=0.05)) == "amplified"  # within 10x
+    assert original_report.verdict(dict(d, control_rel=0.01)) == "different"
+    nan = original_report.difference([1.0, np.nan], [1.0, 2.0])
+    assert nan["nonfinite_mismatch"] == 1 and original_report.verdict(nan) == "different"
     with pytest.raises(ValueError, match="shapes differ"):
-        original_compare.difference([1.0], [1.0, 2.0])
+        original_report.difference([1.0], [1.0, 2.0])
 
 
 def test_window_means_count_nan_steps():
@@ -92,7 +92,7 @@ def test_port_computes_what_the_original_computes(configs):
     """Forward values, loss terms and clipping agree to rounding; gradients to rounding or to
     the rounding the original itself amplifies (its one-ulp control)."""
     report = original_compare.compare(ORIGINAL_DIR, configs, batch=8, seed=3)
-    summary = original_compare.summarize(report)
+    summary = original_report.summarize(report)
     for section in ("train", "test", "clipped"):
         assert summary[section]["different"] == [], (section, summary[section])
     assert summary["grad"]["different"] == [], summary["grad"]

@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from asr_tf.lab import original_compare, original_run
+    from asr_tf.lab import original_compare, original_report, original_run
 
     if not FLAGS.config and not FLAGS.weights_from:
         raise app.UsageError("give --config (e.g. --config air_asr_13 --config faithful) or "
@@ -38,7 +38,7 @@ def main(argv):
     except (FileNotFoundError, ValueError) as err:
         raise app.UsageError(str(err))
     report.pop("arrays")
-    for section, rows in original_compare.summarize(report).items():
+    for section, rows in original_report.summarize(report).items():
         print(f"{section:8s} rounding {rows['rounding']:3d}  amplified {rows['amplified']:3d}  "
               f"different {len(rows['different'])}")
         for name, rel, control in rows["different"]:
@@ -49,7 +49,7 @@ def main(argv):
             json.dump(report, f, indent=1)
     if FLAGS.markdown:
         with open(FLAGS.markdown, "w") as f:
-            f.write(original_compare.markdown(report))
+            f.write(original_report.markdown(report))
 
 
 if __name__ == "__main__":
