@@ -173,6 +173,10 @@ def _replica_update(model, optimizer, batch, noise, step, objective, global_batc
     sums = {k: tf.reduce_sum(v) for k, v in per_image.items()}
     sums["count_mean"] = tf.reduce_sum(tf.cast(outputs["count"], tf.float32))
     reduced, sums, loss = all_sum((present, sums, loss))
+    # Non-finite entries of the raw (global) gradient, which the update's guard zeroes (Q42):
+    # a run that keeps producing them has locked up, as the original can.
+    nonfinite = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32))
+                          for g in reduced])
     it = iter(reduced)
     apply_update(optimizer, [None if g is None else next(it) for g in grads], variables,
                  model.quirks.per_variable_clip, model.clip_groups())
@@ -180,6 +184,8 @@ def _replica_update(model, optimizer, batch, noise, step, objective, global_batc
     logs.update(batch_terms)
     logs["loss"] = loss
     logs["steps_executed"] = tf.cast(outputs["steps_executed"], tf.float32)
+    logs["nonfinite_grad_entries"] = nonfinite
+    logs["nonfinite_grad_steps"] = tf.cast(nonfinite > 0, tf.float32)  # its mean: the share
     return logs
 
 
