@@ -2,8 +2,8 @@
 
 Without the original (it is not part of this project) these tests check the port-side pieces:
 the weight mapping both ways, the difference measures, the JSON-lines bookkeeping of the
-original's runs. With a prepared copy of the original named by ``ORIGINAL_DIR`` (docs/ORIGINAL.md,
-"Running the original"), the slow test runs the whole comparison.
+original's runs. With a prepared copy of the original named by ``ORIGINAL_DIR`` (docs/ORIGINAL.md
+§12), the slow test runs the whole comparison.
 """
 import math
 import os

@@ -4,7 +4,7 @@
       [--batch 32] [--seed 0] [--weights_from WORKDIR] [--out report.json] [--markdown report.md]
 
 DIR is a prepared copy of the original (taufikxu/MOG-ASR @ 72407c3, edited to run under
-tf.compat.v1; see docs/ORIGINAL.md, "Running the original"). Prints how many values agree to
+tf.compat.v1; docs/ORIGINAL.md §12). Prints how many values agree to
 rounding per section and lists the ones that differ.
 """
 import json

@@ -4,8 +4,8 @@
   python tools/train_original.py --original DIR --out docs/results/original/orig_lr1e-4_s0.jsonl \
       --lr 1e-4 --seed 0 --max_steps 3000 [--threads 1] [--model asr13|pprior13|air13]
 
-DIR is a prepared copy of the original with its data set written (docs/ORIGINAL.md, "Running
-the original"). --seed is the original's TensorFlow graph seed (its code: 1235).
+DIR is a prepared copy of the original with its data set written (docs/ORIGINAL.md §12).
+--seed is the original's TensorFlow graph seed (its code: 1235).
 """
 from absl import app, flags
 

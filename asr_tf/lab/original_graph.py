@@ -20,7 +20,8 @@ z_pres), every logged loss term, the raw gradients (``grad/<name>``), the weight
 update (``after/<name>``), the gradient with respect to each noise array
 (``grad_noise/<name>``: per step and item, e.g. the shift's through its reparameterisation),
 and a control: the training pass and its gradients again with every
-weight moved up by one float32 ulp (``ctl/<name>``, ``ctl/grad/<name>``), the original's own
+weight moved up by one float32 ulp (``ctl/<name>``, ``ctl/grad/<name>``; the test model's
+``ctl_test/<name>``), the original's own
 sensitivity to rounding.
 
   python -m asr_tf.lab.original_graph DIR request.npz out.npz     (from original_compare.py)
@@ -332,11 +333,13 @@ def run(root, request_path, out_path):
         weights = {v: out[f"w/{v.op.name}"] for v in variables}
         for v, value in weights.items():
             v.load(np.nextafter(value, np.float32(np.inf)), sess)
-        fetch = dict(captures[0].stacked)
-        fetch.update(_loss_terms(train_model))
-        fetch.update(recon=train_model.reconstruction)
-        for name, value in sess.run(fetch, feed).items():
-            out[f"ctl/{name}"] = value
+        for prefix, model, cap in (("ctl", train_model, captures[0]),
+                                   ("ctl_test", test_model, captures[1])):
+            fetch = dict(cap.stacked)
+            fetch.update(_loss_terms(model))
+            fetch.update(recon=model.reconstruction)
+            for name, value in sess.run(fetch, feed).items():
+                out[f"{prefix}/{name}"] = value
         raw = sess.run(grads, feed)
         out.update({f"ctl/grad/{v.op.name}": g for v, g in zip(variables, raw) if g is not None})
         raw = sess.run([g for g in noise_grads if g is not None], feed)

@@ -2,7 +2,7 @@
 
 The original implementation (taufikxu/MOG-ASR @ 72407c3) is not part of this project: it has no
 licence. Where a prepared copy of it exists (its files extracted outside this repository and
-edited to run under TensorFlow 2's ``tf.compat.v1`` by the team's prepare script), this module
+edited to run under TensorFlow 2's ``tf.compat.v1``, docs/ORIGINAL.md §12), this module
 runs its training script as it is and records what its own test pass computes::
 
   python tools/train_original.py --original DIR --out docs/results/original/orig_lr1e-4_s0.jsonl \
@@ -48,7 +48,8 @@ def check_prepared(original_dir):
         if not os.path.isfile(os.path.join(root, name)):
             raise FileNotFoundError(
                 f"{root}: no {name}; give a prepared copy of the original (its files extracted "
-                f"and edited by the prepare script, which adds tf1_contrib_layers.py)")
+                f"and edited to run under tf.compat.v1, with its stand-in tf1_contrib_layers.py; "
+                f"docs/ORIGINAL.md §12)")
     data = os.path.join(root, "data", "multi_mnist_data", "common20k13.tfrecords")
     if not os.path.isfile(data):
         raise FileNotFoundError(f"{data} missing: write the original's data set first "
