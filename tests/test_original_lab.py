@@ -11,7 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from asr_tf.lab import original_compare, original_report, original_run, original_weights
+from asr_tf.lab import (original_compare, original_curves, original_report, original_run,
+                        original_weights)
 from asr_tf.quirks import Quirks
 from conftest import make_model
 
@@ -80,6 +81,28 @@ def test_check_prepared_names_what_is_missing(tmp_path):
         (tmp_path / name).write_text("")
     with pytest.raises(FileNotFoundError, match="common20k13.tfrecords"):
         original_run.check_prepared(tmp_path)
+
+
+def _run(nelbos):
+    return {200 * (i + 1): {"nelbo": v, "acc": 0.5, "se": 100.0} for i, v in enumerate(nelbos)}
+
+
+def test_locked_from_and_spread_by_hand():
+    nan = float("nan")
+    assert original_curves.locked_from(_run([5.0, nan, nan])) == 400
+    assert original_curves.locked_from(_run([nan, 5.0, nan])) == 600  # a NaN that recovers
+    assert original_curves.locked_from(_run([5.0, 4.0, 3.0])) is None
+    original = {0: _run([10.0, 8.0, 6.0]), 1: _run([20.0, 12.0, 7.0]),
+                2: _run([nan, nan, nan])}  # seed 2 locked from its first evaluation
+    port = {0: _run([15.0, 13.0, 6.5]), 1: _run([nan, nan, nan])}
+    result = original_curves.spread(original, port, window=(400, 600))
+    assert result["locked"] == {"original": {0: None, 1: None, 2: 200},
+                                "port": {0: None, 1: 200}}
+    # steps 400 and 600, port seed 0 against the range of original seeds 0 and 1:
+    # 13 is outside [8, 12], 6.5 inside [6, 7]; acc and se equal the range's ends: inside.
+    assert result["inside"] == {"nelbo": (1, 2), "acc": (2, 2), "se": (2, 2)}
+    # two live original seeds: a further draw falls inside their range with probability 1/3
+    assert result["expected"]["nelbo"] == pytest.approx(2 / 3, abs=0.05)
 
 
 ORIGINAL_DIR = os.environ.get("ORIGINAL_DIR")

@@ -10,7 +10,9 @@ zeroes them (the original's logs count the NaN gradient entries; the port's trai
 * which seeds lock up, on each side;
 * per evaluation step in ``window`` and per metric, whether each port seed that did not lock up
   lies inside the range of the original's seeds that did not (their min to max), and how many
-  of those points do;
+  of those points do. If the port's seeds were further draws of the original's (the same
+  distribution of runs), a point would fall inside the range of n original seeds with
+  probability (n - 1) / (n + 1) (1/2 for three, 1/3 for two): the fraction to expect, not 1;
 * a figure: nELBO (log scale), count accuracy and squared error over steps, the original's
   seeds solid, the port's dashed, one colour per seed index.
 """
@@ -68,7 +70,8 @@ def spread(original, port, window=(1000, 3000)):
     Returns:
       dict: ``locked`` {side: {seed: step or None}}; ``inside`` {metric: (points inside,
       points)} over the port's live seeds and the steps in ``window`` where the original has at
-      least two live seeds; ``rows``: per step and metric (step, metric, original min, max,
+      least two live seeds; ``expected`` {metric: points expected inside if both sides drew
+      from one distribution}; ``rows``: per step and metric (step, metric, original min, max,
       port values by seed).
     """
     locked = {"original": {s: locked_from(r) for s, r in original.items()},
@@ -80,6 +83,7 @@ def spread(original, port, window=(1000, 3000)):
                    else [])
     steps = [t for t in steps if window[0] <= t <= window[1]]
     inside = {m: [0, 0] for m in METRICS}
+    expected = {m: 0.0 for m in METRICS}
     rows = []
     for t in steps:
         for m in METRICS:
@@ -91,8 +95,10 @@ def spread(original, port, window=(1000, 3000)):
             for v in port_values.values():
                 inside[m][0] += int(lo <= v <= hi)
                 inside[m][1] += 1
+                expected[m] += (len(values) - 1) / (len(values) + 1)
             rows.append((t, m, lo, hi, port_values))
-    return {"locked": locked, "inside": {m: tuple(v) for m, v in inside.items()}, "rows": rows}
+    return {"locked": locked, "inside": {m: tuple(v) for m, v in inside.items()},
+            "expected": {m: round(v, 1) for m, v in expected.items()}, "rows": rows}
 
 
 def figure(original, port, path, title):
@@ -151,7 +157,7 @@ def write_report(results_dir, window=(1000, 3000)):
         figure(sides["original"], sides["port"],
                os.path.join(results_dir, f"curves_lr{rate}.png"),
                f"AIR-ASR-13 at lr {rate}: the original (solid) and faithful (dashed)")
-        summary[rate] = {"locked": result["locked"], "inside": result["inside"]}
+        summary[rate] = {k: result[k] for k in ("locked", "inside", "expected")}
         last = {side: {s: run[max(run)] for s, run in sides[side].items()} for side in sides}
         lines += [f"lr {rate}, step {window[1]:,}: test nELBO / count accuracy / squared error",
                   "", "| run | " + " | ".join(f"seed {s}" for s in sorted(last["original"])) + " |",
@@ -164,7 +170,8 @@ def write_report(results_dir, window=(1000, 3000)):
                              + (f" (locked from {lock:,})" if lock is not None else ""))
             lines.append(f"| {side} | " + " | ".join(cells) + " |")
         lines.append("")
-        inside = ", ".join(f"{m} {a}/{b}" for m, (a, b) in result["inside"].items())
+        inside = ", ".join(f"{m} {a}/{b} (one distribution: {result['expected'][m]:.0f})"
+                           for m, (a, b) in result["inside"].items())
         lines += [f"Port points inside the original's range, steps {window[0]:,}-{window[1]:,}"
                   f" (live seeds): {inside}.", ""]
     with open(os.path.join(results_dir, "spread.json"), "w") as f:
