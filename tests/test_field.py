@@ -144,3 +144,45 @@ def test_cut_field_tool(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "exists and is not empty" in again.stderr
     assert sorted(os.listdir(os.path.join(out, "train"))) == before
+
+
+@pytest.mark.slow
+def test_the_example_end_to_end_on_a_synthetic_field(tmp_path):
+    """tools/cut_field.py's folder trains the example's two configs (a few small steps), and
+    tools/compare_reference.py compares them with the extractor: its counts agree with each
+    run's own evaluation (ACC), its figures are written."""
+    from asr_tf.lab import reference_compare
+    from asr_tf.run import config, loop
+    from conftest import SMALL_RUN
+
+    sky, _ = _field()
+    data = str(tmp_path / "sky")
+    reference = field.write_field(sky, data, CUT, SEP)["splits"]["test"]
+    num_test = reference["written"]
+    runs = {}
+    for name in ("air", "asr"):
+        config.parse([str(REPO_ROOT / "docs" / "own_data" / f"hubble_{name}.gin")],
+                     SMALL_RUN + [f"run_spec.data = '{data}'", "run_spec.counts = (1, 2)",
+                                  f"train_eval.num_test = {num_test}",
+                                  "train_eval.num_steps = 6"])
+        runs[name] = str(tmp_path / name)
+        loop.train_eval(runs[name])
+    out = str(tmp_path / "compare")
+    cmd = [sys.executable, str(REPO_ROOT / "tools" / "compare_reference.py"), "--out", out,
+           "--num_figure", "8"] + [f"--run={k}={v}" for k, v in runs.items()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    comparison = json.load(open(os.path.join(out, "comparison.json")))
+    assert comparison["reference"]["num_test"] == num_test
+    assert comparison["reference"]["count_hist"] == reference["count_hist_written"]
+    for name, workdir in runs.items():
+        result = comparison["runs"][name]
+        assert result["step"] == 6
+        final = json.load(open(os.path.join(workdir, "summary.json")))["at_end"]
+        for pass_name in ("deterministic", "stochastic"):
+            assert result[pass_name]["acc"] == pytest.approx(final[pass_name]["acc"])
+            assert result[pass_name]["miou"] == pytest.approx(final[pass_name]["miou"])
+            assert sum(map(sum, result[pass_name]["confusion"])) == num_test
+        for figure in ("reconstructions", "samples"):
+            assert os.path.getsize(os.path.join(out, f"{name}_{figure}.png")) > 0
+    assert "| extractor (SEP) | reference |" in done.stdout
