@@ -246,7 +246,7 @@ def compare(original_dir, configs, bindings=(), batch=32, seed=0, weights_from=N
             if key in orig:
                 report["grad"][key] = dict(
                     difference(orig[key][:steps], arrays[key][:steps]),
-                    control_rel=_control(orig[key], orig[f"ctl/{key}"]))
+                    control_rel=_grad_control(orig, key))
         section["recon"] = difference(orig[f"{tag}/recon"], final["recon"])
         section["num_digits"] = difference(orig[f"{tag}/num_digits"], final["count"])
         _reconstruction_split(report, tag, training_pass, data["image"].reshape(batch, -1),
@@ -272,6 +272,17 @@ def _control(a, b):
     differ in shape (the control ran another number of glimpse steps)."""
     a, b = np.asarray(a), np.asarray(b)
     return difference(a, b)["rel"] if a.shape == b.shape else None
+
+
+def _grad_control(orig, key):
+    """A gradient's control: the largest relative move of the original's own gradient with every
+    weight moved by one or two ulps up or down (``ctl/`` and original_graph.GRAD_CONTROLS)."""
+    from asr_tf.lab.original_graph import GRAD_CONTROLS
+
+    moves = [_control(orig[key], orig[f"{prefix}/{key}"]) for prefix in ("ctl", *GRAD_CONTROLS)
+             if f"{prefix}/{key}" in orig]
+    moves = [m for m in moves if m is not None]
+    return max(moves) if moves else None
 
 
 def _bce(images, recon):
@@ -334,7 +345,7 @@ def _gradients(report, mapping, model, grads, orig, optimizer, quirks):
         label = f"{name}[{rows[0]}:{rows[1]}]" if isinstance(rows, tuple) else name
         sl = (lambda a: a[rows[0]:rows[1]]) if isinstance(rows, tuple) else (lambda a: a)
         entry = difference(sl(orig[f"grad/{name}"]), raw)
-        entry["control_rel"] = _control(orig[f"grad/{name}"], orig[f"ctl/grad/{name}"])
+        entry["control_rel"] = _grad_control(orig, f"grad/{name}")
         report["grad"][label] = entry
         rule = np.where(np.isfinite(raw), raw, 0.0) / max(norms[name], 1.0)
         report["clipped"][label] = difference(rule, np.asarray(clip))

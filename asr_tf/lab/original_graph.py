@@ -21,7 +21,8 @@ update (``after/<name>``), the gradient with respect to each noise array
 (``grad_noise/<name>``: per step and item, e.g. the shift's through its reparameterisation),
 and a control: the training pass and its gradients again with every
 weight moved up by one float32 ulp (``ctl/<name>``, ``ctl/grad/<name>``; the test model's
-``ctl_test/<name>``), the original's own
+``ctl_test/<name>``; the gradients also with the weights one ulp down and two up and down,
+``ctl_down/grad/<name>`` and so on, GRAD_CONTROLS), the original's own
 sensitivity to rounding.
 
   python -m asr_tf.lab.original_graph DIR request.npz out.npz     (from original_compare.py)
@@ -73,6 +74,8 @@ AIR_ARGS = dict(max_steps=6, max_digits=6, rnn_units=256, canvas_size=50, window
                 annealing_schedules={"z_pres_prior_log_odds": {
                     "init": 10000.0, "min": 0.000000001, "factor": 0.1, "iters": 3000,
                     "staircase": False, "log": True}})
+
+GRAD_CONTROLS = {"ctl_down": -1, "ctl_up2": 2, "ctl_down2": -2}  # prefix: ulps moved
 
 
 class _Capture:
@@ -345,6 +348,21 @@ def run(root, request_path, out_path):
         raw = sess.run([g for g in noise_grads if g is not None], feed)
         out.update({f"ctl/grad_noise/{k}": g for k, g in
                     zip([k for k, g in zip(noise_keys, noise_grads) if g is not None], raw)})
+        # More controls for the gradients (every weight one ulp down, two up, two down): the
+        # gradients through the samplers are rounding, and their spread over several
+        # one-ulp-sized moves bounds it better than one move does.
+        for prefix, ulps in GRAD_CONTROLS.items():
+            for v, value in weights.items():
+                moved = value
+                for _ in range(abs(ulps)):
+                    moved = np.nextafter(moved, np.float32(np.inf if ulps > 0 else -np.inf))
+                v.load(moved, sess)
+            raw = sess.run(grads, feed)
+            out.update({f"{prefix}/grad/{v.op.name}": g for v, g in zip(variables, raw)
+                        if g is not None})
+            raw = sess.run([g for g in noise_grads if g is not None], feed)
+            out.update({f"{prefix}/grad_noise/{k}": g for k, g in
+                        zip([k for k, g in zip(noise_keys, noise_grads) if g is not None], raw)})
         for v, value in weights.items():
             v.load(value, sess)
         sess.run(train_model.training, feed)

@@ -22,9 +22,10 @@ def difference(a, b):
 
 def verdict(entry, threshold=ROUNDING_REL, amplification=10.0):
     """'rounding' (rel <= threshold), 'amplified' (above it, but at most ``amplification``
-    times what the original itself moves when every weight moves one ulp: rounding that the
-    computation amplifies, e.g. the BCE's 1 / (r + 1e-10) at the sampler's residues) or
-    'different'. A finiteness mismatch is always 'different'."""
+    times what the original itself moves when every weight moves one ulp (for a gradient, the
+    largest of its moves one and two ulps up and down): rounding that the computation
+    amplifies, e.g. the BCE's 1 / (r + 1e-10) at the sampler's residues) or 'different'.
+    A finiteness mismatch is always 'different'."""
     if entry["nonfinite_mismatch"]:
         return "different"
     if entry["rel"] <= threshold:
