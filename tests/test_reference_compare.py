@@ -70,14 +70,17 @@ def test_the_example_configs_state_the_constraints():
     import gin
 
     from asr_tf import objectives
+    from asr_tf.quirks import Quirks
     from asr_tf.run import config, workdir as workdir_lib
     from conftest import REPO_ROOT
 
     config.parse([str(REPO_ROOT / "docs" / "own_data" / "hubble_asr.gin")])
     spec = workdir_lib.run_spec()
     assert (spec.canvas_px, spec.counts, spec.size_range_px) == (50, (1, 2, 3), (8.0, 40.0))
-    assert dict(objectives.objective_for(spec).constraints) == {
-        "count_min": 10.0, "overlap": 1.0, "area": 20.0}
+    objective = objectives.objective_for(spec)
+    assert dict(objective.constraints) == {"count_min": 10.0, "overlap": 1.0, "area": 20.0}
+    # R1 without R2 enters the loss (base.gin's Q20 remedy), not dropped as the original drops it
+    assert dict(objective.in_loss(Quirks())) == dict(objective.constraints)
     assert gin.query_parameter("build_model.kind") == "pprior"
     budget = gin.query_parameter("train_eval.num_steps")
     config.parse([str(REPO_ROOT / "docs" / "own_data" / "hubble_air.gin")])
