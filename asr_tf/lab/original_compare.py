@@ -139,22 +139,19 @@ def _port_pass(model, images, noise, step, objective, quirks, training):
             tape.watch(probe)
         loss, per_image, batch_terms = objectives.total_loss(x, out, objective, model.canvas_px,
                                                              quirks)
-    grads = None
+    grads, noise_grads, canvas_grad, probe_grads = None, {}, None, []
     if training:
         keys = sorted(noise)
+        n_vars = len(model.trainable_variables)
         grads = tape.gradient(loss, model.trainable_variables + [noise[k] for k in keys]
                               + [out["canvas"]])
-        noise_grads = dict(zip(keys, grads[len(model.trainable_variables):-1]))
-        noise_grads["canvas"] = grads[-1]
-        noise_grads["probes"] = [(hw, tape.gradient(loss, p)) for hw, p in probes]
-        grads = grads[:len(model.trainable_variables)]
-        rec["grad_noise"] = noise_grads
+        noise_grads = dict(zip(keys, grads[n_vars:-1]))
+        canvas_grad = grads[-1]
+        probe_grads = [(hw, tape.gradient(loss, p)) for hw, p in probes]
+        grads = grads[:n_vars]
     steps = len(rec["y"])
     batch = images.shape[0]
-    noise_grads = rec.pop("grad_noise", {})
     arrays = {k: _stacked(rec, k, steps, batch) for k in rec}
-    canvas_grad = noise_grads.pop("canvas", None)
-    probe_grads = noise_grads.pop("probes", [])
     window = [np.asarray(g) for hw, g in probe_grads if hw[0] != model.canvas_px]
     if window:  # per-step calls ([B, 2, 3] each) or one over all steps ([T*B, 2, 3])
         w = np.concatenate(window)

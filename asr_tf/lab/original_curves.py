@@ -40,13 +40,10 @@ def read_original(path):
 
 def read_port(workdir):
     """{step: {nelbo, acc, se}} from a port workdir's metrics.jsonl."""
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            d = json.loads(line)
-            if "nelbo" in d:
-                out[int(d["step"])] = {k: float(d[k]) for k in METRICS}
-    return out
+    from asr_tf.run import workdir as workdir_lib
+
+    return {int(d["step"]): {k: float(d[k]) for k in METRICS}
+            for d in workdir_lib.read_metrics(workdir) if "nelbo" in d}
 
 
 def locked_from(run):

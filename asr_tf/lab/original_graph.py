@@ -318,53 +318,49 @@ def run(root, request_path, out_path):
             if v.op.name in given:
                 v.load(given[v.op.name], sess)
         out.update({f"w/{v.op.name}": sess.run(v) for v in variables})
-        for tag, model, cap in (("train", train_model, captures[0]),
-                                ("test", test_model, captures[1])):
-            fetch = dict(cap.stacked)
-            fetch.update(_loss_terms(model))
-            fetch.update(recon=model.reconstruction, num_digits=model.rec_num_digits)
-            for name, value in sess.run(fetch, feed).items():
-                out[f"{tag}/{name}"] = value
-        raw = sess.run(grads, feed)
-        out.update({f"grad/{v.op.name}": g for v, g in zip(variables, raw) if g is not None})
+        noise_fetched = [k for k, g in zip(noise_keys, noise_grads) if g is not None]
+
+        def fetch_passes(tags, extra):
+            """Each model's records and loss terms (and ``extra`` of it) as ``<tag>/<name>``."""
+            for tag, model, cap in zip(tags, (train_model, test_model), captures):
+                fetch = dict(cap.stacked)
+                fetch.update(_loss_terms(model))
+                fetch.update(recon=model.reconstruction, **extra(model))
+                for name, value in sess.run(fetch, feed).items():
+                    out[f"{tag}/{name}"] = value
+
+        def fetch_grads(prefix):
+            """The raw gradients of the weights and of the noise, ``<prefix>grad/<name>`` and
+            ``<prefix>grad_noise/<name>`` (each set in a run of its own)."""
+            raw = sess.run(grads, feed)
+            out.update({f"{prefix}grad/{v.op.name}": g for v, g in zip(variables, raw)
+                        if g is not None})
+            raw = sess.run([g for g in noise_grads if g is not None], feed)
+            out.update({f"{prefix}grad_noise/{k}": g for k, g in zip(noise_fetched, raw)})
+
+        def load_moved(ulps):
+            """Every weight moved by ``ulps`` float32 ulps (0: the weights as given)."""
+            for v, value in weights.items():
+                for _ in range(abs(ulps)):
+                    value = np.nextafter(value, np.float32(np.inf if ulps > 0 else -np.inf))
+                v.load(value, sess)
+
+        fetch_passes(("train", "test"), lambda model: {"num_digits": model.rec_num_digits})
+        fetch_grads("")
         out["grad_canvas"] = sess.run(canvas_grad, feed)
-        raw = sess.run([g for g in noise_grads if g is not None], feed)
-        out.update({f"grad_noise/{k}": g for k, g in
-                     zip([k for k, g in zip(noise_keys, noise_grads) if g is not None], raw)})
         # The control: the same pass with every weight one float32 ulp up. What moves here
         # is the original's own sensitivity to rounding.
         weights = {v: out[f"w/{v.op.name}"] for v in variables}
-        for v, value in weights.items():
-            v.load(np.nextafter(value, np.float32(np.inf)), sess)
-        for prefix, model, cap in (("ctl", train_model, captures[0]),
-                                   ("ctl_test", test_model, captures[1])):
-            fetch = dict(cap.stacked)
-            fetch.update(_loss_terms(model))
-            fetch.update(recon=model.reconstruction)
-            for name, value in sess.run(fetch, feed).items():
-                out[f"{prefix}/{name}"] = value
-        raw = sess.run(grads, feed)
-        out.update({f"ctl/grad/{v.op.name}": g for v, g in zip(variables, raw) if g is not None})
-        raw = sess.run([g for g in noise_grads if g is not None], feed)
-        out.update({f"ctl/grad_noise/{k}": g for k, g in
-                    zip([k for k, g in zip(noise_keys, noise_grads) if g is not None], raw)})
+        load_moved(1)
+        fetch_passes(("ctl", "ctl_test"), lambda model: {})
+        fetch_grads("ctl/")
         # More controls for the gradients (every weight one ulp down, two up, two down): the
         # gradients through the samplers are rounding, and their spread over several
         # one-ulp-sized moves bounds it better than one move does.
         for prefix, ulps in GRAD_CONTROLS.items():
-            for v, value in weights.items():
-                moved = value
-                for _ in range(abs(ulps)):
-                    moved = np.nextafter(moved, np.float32(np.inf if ulps > 0 else -np.inf))
-                v.load(moved, sess)
-            raw = sess.run(grads, feed)
-            out.update({f"{prefix}/grad/{v.op.name}": g for v, g in zip(variables, raw)
-                        if g is not None})
-            raw = sess.run([g for g in noise_grads if g is not None], feed)
-            out.update({f"{prefix}/grad_noise/{k}": g for k, g in
-                        zip([k for k, g in zip(noise_keys, noise_grads) if g is not None], raw)})
-        for v, value in weights.items():
-            v.load(value, sess)
+            load_moved(ulps)
+            fetch_grads(f"{prefix}/")
+        load_moved(0)
         sess.run(train_model.training, feed)
         out.update({f"after/{v.op.name}": sess.run(v) for v in variables})
     np.savez(out_path, **out)
