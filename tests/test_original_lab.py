@@ -121,3 +121,24 @@ def test_port_computes_what_the_original_computes(configs):
     assert summary["grad"]["different"] == [], summary["grad"]
     assert report["train"]["count"]["max_abs"] == 0 and report["test"]["count"]["max_abs"] == 0
     assert math.isfinite(report["loss"]["loss_TotLoss"]["rel"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ORIGINAL_DIR, reason="no prepared copy of the original (ORIGINAL_DIR)")
+@pytest.mark.parametrize("model", ["asr13", "air13"])
+def test_the_originals_training_is_logged(model, tmp_path):
+    """200 steps of the original's script: one test-pass line, its 1,000 test scenes counted
+    (the histogram and its count accuracy agree up to its two draws), the curves read it."""
+    out = tmp_path / "orig.jsonl"
+    assert original_run.launch(ORIGINAL_DIR, out, 1e-4, 1235, 200, model=model) == 0
+    lines = [__import__("json").loads(l) for l in out.read_text().splitlines()]
+    assert [l["step"] for l in lines] == [200]
+    line = lines[0]
+    assert sum(line["count_hist"]) == 1000
+    assert sum(sum(h) for h in line["count_hist_by_true"].values()) == 1000
+    assert set(line["count_hist_by_true"]) == {"1", "3"}
+    assert math.isfinite(line["test"]["elbo"]) and 0 <= line["test"]["accu"] <= 1
+    assert line["train200"]["nan_grad_steps"] == 0
+    assert 0 < line["train20"]["count_mean"] <= 6  # at most six glimpses
+    curves = original_curves.read_original(out)
+    assert curves[200]["nelbo"] == pytest.approx(line["test"]["elbo"])

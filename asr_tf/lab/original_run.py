@@ -173,6 +173,15 @@ def child_main(root, out, results_dir, model):
     class Instrumented(base_model):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
+            # The AIR script's model keeps no list of logged terms and its script fetches only
+            # loss, accuracy and mse: the terms below are fetched beside them (same run).
+            self.fetched_beside = not hasattr(self, "log_variables_name")
+            if self.fetched_beside:
+                self.log_variables_name = ["elbo", "accu", "mse", "recon",
+                                           "z_pres_prior_log_odds"]
+                self.log_variables_tens = [self.loss, self.accuracy, self.mse_loss,
+                                           tf.reduce_mean(self.reconstruction_loss),
+                                           tf.convert_to_tensor(self.z_pres_prior_log_odds)]
             if k.get("train"):
                 opt = CountingAdam.last
                 self.log_variables_name += ["nan_grad_entries", "inf_grad_entries",
@@ -187,6 +196,8 @@ def child_main(root, out, results_dir, model):
     base_run = tf.Session.run
 
     def watched_run(sess, fetches, feed_dict=None, **kwargs):
+        if len(models) == 2 and isinstance(fetches, list) and fetches and models[0].fetched_beside:
+            return air_script_run(sess, fetches, feed_dict, **kwargs)
         start = time.perf_counter()
         result = base_run(sess, fetches, feed_dict=feed_dict, **kwargs)
         seconds = time.perf_counter() - start
@@ -198,6 +209,30 @@ def child_main(root, out, results_dir, model):
                   and fetches[0] is test.log_variables_tens[0]):
                 targets = np.asarray(list(feed_dict.values())[1])
                 recorder.test_pass(test.log_variables_name, result[:-3], result[-1], targets)
+        return result
+
+    def air_script_run(sess, fetches, feed_dict, **kwargs):
+        """training_air_original.py: a training step fetches [training, loss, accuracy, mse,
+        global_step, ...]; a test pass [loss, accuracy, mse], then [scales, shifts, counts]
+        (its box evaluation's, a second draw). The logged terms ride on the first two."""
+        train, test = models
+        extra = []
+        if fetches[0] is train.training:
+            extra = train.log_variables_tens
+        elif feed_dict and fetches[0] is test.loss and len(fetches) == 3:
+            extra = test.log_variables_tens
+        start = time.perf_counter()
+        result = base_run(sess, fetches + extra, feed_dict=feed_dict, **kwargs)
+        seconds = time.perf_counter() - start
+        values, result = result[len(fetches):], result[:len(fetches)]
+        if fetches[0] is train.training:
+            recorder.train_step(train.log_variables_name, values, result[4], seconds)
+        elif extra:
+            air_script_run.test_values = values
+        elif feed_dict and len(fetches) == 3 and fetches[2] is test.rec_num_digits:
+            targets = np.asarray(list(feed_dict.values())[1])
+            recorder.test_pass(test.log_variables_name, air_script_run.test_values, result[2],
+                               targets)
         return result
 
     tf.Session.run = watched_run
