@@ -130,10 +130,10 @@ def figure(original, port, path, title):
     return path
 
 
-def write_report(results_dir, window=(1000, 3000)):
+def write_report(results_dir, window=(1000, 3000), model="AIR-ASR-13"):
     """Reads ``orig_lr<rate>_s<seed>.jsonl`` and ``runs/faithful_lr<rate>_s<seed>/`` under
-    ``results_dir``, writes ``curves_lr<rate>.png`` and ``spread.json`` there and returns the
-    markdown summary (a table per learning rate)."""
+    ``results_dir``, writes ``curves_lr<rate>.png`` (titled with ``model``) and ``spread.json``
+    there and returns the markdown summary (a table per learning rate)."""
     import re
 
     found = {}
@@ -153,7 +153,7 @@ def write_report(results_dir, window=(1000, 3000)):
         result = spread(sides["original"], sides["port"], window)
         figure(sides["original"], sides["port"],
                os.path.join(results_dir, f"curves_lr{rate}.png"),
-               f"AIR-ASR-13 at lr {rate}: the original (solid) and faithful (dashed)")
+               f"{model} at lr {rate}: the original (solid) and faithful (dashed)")
         summary[rate] = {k: result[k] for k in ("locked", "inside", "expected")}
         last = {side: {s: run[max(run)] for s, run in sides[side].items()} for side in sides}
         lines += [f"lr {rate}, step {window[1]:,}: test nELBO / count accuracy / squared error",
