@@ -5,6 +5,7 @@ the weight mapping both ways, the difference measures, the JSON-lines bookkeepin
 original's runs. With a prepared copy of the original named by ``ORIGINAL_DIR`` (docs/ORIGINAL.md
 §12), the slow test runs the whole comparison.
 """
+import json
 import math
 import os
 
@@ -128,10 +129,10 @@ def test_port_computes_what_the_original_computes(configs):
 @pytest.mark.parametrize("model", ["asr13", "air13"])
 def test_the_originals_training_is_logged(model, tmp_path):
     """200 steps of the original's script: one test-pass line, its 1,000 test scenes counted
-    (the histogram and its count accuracy agree up to its two draws), the curves read it."""
+    by true count, finite terms, the NaN bookkeeping, and the curves read it back."""
     out = tmp_path / "orig.jsonl"
     assert original_run.launch(ORIGINAL_DIR, out, 1e-4, 1235, 200, model=model) == 0
-    lines = [__import__("json").loads(l) for l in out.read_text().splitlines()]
+    lines = [json.loads(l) for l in out.read_text().splitlines()]
     assert [l["step"] for l in lines] == [200]
     line = lines[0]
     assert sum(line["count_hist"]) == 1000

@@ -196,27 +196,30 @@ def child_main(root, out, results_dir, model):
     base_run = tf.Session.run
 
     def watched_run(sess, fetches, feed_dict=None, **kwargs):
-        if len(models) == 2 and isinstance(fetches, list) and fetches and models[0].fetched_beside:
+        if not (len(models) == 2 and isinstance(fetches, list) and fetches):
+            return base_run(sess, fetches, feed_dict=feed_dict, **kwargs)
+        if models[0].fetched_beside:
             return air_script_run(sess, fetches, feed_dict, **kwargs)
         start = time.perf_counter()
         result = base_run(sess, fetches, feed_dict=feed_dict, **kwargs)
         seconds = time.perf_counter() - start
-        if len(models) == 2 and isinstance(fetches, list) and fetches:
-            train, test = models
-            if fetches[0] is train.training:
-                recorder.train_step(train.log_variables_name, result[2:], result[1], seconds)
-            elif (feed_dict and len(fetches) == len(test.log_variables_tens) + 3
-                  and fetches[0] is test.log_variables_tens[0]):
-                targets = np.asarray(list(feed_dict.values())[1])
-                recorder.test_pass(test.log_variables_name, result[:-3], result[-1], targets)
+        train, test = models
+        if fetches[0] is train.training:
+            recorder.train_step(train.log_variables_name, result[2:], result[1], seconds)
+        elif (feed_dict and len(fetches) == len(test.log_variables_tens) + 3
+              and fetches[0] is test.log_variables_tens[0]):
+            targets = np.asarray(list(feed_dict.values())[1])
+            recorder.test_pass(test.log_variables_name, result[:-3], result[-1], targets)
         return result
+
+    test_terms = []
 
     def air_script_run(sess, fetches, feed_dict, **kwargs):
         """training_air_original.py: a training step fetches [training, loss, accuracy, mse,
         global_step, ...]; a test pass [loss, accuracy, mse], then [scales, shifts, counts]
         (its box evaluation's, a second draw). The logged terms ride on the first two."""
         train, test = models
-        extra = []
+        extra = []  # the logged terms fetched in this run
         if fetches[0] is train.training:
             extra = train.log_variables_tens
         elif feed_dict and fetches[0] is test.loss and len(fetches) == 3:
@@ -228,11 +231,10 @@ def child_main(root, out, results_dir, model):
         if fetches[0] is train.training:
             recorder.train_step(train.log_variables_name, values, result[4], seconds)
         elif extra:
-            air_script_run.test_values = values
+            test_terms[:] = values  # held until the pass's counts arrive
         elif feed_dict and len(fetches) == 3 and fetches[2] is test.rec_num_digits:
             targets = np.asarray(list(feed_dict.values())[1])
-            recorder.test_pass(test.log_variables_name, air_script_run.test_values, result[2],
-                               targets)
+            recorder.test_pass(test.log_variables_name, list(test_terms), result[2], targets)
         return result
 
     tf.Session.run = watched_run
